@@ -1,0 +1,95 @@
+"""Reading and writing images as uint8 RGB arrays, with explicit conversions and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageReadError(ValueError):
+    """An input image cannot be used; the message names the file."""
+
+
+def _to_rgb8(img: Image.Image) -> tuple[np.ndarray, list[str]]:
+    notes: list[str] = []
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
+        a = np.floor(np.clip(a, 0, peak) * (255.0 / peak) + 0.5).astype(np.uint8)
+        if peak > 255:
+            notes.append(f"16-bit {mode} scaled to 8 bits")
+        notes.append("grayscale replicated to RGB")
+        return np.repeat(a[..., None], 3, axis=2), notes
+    if mode == "F":
+        raise ImageReadError("floating-point images are not supported; convert to 8- or 16-bit PNG")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        notes.append(f"{mode} alpha channel dropped")
+    if mode in ("L", "LA", "1"):
+        notes.append("grayscale replicated to RGB")
+    elif mode == "CMYK":
+        notes.append("CMYK converted to RGB")
+    rgb = img.convert("RGB")
+    return np.asarray(rgb, dtype=np.uint8).copy(), notes
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
+    """Decode ``path`` fully into an (H, W, 3) uint8 array; also return notes on the conversions made."""
+    p = Path(path)
+    if not p.is_file():
+        raise ImageReadError(f"{p}: no such file")
+    try:
+        with Image.open(p) as img:
+            img.load()  # force full decode: truncated files fail here, not later
+            arr, notes = _to_rgb8(img)
+    except ImageReadError as e:
+        raise ImageReadError(f"{p}: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{p}: cannot decode image ({e})") from None
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageReadError(f"{p}: empty image")
+    return arr, notes
+
+
+def write_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
+    """Write an (H, W, 3) or (H, W) uint8 array as PNG atomically (temp file, then rename)."""
+    p = Path(path)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"write_png needs uint8, got {arr.dtype}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(arr).save(f, format="PNG")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder`` (recursive), by extension, in sorted relative-path order."""
+    root = Path(folder)
+    return sorted(
+        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+
+
+def synthetic_image(height: int = 96, width: int = 128, seed: int = 0) -> np.ndarray:
+    """A deterministic test card (gradients, edges, discs and fine stripes) for demos without any data."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    img = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 5.0) * np.cos(y / 7.0)], axis=-1) * 200 + 20
+    for _ in range(6):
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(5, height / 4)
+        img[(y - cy) ** 2 + (x - cx) ** 2 < r**2] = rng.uniform(0, 255, size=3)
+    img[:, (np.arange(width) // 2) % 2 == 0] *= 0.85
+    return np.clip(np.floor(img + 0.5), 0, 255).astype(np.uint8)

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny model specs, the official golden fixture, and the optional ../shared data root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+SHARED = Path(os.environ.get("IPT_SHARED", ROOT.parent / "shared"))
+BENCHMARK_ROOT = Path(os.environ.get("IPT_BENCHMARK_ROOT", SHARED / "benchmarks"))
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    """Outputs of the official code for a tiny random-weight IPT (see tests/fixtures/make_golden_compact.py)."""
+    return torch.load(FIXTURES / "ipt_tiny_golden_compact.pt", map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def golden_spec() -> ModelSpec:
+    return ModelSpec.for_tasks(OFFICIAL_PRETRAIN_TASKS, n_feats=16, num_layers=2, num_queries=6)
+
+
+@pytest.fixture
+def tiny_spec() -> ModelSpec:
+    """A CPU-sized IPT: 8 features, 1 layer, 2 heads, 12-px windows, two tasks."""
+    return ModelSpec.for_tasks(["sr_x2", "denoise_s30"], n_feats=8, num_layers=1, num_heads=2, patch_size=12)
+
+
+@pytest.fixture
+def benchmark_root() -> Path:
+    if not (BENCHMARK_ROOT / "Set5").is_dir():
+        pytest.skip(f"benchmark data not found at {BENCHMARK_ROOT} (set IPT_BENCHMARK_ROOT or place ../shared beside the project)")
+    return BENCHMARK_ROOT
