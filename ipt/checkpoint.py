@@ -84,7 +84,9 @@ def tail_scale(sd: dict[str, Tensor], i: int, n_feats: int) -> int:
         return 3
     if first == 4 * n_feats:
         return 2 ** len(convs)
-    raise CheckpointError(f"tail.{i}: cannot infer its scale from shapes {[tuple(sd[f'tail.{i}.0.{c}.weight'].shape) for c in convs]}")
+    raise CheckpointError(
+        f"tail.{i}: cannot infer its scale from shapes {[tuple(sd[f'tail.{i}.0.{c}.weight'].shape) for c in convs]}"
+    )
 
 
 def infer_official_spec(sd: dict[str, Tensor], num_heads: int = 12) -> tuple[dict[str, Any], list[int]]:
@@ -147,7 +149,9 @@ def _check_constants(sd: dict[str, Tensor], spec: ModelSpec, source: str) -> Non
     mean = torch.tensor(RGB_MEAN) * spec.rgb_range
     for key, sign in (("sub_mean", -1), ("add_mean", +1)):
         if f"{key}.bias" in sd and not torch.allclose(sd[f"{key}.bias"].float(), sign * mean, atol=1e-3):
-            raise CheckpointError(f"{source}: {key}.bias is {sd[f'{key}.bias'].tolist()}, expected {(sign * mean).tolist()}")
+            raise CheckpointError(
+                f"{source}: {key}.bias is {sd[f'{key}.bias'].tolist()}, expected {(sign * mean).tolist()}"
+            )
     pid = sd.get("body.position_encoding.position_ids")
     if pid is not None and not torch.equal(pid.flatten().long(), torch.arange(spec.seq_length)):
         raise CheckpointError(f"{source}: body.position_encoding.position_ids is not arange({spec.seq_length})")
@@ -187,7 +191,13 @@ def convert_official_ipt(
         warnings.warn(f"{source}: file has attention out_proj.bias (saved by torch ~1.5-1.8); loading it", stacklevel=2)
     _check_constants(sd, spec, source)
     model_sd = build_ipt(spec).state_dict()  # cheap at init; only used for keys/shapes
-    optional = {"sub_mean.weight", "sub_mean.bias", "add_mean.weight", "add_mean.bias", "body.position_encoding.position_ids"}
+    optional = {
+        "sub_mean.weight",
+        "sub_mean.bias",
+        "add_mean.weight",
+        "add_mean.bias",
+        "body.position_encoding.position_ids",
+    }
     _compare(model_sd, sd, source, optional)
     full = {k: sd[k].to(model_sd[k].dtype) if k in sd else model_sd[k] for k in model_sd}
     return spec, full

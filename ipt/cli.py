@@ -73,7 +73,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         model = load_model(args.weights, args.task, num_heads=args.num_heads)
     restorer = Restorer(
-        model, args.task, tiling=args.tiling, overlap=args.overlap, batch=args.batch, device=args.device,
+        model,
+        args.task,
+        tiling=args.tiling,
+        overlap=args.overlap,
+        batch=args.batch,
+        device=args.device,
         precision=args.precision,
     )
     t0 = time.perf_counter()
@@ -84,7 +89,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - t0:.1f}s -> {args.output}",
         file=sys.stderr,
     )
-    for src, why in failed:
+    for _src, why in failed:
         print(f"failed: {why}", file=sys.stderr)
     return EXIT_PARTIAL if failed else 0
 
@@ -132,8 +137,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write_png(out / "testcard_hr.png", np.ascontiguousarray(hr))
     print("demo: weights are RANDOM (tiny IPT, 16 features, 1 layer): outputs show the pipeline, not quality.")
     for tiling in TILINGS:
-        argv = ["restore", str(out / "input"), str(out / tiling), "--weights", str(weights), "--task", "sr_x2",
-                "--tiling", tiling, "--quiet"]
+        argv = [
+            "restore",
+            str(out / "input"),
+            str(out / tiling),
+            "--weights",
+            str(weights),
+            "--task",
+            "sr_x2",
+            "--tiling",
+            tiling,
+            "--quiet",
+        ]
         print("demo: ipt " + " ".join(argv))
         rc = main(argv)
         if rc:

@@ -87,9 +87,13 @@ class ModelSpec:
             if s not in (1, 2, 3, 4, 8):
                 raise ConfigError(f"ModelSpec.tasks: task {t!r} has unsupported scale {s} (1, 2, 3, 4 or 8)")
         if self.patch_size % self.patch_dim:
-            raise ConfigError(f"ModelSpec: patch_size {self.patch_size} is not a multiple of patch_dim {self.patch_dim}")
+            raise ConfigError(
+                f"ModelSpec: patch_size {self.patch_size} is not a multiple of patch_dim {self.patch_dim}"
+            )
         if self.embedding_dim % self.num_heads:
-            raise ConfigError(f"ModelSpec: token dim {self.embedding_dim} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError(
+                f"ModelSpec: token dim {self.embedding_dim} is not divisible by num_heads {self.num_heads}"
+            )
         if self.mlp and 0 < self.num_queries < len(tasks):
             raise ConfigError(f"ModelSpec: num_queries {self.num_queries} < number of tasks {len(tasks)}")
 

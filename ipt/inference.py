@@ -58,7 +58,11 @@ def _strip(tiles: Tensor, length: int, axis: int, patch: int, stride: int, margi
     on both sides along the axis) that cover them; the outer ``margin`` px come from the first/last window.
     """
     n, c = tiles.shape[:2]
-    out = torch.empty(c, patch, length, dtype=tiles.dtype) if axis == 3 else torch.empty(c, length, patch, dtype=tiles.dtype)
+    out = (
+        torch.empty(c, patch, length, dtype=tiles.dtype)
+        if axis == 3
+        else torch.empty(c, length, patch, dtype=tiles.dtype)
+    )
     t = tiles if axis == 3 else tiles.transpose(2, 3)
     o = out if axis == 3 else out.transpose(1, 2)
     o[..., :margin] = t[0, ..., :margin]
@@ -153,7 +157,13 @@ def forward_tiled(
 
 
 def restore_image(
-    window_fn: WindowFn, x: Tensor, scale: int, *, tiling: str = "overlap", patch: int = 48, overlap: int = 12,
+    window_fn: WindowFn,
+    x: Tensor,
+    scale: int,
+    *,
+    tiling: str = "overlap",
+    patch: int = 48,
+    overlap: int = 12,
     batch: int = 64,
 ) -> Tensor:
     """Dispatch to a tiling by name. ``x`` is (1, C, H, W) in the model's range; output is unclamped."""

@@ -43,7 +43,9 @@ class Restorer:
     def restore_tensor(self, x: Tensor) -> Tensor:
         """(1, 3, H, W) float in [0, 255] -> (1, 3, H*s, W*s) unclamped float."""
         p = self.model.spec.patch_size
-        return restore_image(self._windows, x, self.scale, tiling=self.tiling, patch=p, overlap=self.overlap, batch=self.batch)
+        return restore_image(
+            self._windows, x, self.scale, tiling=self.tiling, patch=p, overlap=self.overlap, batch=self.batch
+        )
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H*s, W*s, 3) uint8, clamped and rounded as the official evaluation."""

@@ -36,5 +36,7 @@ def tiny_spec() -> ModelSpec:
 @pytest.fixture
 def benchmark_root() -> Path:
     if not (BENCHMARK_ROOT / "Set5").is_dir():
-        pytest.skip(f"benchmark data not found at {BENCHMARK_ROOT} (set IPT_BENCHMARK_ROOT or place ../shared beside the project)")
+        pytest.skip(
+            f"benchmark data not found at {BENCHMARK_ROOT} (set IPT_BENCHMARK_ROOT)"
+        )
     return BENCHMARK_ROOT

@@ -41,8 +41,22 @@ def images(tmp_path):
 def test_restore_single_image_matches_the_library(tmp_path, weights, golden: dict, tiling: str) -> None:
     img = (golden["input_chop"][0].permute(1, 2, 0).round().clamp(0, 255)).to(torch.uint8).numpy()
     Image.fromarray(img).save(tmp_path / "x.png")
-    rc = main(["restore", str(tmp_path / "x.png"), str(tmp_path / "y.png"), "--weights", str(weights),
-               "--task", "sr_x2", "--tiling", tiling, "--precision", "fp32", "--quiet"])
+    rc = main(
+        [
+            "restore",
+            str(tmp_path / "x.png"),
+            str(tmp_path / "y.png"),
+            "--weights",
+            str(weights),
+            "--task",
+            "sr_x2",
+            "--tiling",
+            tiling,
+            "--precision",
+            "fp32",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     out = np.asarray(Image.open(tmp_path / "y.png"))
     assert out.shape == (122, 150, 3)
@@ -81,10 +95,25 @@ def test_bad_weights_are_one_line_errors(tmp_path, weights, images, capsys, argv
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, weights, images, capsys) -> None:
-    assert main(["restore", str(tmp_path / "nope"), str(tmp_path / "o"), "--weights", str(weights), "--task", "sr_x2"]) == 2
+    assert (
+        main(["restore", str(tmp_path / "nope"), str(tmp_path / "o"), "--weights", str(weights), "--task", "sr_x2"])
+        == 2
+    )
     assert "nope: no such file or folder" in capsys.readouterr().err
-    assert main(["restore", str(images / "broken.png"), str(tmp_path / "o.png"), "--weights", str(weights),
-                 "--task", "sr_x2"]) == 2
+    assert (
+        main(
+            [
+                "restore",
+                str(images / "broken.png"),
+                str(tmp_path / "o.png"),
+                "--weights",
+                str(weights),
+                "--task",
+                "sr_x2",
+            ]
+        )
+        == 2
+    )
     assert "broken.png: cannot decode image" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -78,7 +78,11 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder`` (recursive), by extension, in sorted relative-path order."""
     root = Path(folder)
     return sorted(
-        (p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+        (
+            p
+            for p in root.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        ),
         key=lambda p: p.relative_to(root).as_posix(),
     )
 

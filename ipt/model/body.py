@@ -139,7 +139,11 @@ class VisionTransformer(nn.Module):
         if mlp:
             self.linear_encoding = nn.Linear(self.dim, self.dim)
             self.mlp_head = nn.Sequential(
-                nn.Linear(self.dim, hidden), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden, self.dim), nn.Dropout(dropout)
+                nn.Linear(self.dim, hidden),
+                nn.Dropout(dropout),
+                nn.ReLU(),
+                nn.Linear(hidden, self.dim),
+                nn.Dropout(dropout),
             )
             self.query_embed = nn.Embedding(num_queries, self.dim * self.seq_length)
         args = (self.dim, num_heads, hidden, dropout, no_norm, out_proj_bias)
