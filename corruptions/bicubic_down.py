@@ -1,0 +1,37 @@
+"""``bicubic_down``: MATLAB ``imresize(x, 1/scale, 'bicubic')`` on the uint8-quantized image (the EDSR/IPT LR)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Generator, Tensor
+
+from ._imresize import imresize_uint8
+from .registry import register
+
+__all__ = ["bicubic_down", "bicubic_down_size", "quantize_uint8"]
+
+
+def bicubic_down_size(h: int, w: int, *, scale: int) -> tuple[int, int]:
+    """MATLAB's output size ``ceil(h / scale), ceil(w / scale)`` (exact integer arithmetic)."""
+    return -(-h // scale), -(-w // scale)
+
+
+def quantize_uint8(x: Tensor) -> Tensor:
+    """Float in [0, 1] -> uint8 levels, ``x * 255`` rounded half away from zero (MATLAB's im2uint8) and saturated."""
+    return torch.floor(x.detach() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
+
+
+@register("bicubic_down", out_size=bicubic_down_size, deterministic=True)
+def bicubic_down(x: Tensor, *, generator: Generator, scale: int) -> Tensor:
+    """Quantize to uint8, MATLAB-bicubic downscale by ``scale``, back to float; output in [0, 1] on k/255 levels."""
+    if isinstance(scale, bool) or int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    scale = int(scale)
+    b, c, h, w = x.shape
+    levels = quantize_uint8(x).cpu().numpy()  # (B, C, H, W)
+    stacked = np.ascontiguousarray(levels.reshape(b * c, h, w).transpose(1, 2, 0))  # (H, W, B*C)
+    small = imresize_uint8(stacked, 1.0 / scale)  # every channel of every item resized independently
+    h2, w2 = small.shape[:2]
+    out = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1))).reshape(b, c, h2, w2)
+    return out.to(device=x.device, dtype=x.dtype) / 255.0

@@ -1,0 +1,145 @@
+"""MATLAB-compatible bicubic imresize: bit-exact against MATLAB-made LR files, plus properties of the float path."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from corruptions import apply, imresize_float, imresize_uint8, round_half_away_uint8
+from corruptions.bicubic_down import quantize_uint8
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BENCHMARK_ROOT = Path(os.environ.get("IPT_BENCHMARK_ROOT", PROJECT_ROOT.parent / "shared" / "benchmarks"))
+SET5 = BENCHMARK_ROOT / "Set5"
+# Benchmark images are never copied into the project: these tests read them through the configurable root.
+needs_set5 = pytest.mark.skipif(not SET5.is_dir(), reason=f"Set5 not found under {BENCHMARK_ROOT} (IPT_BENCHMARK_ROOT)")
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _modcrop(img: np.ndarray, s: int) -> np.ndarray:
+    h, w = img.shape[:2]
+    return img[: h - h % s, : w - w % s]
+
+
+def _reference_matrix(n_in: int, scale: float) -> np.ndarray:
+    """Independent float64 resize matrix (n_out, n_in): cubic a=-0.5, antialiased, mirror border, no folding table."""
+    n_out = math.ceil(n_in * scale - 1e-9)
+    support = 2.0 / min(scale, 1.0)
+    mat = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        center = (i + 0.5) / scale - 0.5  # 0-based source coordinate of output pixel i
+        for j in range(math.floor(center - support) - 1, math.ceil(center + support) + 2):
+            t = abs(center - j) * min(scale, 1.0)
+            wt = 1.5 * t**3 - 2.5 * t**2 + 1 if t <= 1 else (-0.5 * t**3 + 2.5 * t**2 - 4 * t + 2 if t <= 2 else 0)
+            k = j % (2 * n_in)
+            mat[i, k if k < n_in else 2 * n_in - 1 - k] += wt
+    return mat / mat.sum(axis=1, keepdims=True)
+
+
+def _reference_float(img: np.ndarray, scale: float) -> np.ndarray:
+    rows, cols = _reference_matrix(img.shape[0], scale), _reference_matrix(img.shape[1], scale)
+    return np.einsum("ih,hwc,jw->ijc", rows, img.astype(np.float64), cols)
+
+
+# (a) exact against MATLAB-made LR files (Set5 bird, x2/x3/x4)
+@needs_set5
+@pytest.mark.parametrize("s", [2, 3, 4])
+def test_matlab_fixture_exact(s: int) -> None:
+    hr = _modcrop(_load(SET5 / "HR" / "bird.png"), s)
+    lr = _load(SET5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
+    out = imresize_uint8(hr, 1 / s)
+    assert out.shape == lr.shape
+    assert np.count_nonzero(out != lr) == 0
+
+
+@needs_set5
+@pytest.mark.parametrize("s", [2, 3, 4])
+def test_bicubic_down_corruption_matches_fixture(s: int) -> None:
+    hr = _modcrop(_load(SET5 / "HR" / "bird.png"), s)
+    x = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255.0
+    y = apply("bicubic_down", x, generator=torch.Generator(), scale=s)
+    assert np.array_equal(
+        quantize_uint8(y)[0].permute(1, 2, 0).numpy(), _load(SET5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
+    )
+
+
+# (b) exact over every Set5/Set14 LR file in the shared benchmark folder (57 files)
+@pytest.mark.parametrize("dataset", ["Set5", "Set14"])
+@pytest.mark.parametrize("s", [2, 3, 4])
+def test_benchmark_lr_exact(dataset: str, s: int) -> None:
+    lr_dir = BENCHMARK_ROOT / dataset / "LR_bicubic" / f"X{s}"
+    if not lr_dir.is_dir():
+        pytest.skip(f"benchmark LR folder {lr_dir} not found (set IPT_BENCHMARK_ROOT to the shared benchmarks)")
+    files = sorted(lr_dir.glob(f"*x{s}.png"))
+    assert files, f"no LR files in {lr_dir}"
+    bad = {}
+    for path in files:
+        hr = _modcrop(_load(BENCHMARK_ROOT / dataset / "HR" / f"{path.name[: -len(f'x{s}.png')]}.png"), s)
+        out, lr = imresize_uint8(hr, 1 / s), _load(path)
+        if out.shape != lr.shape or np.count_nonzero(out != lr):
+            bad[path.name] = (out.shape, lr.shape, int(np.count_nonzero(out != lr)) if out.shape == lr.shape else -1)
+    assert not bad, f"differing files: {bad}"
+
+
+# (c) upscaling and the float path
+@pytest.mark.parametrize("scale", [2, 3, 4, 1.5])
+def test_upscale_constant_stays_constant(scale: float) -> None:
+    img = np.full((7, 9, 3), 173, dtype=np.uint8)
+    out = imresize_uint8(img, scale)
+    assert out.shape == (math.ceil(7 * scale), math.ceil(9 * scale), 3)
+    assert (out == 173).all()
+    np.testing.assert_allclose(imresize_float(img, scale), 173.0, rtol=0, atol=1e-9)
+
+
+SIZE_CASES = [(7, 9, 1 / 3, (3, 3)), (288, 288, 1 / 3, (96, 96)), (5, 7, 1 / 4, (2, 2)), (1, 1, 0.5, (1, 1))]
+
+
+@pytest.mark.parametrize(("h", "w", "scale", "expected"), SIZE_CASES)
+def test_output_size_is_ceil(h: int, w: int, scale: float, expected: tuple[int, int]) -> None:
+    assert imresize_uint8(np.zeros((h, w), dtype=np.uint8), scale).shape == expected
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 1 / 2, 1 / 3, 1 / 4])
+def test_float_path_matches_independent_reference(scale: float) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(64, 192, size=(23, 17, 2)).astype(np.uint8)  # mid-range: no clipping between passes
+    ref = _reference_float(img, scale)
+    np.testing.assert_allclose(imresize_float(img, scale), ref, rtol=0, atol=1e-9)
+    diff = np.abs(imresize_uint8(img, scale).astype(np.float64) - np.floor(ref + 0.5))
+    assert diff.max() <= 1  # the uint8 path rounds between passes: off by at most one level
+
+
+def test_grayscale_equals_each_channel() -> None:
+    img = np.random.default_rng(3).integers(0, 256, size=(50, 61, 3)).astype(np.uint8)
+    out = imresize_uint8(img, 1 / 3)
+    for c in range(3):
+        assert np.array_equal(imresize_uint8(np.ascontiguousarray(img[..., c]), 1 / 3), out[..., c])
+
+
+def test_rejects_float_input_for_uint8_path() -> None:
+    with pytest.raises(TypeError):
+        imresize_uint8(np.zeros((4, 4)), 0.5)
+
+
+# (d) MATLAB rounds half away from zero; np.round (half to even) would not be exact
+def test_round_half_away_from_zero() -> None:
+    x = np.array([0.5, 1.5, 2.5, 108.5, 254.5, 255.5, -0.5, -3.2, 300.0, 0.49999])
+    assert round_half_away_uint8(x).tolist() == [1, 2, 3, 109, 255, 255, 0, 0, 255, 0]
+    assert np.round(2.5) == 2.0  # the trap
+
+
+def test_crafted_half_case_rounds_away() -> None:
+    # Enlarging x2 uses dyadic weights (-3/128, 29/128, 111/128, -9/128), so integer inputs can land exactly on .5:
+    # output column 5 of this row is exactly 108.5; MATLAB gives 109 where half-to-even would give 108.
+    img = np.tile(np.array([100, 219, 141, 8], dtype=np.uint8), (2, 1))
+    assert imresize_float(img, 2)[0, 5] == 108.5 and np.round(108.5) == 108
+    assert imresize_uint8(img, 2)[:, 5].tolist() == [109] * 4
