@@ -124,3 +124,10 @@ def test_bad_inputs_are_one_line_errors(tmp_path, weights, images, capsys) -> No
 def test_console_script_entry_point(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "ipt.cli", "restore", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and "--tiling" in r.stdout
+
+
+def test_demo_runs_restore_in_both_tilings(tmp_path) -> None:
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    for tiling in ("overlap", "official"):
+        out = np.asarray(Image.open(tmp_path / tiling / "testcard_x2.png"))
+        assert out.shape == (96, 128, 3)
