@@ -110,6 +110,82 @@ def add_restore(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_restore)
 
 
+# ------------------------------------------------------------------------------------------------ benchmark
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Score a model (or the bicubic / identity baseline) on benchmark sets; JSON to --out, a table to stdout."""
+    from ipt.benchmark import make_restore_fn, markdown_table, run_benchmark, write_json
+    from ipt.data.benchmarks import load_benchmark, resolve_datasets
+    from ipt.device import describe
+
+    root = Path(args.root)
+    requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    try:
+        names, notes = resolve_datasets(root, args.task, requested)
+        restore_fn, info = make_restore_fn(
+            args.model,
+            args.task,
+            tiling=args.tiling,
+            precision=args.precision,
+            device=args.device,
+            batch=args.batch,
+            num_heads=args.num_heads,
+        )
+        sets = [load_benchmark(root, n, args.task, seed=args.seed, limit=args.limit) for n in names]
+    except ValueError as e:  # BenchmarkDataError, BenchmarkModelError, CheckpointError, a bad device or precision
+        raise UserError(str(e)) from None
+    for note in notes + [n for s in sets for n in s.notes]:
+        print(f"note: {note}", file=sys.stderr)
+
+    def progress(dataset: str, r: dict) -> None:
+        if not args.quiet:
+            print(f"{dataset}/{r['name']}: {r['psnr_y']:.2f} dB, SSIM {r['ssim_y']:.4f}", file=sys.stderr)
+
+    try:
+        report = run_benchmark(
+            restore_fn,
+            sets,
+            task=args.task,
+            model=args.model,
+            protocol=args.protocol,
+            info=info,
+            hardware=describe(),
+            on_result=progress,
+        )
+    except ValueError as e:  # e.g. an image smaller than the official tiling's 48-px window
+        raise UserError(str(e)) from None
+    write_json(args.out, report)
+    table = markdown_table(report)
+    print(table, end="")
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(table)
+    return 0
+
+
+def add_benchmark(sub: argparse._SubParsersAction) -> None:
+    from ipt.data.benchmarks import DEFAULT_NOISE_SEED
+
+    p = sub.add_parser("benchmark", help="score a model or a baseline on benchmark sets (Y-PSNR, SSIM, RGB-PSNR)")
+    p.add_argument("--task", required=True, help="sr_x2, sr_x3, sr_x4, denoise_s30, denoise_s50, derain")
+    p.add_argument("--model", required=True, help="'bicubic' (SR), 'identity' (x1 tasks) or a weights file")
+    p.add_argument("--root", required=True, help="folder holding the sets (Set5/, Set14/, B100/, CBSD68/, ...)")
+    p.add_argument("--datasets", default=None, help="comma-separated names (default: the task's standard sets present)")
+    p.add_argument("--protocol", choices=("ipt", "matlab"), default="ipt", help="see docs/benchmark_protocol.md")
+    p.add_argument("--tiling", choices=TILINGS, default="official", help="'official' reproduces forward_chop exactly")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 is the reference path")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--batch", type=int, default=64, help="windows per forward pass")
+    p.add_argument("--num-heads", type=int, default=12, help="attention heads of an official-layout file (not stored)")
+    p.add_argument("--seed", type=int, default=DEFAULT_NOISE_SEED, help="seed of the denoising noise inputs")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (by name)")
+    p.add_argument("--out", required=True, help="JSON report (written atomically)")
+    p.add_argument("--markdown", default=None, help="also write the markdown table to this file")
+    p.add_argument("--quiet", action="store_true", help="no per-image lines on stderr")
+    p.set_defaults(func=cmd_benchmark)
+
+
 # ------------------------------------------------------------------------------------------------ demo (make run)
 
 
@@ -169,7 +245,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_restore, add_demo):
+    for add in (add_restore, add_benchmark, add_demo):
         add(sub)
     return parser
 

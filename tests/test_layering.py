@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 
-PURE = ["corruptions", "ipt/model", "ipt/inference.py", "ipt/config.py"]
+PURE = ["corruptions", "ipt/model", "ipt/inference.py", "ipt/config.py", "ipt/metrics.py"]
 PURE_ALLOWED = {"torch", "numpy", "__future__", "ipt", "corruptions"} | {
     "math",
     "re",

@@ -1,0 +1,215 @@
+"""Benchmark runner: a restore callable over benchmark sets -> per-image and mean metrics (JSON- and markdown-ready).
+
+:func:`evaluate` is the pure-ish core: it takes any callable ``restore_fn(lq) -> output`` and a loaded
+:class:`~ipt.data.benchmarks.BenchmarkSet`, and reports through an optional ``on_result`` callback (the hook for
+experiment tracking; nothing here imports a tracker). ``lq`` is a uint8 (h, w, 3) array, or a float32 (1, 3, H, W)
+tensor in [0, 255] for denoising; the output may be a uint8/float (H, W, 3) array or a (1, 3, H, W) / (3, H, W)
+tensor on 0..255, unclamped: it is quantized (``clamp(0, 255).round()``) before scoring, as the official evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from corruptions import imresize_uint8
+from ipt.data.benchmarks import BenchmarkSet, task_kind
+from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
+
+RestoreFn = Callable[[np.ndarray | Tensor], np.ndarray | Tensor]
+OnResult = Callable[[str, dict[str, Any]], None]
+BASELINES = ("bicubic", "identity")
+MODEL_URI_PREFIX = "models:/"
+
+
+class BenchmarkModelError(ValueError):
+    """The ``--model`` argument cannot be turned into a restore function for the task."""
+
+
+def _shape(x: np.ndarray | Tensor) -> tuple[int, int]:
+    return tuple(x.shape[:2]) if isinstance(x, np.ndarray) else tuple(x.shape[-2:])
+
+
+def evaluate(
+    restore_fn: RestoreFn,
+    dataset: BenchmarkSet,
+    *,
+    scale: int,
+    protocol: str = "ipt",
+    on_result: OnResult | None = None,
+) -> dict[str, Any]:
+    """Restore and score every pair of ``dataset``; return the means and the per-image values.
+
+    ``scale`` is the output/input size ratio (the crop border is ``scale`` for SR, 0 for x1). ``on_result`` is called
+    as ``on_result(dataset.name, record)`` after each image (record = name + metrics + seconds).
+    """
+    check_protocol(protocol)
+    border = crop_border_for(scale)
+    per_image: list[dict[str, Any]] = []
+    seconds = 0.0
+    for pair in dataset.pairs:
+        t0 = time.perf_counter()
+        out = restore_fn(pair.lq)
+        dt = time.perf_counter() - t0
+        seconds += dt
+        sr = as_chw(out)
+        h, w = _shape(pair.lq)
+        if tuple(sr.shape[-2:]) != (h * scale, w * scale):
+            raise ValueError(
+                f"{dataset.name}/{pair.name}: output is {tuple(sr.shape[-2:])} for a {h}x{w} input at x{scale}; "
+                f"expected {(h * scale, w * scale)}"
+            )
+        H, W = pair.hr.shape[:2]
+        record = {"name": pair.name, **score(sr[:, :H, :W], pair.hr, crop_border=border, protocol=protocol)}
+        per_image.append(record)
+        if on_result is not None:
+            on_result(dataset.name, {**record, "seconds": dt})
+    n = len(per_image)
+    if n == 0:
+        raise ValueError(f"{dataset.folder}: no images to evaluate")
+    return {
+        "images": n,
+        **{k: statistics.fmean(r[k] for r in per_image) for k in ("psnr_y", "ssim_y", "psnr_rgb")},
+        "seconds_per_image": seconds / n,
+        "per_image": per_image,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ restore functions
+
+
+def bicubic_fn(scale: int) -> RestoreFn:
+    """The SR baseline: MATLAB-compatible bicubic upscaling of the uint8 LR by ``scale``."""
+
+    def fn(lq: np.ndarray | Tensor) -> np.ndarray:
+        if not isinstance(lq, np.ndarray) or lq.dtype != np.uint8:
+            raise TypeError("the bicubic baseline takes uint8 (h, w, 3) LR images")
+        return imresize_uint8(lq, float(scale))
+
+    return fn
+
+
+def identity_fn(lq: np.ndarray | Tensor) -> np.ndarray | Tensor:
+    """The x1 baseline: the degraded input itself (quantized by the evaluation, like any output)."""
+    return lq
+
+
+def restorer_fn(restorer: Any) -> RestoreFn:
+    """Wrap an :class:`ipt.restore.Restorer`: float input goes in unquantized, the output comes back unclamped."""
+
+    def fn(lq: np.ndarray | Tensor) -> Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(lq)).permute(2, 0, 1)[None] if isinstance(lq, np.ndarray) else lq
+        return restorer.restore_tensor(x.float())
+
+    return fn
+
+
+def resolve_model_uri(uri: str) -> Path:
+    """Hook for MLflow registry URIs (``models:/ipt-sr_x2@champion``): to be served by ``ipt.tracking``."""
+    raise BenchmarkModelError(f"{uri}: MLflow model URIs are not supported yet; pass a weights file (.pt)")
+
+
+def make_restore_fn(
+    model: str,
+    task: str,
+    *,
+    tiling: str = "overlap",
+    precision: str = "auto",
+    device: str = "auto",
+    batch: int = 64,
+    num_heads: int = 12,
+) -> tuple[RestoreFn, dict[str, Any]]:
+    """``bicubic`` | ``identity`` | a weights path -> (restore function, run info: tiling and precision used)."""
+    kind, param = task_kind(task)
+    if model == "bicubic":
+        if kind != "sr":
+            raise BenchmarkModelError(f"the bicubic baseline is for sr_xN tasks, not {task!r}; use --model identity")
+        return bicubic_fn(int(param)), {"tiling": None, "precision": None}
+    if model == "identity":
+        if kind == "sr":
+            raise BenchmarkModelError(f"the identity baseline is for x1 tasks, not {task!r}; use --model bicubic")
+        return identity_fn, {"tiling": None, "precision": None}
+    if model.startswith(MODEL_URI_PREFIX):
+        model = str(resolve_model_uri(model))
+    from ipt.checkpoint import load_model
+    from ipt.restore import Restorer
+
+    net = load_model(model, task, num_heads=num_heads)
+    restorer = Restorer(net, task, tiling=tiling, batch=batch, device=device, precision=precision)
+    return restorer_fn(restorer), {"tiling": tiling, "precision": restorer.precision_used}
+
+
+def run_benchmark(
+    restore_fn: RestoreFn,
+    datasets: list[BenchmarkSet],
+    *,
+    task: str,
+    model: str,
+    protocol: str,
+    info: dict[str, Any],
+    hardware: dict[str, str],
+    on_result: OnResult | None = None,
+) -> dict[str, Any]:
+    """The full report: run metadata, the protocol id and one :func:`evaluate` block per dataset."""
+    kind, param = task_kind(task)
+    scale = int(param) if kind == "sr" else 1
+    return {
+        "task": task,
+        "model": model,
+        "protocol": protocol,
+        "protocol_id": PROTOCOLS[check_protocol(protocol)],
+        "tiling": info.get("tiling"),
+        "precision": info.get("precision"),
+        "hardware": hardware,
+        "datasets": {
+            d.name: evaluate(restore_fn, d, scale=scale, protocol=protocol, on_result=on_result) for d in datasets
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def write_json(path: str | os.PathLike, report: dict[str, Any]) -> Path:
+    """Write ``report`` atomically; strict JSON (a NaN or infinity raises instead of writing a bad token)."""
+    p = Path(path)
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """One table: a row per dataset with the means and the time per image."""
+    lines = [
+        f"**{report['task']}**, model `{report['model']}`, protocol `{report['protocol']}`"
+        + (f", tiling `{report['tiling']}`" if report.get("tiling") else "")
+        + (f", precision `{report['precision']}`" if report.get("precision") else ""),
+        "",
+        "| Dataset | Images | PSNR-Y (dB) | SSIM-Y | PSNR-RGB (dB) | s/image |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in report["datasets"].items():
+        lines.append(
+            f"| {name} | {r['images']} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['psnr_rgb']:.2f} "
+            f"| {r['seconds_per_image']:.3f} |"
+        )
+    lines += ["", f"Protocol: {report['protocol_id']}"]
+    return "\n".join(lines) + "\n"

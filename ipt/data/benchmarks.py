@@ -1,0 +1,269 @@
+"""Benchmark test sets in the layouts users have, paired by file name, loaded into memory for one run.
+
+Layouts (any image format Pillow reads; files are paired by name, never by position):
+
+* SR (``sr_xN``), EDSR layout: ``<Set>/HR/<name>.png`` + ``<Set>/LR_bicubic/X{N}/<name>x{N}.png``. Without an
+  ``LR_bicubic/X{N}`` folder the LR is made with the MATLAB-compatible bicubic (``corruptions.imresize_uint8``) from
+  HR mod-cropped to N, with a note (nothing is written). HR is cropped top-left to LR size x N for scoring.
+* Denoising (``denoise_sNN``): clean images in ``<Set>/HR/`` or directly in ``<Set>/``. Noisy inputs are made once per
+  run with ``corruptions.gaussian_noise`` and ``sample_generator(seed, task, name)``: float, clamped to [0, 255], not
+  quantized (as the official evaluation). The same seed gives the same inputs in every run and for every model; they
+  do not bit-match the official code, whose noise comes from an unseeded global RNG stream.
+* Deraining (``derain``): ``<Set>/rainy/rain-N.png`` with ``norain-N.png`` beside ``rainy/`` (PReNet / official
+  layout) or in ``<Set>/norain/``.
+
+A single-channel reference image keeps its single channel (``hr`` is (H, W)) so the ``matlab`` protocol can score it
+on its own values; the model input is always RGB. Every problem raises :class:`BenchmarkDataError` naming the folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from corruptions import imresize_uint8, sample_generator
+from corruptions.gaussian_noise import gaussian_noise
+from ipt.data.images import IMAGE_EXTENSIONS, read_image
+
+DEFAULT_NOISE_SEED = 20210507  # params.yaml `seed`
+DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
+    "sr": ("Set5", "Set14", "B100", "Urban100"),
+    "denoise": ("CBSD68", "McMaster", "Urban100"),
+    "derain": ("Rain100L",),
+}
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"})
+_SR, _DENOISE = re.compile(r"^sr_x([1-9]\d*)$"), re.compile(r"^denoise_s(\d+(?:\.\d+)?)$")
+_MAX_LISTED = 5
+
+
+class BenchmarkDataError(ValueError):
+    """A benchmark folder is missing, empty, unpaired or in an unexpected layout; the message names the folder."""
+
+
+@dataclass(frozen=True)
+class BenchmarkPair:
+    name: str
+    lq: np.ndarray | Tensor  # uint8 (h, w, 3); float32 (1, 3, H, W) in [0, 255] for denoising
+    hr: np.ndarray  # uint8 (H, W, 3), or (H, W) for a single-channel reference
+
+
+@dataclass
+class BenchmarkSet:
+    name: str
+    task: str
+    scale: int
+    folder: Path
+    layout: str
+    pairs: list[BenchmarkPair]
+    notes: list[str] = field(default_factory=list)
+
+
+def task_kind(task: str) -> tuple[str, float]:
+    """``sr_x4`` -> ("sr", 4); ``denoise_s30`` -> ("denoise", 30.0); ``derain`` -> ("derain", 1)."""
+    if m := _SR.match(task):
+        return "sr", int(m.group(1))
+    if m := _DENOISE.match(task):
+        return "denoise", float(m.group(1))
+    if task == "derain":
+        return "derain", 1
+    raise BenchmarkDataError(f"unknown task {task!r}: expected sr_xN, denoise_sNN or derain")
+
+
+def resolve_datasets(root: Path, task: str, requested: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
+    """Dataset names to run and notes. Absent defaults are skipped with a note; an absent requested set is an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BenchmarkDataError(f"{root}: benchmark root folder not found")
+    kind, _ = task_kind(task)
+    present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if requested:
+        names = list(requested)
+        for n in names:
+            if not (root / n).is_dir():
+                raise BenchmarkDataError(f"{root}: unknown dataset {n!r}: no folder {root / n}; found {present}")
+        return names, []
+    names, notes = [], []
+    for n in DEFAULT_DATASETS[kind]:
+        if (root / n).is_dir():
+            names.append(n)
+        else:
+            notes.append(f"skipping default dataset {n} for {task}: not found under {root}")
+    if not names:
+        raise BenchmarkDataError(f"{root}: none of the default {task} datasets {list(DEFAULT_DATASETS[kind])} found")
+    return names, notes
+
+
+def load_benchmark(
+    root: Path, name: str, task: str, *, seed: int = DEFAULT_NOISE_SEED, limit: int | None = None
+) -> BenchmarkSet:
+    """Load dataset ``name`` under ``root`` for ``task``; ``limit`` keeps the first N images by name."""
+    folder = Path(root) / name
+    if not folder.is_dir():
+        raise BenchmarkDataError(f"{folder}: dataset folder not found")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    kind, param = task_kind(task)
+    if kind == "sr":
+        return _load_sr(folder, task, int(param), limit)
+    if kind == "denoise":
+        return _load_denoise(folder, task, param, seed, limit)
+    return _load_derain(folder, task, limit)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _images(folder: Path) -> dict[str, Path]:
+    """Image files directly in ``folder`` keyed by stem (a stem present twice is an error)."""
+    out: dict[str, Path] = {}
+    if not folder.is_dir():
+        return out
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
+            if p.stem in out:
+                raise BenchmarkDataError(f"{folder}: two images named {p.stem!r} ({out[p.stem].name}, {p.name})")
+            out[p.stem] = p
+    return out
+
+
+def _require(folder: Path, files: dict[str, Path], expected: str) -> None:
+    if not files:
+        raise BenchmarkDataError(f"{folder}: no images found; expected {expected}")
+
+
+def _listed(names: Iterable[str]) -> str:
+    names = sorted(names)
+    more = f" (+{len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
+    return ", ".join(names[:_MAX_LISTED]) + more
+
+
+def _check_paired(a_dir: Path, a: Iterable[str], b_dir: Path, b: Iterable[str], a_fmt: str, b_fmt: str) -> None:
+    """Keys of ``a`` and ``b`` must match; the error lists up to 5 names from each side, in that side's naming."""
+    only_a, only_b = set(a) - set(b), set(b) - set(a)
+    if not only_a and not only_b:
+        return
+    parts = []
+    if only_a:
+        parts.append(f"{len(only_a)} in {a_dir} without a match in {b_dir}: {_listed(a_fmt.format(k) for k in only_a)}")
+    if only_b:
+        parts.append(f"{len(only_b)} in {b_dir} without a match in {a_dir}: {_listed(b_fmt.format(k) for k in only_b)}")
+    raise BenchmarkDataError("unmatched pairs: " + "; ".join(parts))
+
+
+def _read(path: Path) -> tuple[np.ndarray, bool]:
+    """(H, W, 3) uint8 RGB and whether the file is single-channel."""
+    with Image.open(path) as im:
+        gray = im.mode in GRAY_MODES
+    rgb, _notes = read_image(path)
+    return rgb, gray
+
+
+def _reference(rgb: np.ndarray, gray: bool) -> np.ndarray:
+    return np.ascontiguousarray(rgb[..., 0]) if gray else rgb
+
+
+def _keys(files: dict[str, Path], limit: int | None) -> list[str]:
+    keys = sorted(files)
+    return keys[:limit] if limit else keys
+
+
+# ------------------------------------------------------------------------------------------------ SR
+
+
+def _load_sr(folder: Path, task: str, s: int, limit: int | None) -> BenchmarkSet:
+    hr_dir, lr_dir = folder / "HR", folder / "LR_bicubic" / f"X{s}"
+    layout = f"EDSR: HR/<name>.png + LR_bicubic/X{s}/<name>x{s}.png"
+    if not hr_dir.is_dir():
+        hint = " (images are directly in the folder: move them into HR/)" if _images(folder) else ""
+        raise BenchmarkDataError(f"{folder}: no HR/ folder; expected the {layout} layout{hint}")
+    hrs = _images(hr_dir)
+    _require(hr_dir, hrs, "HR/<name>.png (any Pillow format)")
+    notes: list[str] = []
+    if lr_dir.is_dir():
+        lr_files = _images(lr_dir)
+        _require(lr_dir, lr_files, f"<name>x{s}.png files")
+        suffix = f"x{s}"
+        lrs = {k[: -len(suffix)] if k.endswith(suffix) else k: p for k, p in lr_files.items()}
+        _check_paired(hr_dir, hrs, lr_dir, lrs, "{}", "{}" + suffix)
+    else:
+        lrs = {}
+        notes.append(
+            f"{folder}: no LR_bicubic/X{s}; LR made with the MATLAB-compatible bicubic from HR mod-cropped to {s} "
+            "(in memory, not written)"
+        )
+    pairs = []
+    for k in _keys(hrs, limit):
+        hr, gray = _read(hrs[k])
+        H, W = hr.shape[:2]
+        if k in lrs:
+            lr, _ = _read(lrs[k])
+            h, w = lr.shape[:2]
+            if h not in (H // s, -(-H // s)) or w not in (W // s, -(-W // s)):
+                raise BenchmarkDataError(
+                    f"{lr_dir}: {lrs[k].name} is {h}x{w} (HxW) but {hr_dir / hrs[k].name} is {H}x{W}: "
+                    f"expected {H // s}x{W // s} (HR / {s}, from HR mod-cropped to {s})"
+                )
+        else:
+            lr = imresize_uint8(np.ascontiguousarray(hr[: H - H % s, : W - W % s]), 1.0 / s)
+        ref = hr[: min(H, lr.shape[0] * s), : min(W, lr.shape[1] * s)]
+        pairs.append(BenchmarkPair(k, lr, _reference(np.ascontiguousarray(ref), gray)))
+    return BenchmarkSet(folder.name, task, s, folder, layout, pairs, notes)
+
+
+# ------------------------------------------------------------------------------------------------ denoise
+
+
+def noisy_input(clean: np.ndarray, *, sigma: float, seed: int, task: str, name: str) -> Tensor:
+    """(1, 3, H, W) float32 in [0, 255]: clean + N(0, sigma^2), clamped, not quantized; deterministic per name."""
+    x = torch.from_numpy(np.ascontiguousarray(clean)).permute(2, 0, 1)[None].float() / 255.0
+    return gaussian_noise(x, generator=sample_generator(seed, task, name), sigma=sigma) * 255.0
+
+
+def _load_denoise(folder: Path, task: str, sigma: float, seed: int, limit: int | None) -> BenchmarkSet:
+    hr_dir = folder / "HR"
+    src = hr_dir if hr_dir.is_dir() else folder
+    clean = _images(src)
+    _require(src, clean, f"clean images in {folder}/HR/ or directly in {folder}/")
+    pairs = []
+    for k in _keys(clean, limit):
+        rgb, gray = _read(clean[k])
+        noisy = noisy_input(rgb, sigma=sigma, seed=seed, task=task, name=k)
+        pairs.append(BenchmarkPair(k, noisy, _reference(rgb, gray)))
+    layout = "HR/<name>.png" if src == hr_dir else "<name>.png"
+    note = f"{folder.name}: noisy inputs from seed {seed} (gaussian_noise, sigma {sigma:g}, sample_generator per name)"
+    return BenchmarkSet(folder.name, task, 1, folder, layout, pairs, [note])
+
+
+# ------------------------------------------------------------------------------------------------ derain
+
+
+def _load_derain(folder: Path, task: str, limit: int | None) -> BenchmarkSet:
+    rainy_dir = folder / "rainy"
+    expected = "rainy/rain-N.png with clean norain-N.png beside rainy/ (PReNet layout) or in norain/"
+    if not rainy_dir.is_dir():
+        raise BenchmarkDataError(f"{folder}: no rainy/ folder; expected {expected}")
+    rainy = {k: p for k, p in _images(rainy_dir).items() if k.startswith("rain")}
+    _require(rainy_dir, rainy, "rain-N.png files (names starting with 'rain')")
+    clean_dir = folder / "norain" if (folder / "norain").is_dir() else folder
+    clean = {k[2:]: p for k, p in _images(clean_dir).items() if k.startswith("norain")}
+    _require(clean_dir, clean, f"clean norain-N.png files ({expected})")
+    _check_paired(rainy_dir, rainy, clean_dir, clean, "{}", "no{}")
+    pairs = []
+    for k in _keys(rainy, limit):
+        lq, _ = _read(rainy[k])
+        rgb, gray = _read(clean[k])
+        if lq.shape != rgb.shape:
+            raise BenchmarkDataError(
+                f"{rainy_dir}: {rainy[k].name} is {lq.shape[0]}x{lq.shape[1]} but {clean[k]} is "
+                f"{rgb.shape[0]}x{rgb.shape[1]} (HxW): a pair must have the same size"
+            )
+        pairs.append(BenchmarkPair(k, lq, _reference(rgb, gray)))
+    layout = "rainy/rain-N + " + ("norain/norain-N" if clean_dir != folder else "norain-N beside rainy/")
+    return BenchmarkSet(folder.name, task, 1, folder, layout, pairs)

@@ -1,0 +1,167 @@
+"""`ipt benchmark` end to end on tiny sets (baselines and the golden fixture's six-task weights) + the runner API."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from corruptions import imresize_uint8
+from ipt.benchmark import evaluate, identity_fn, restorer_fn
+from ipt.cli import main
+from ipt.data.benchmarks import BenchmarkPair, BenchmarkSet
+from ipt.metrics import PROTOCOLS, PSNR_CAP_DB
+
+TOP_KEYS = {"task", "model", "protocol", "protocol_id", "tiling", "precision", "hardware", "datasets"}
+SET_KEYS = {"images", "psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image", "per_image"}
+
+
+def _smooth(h: int, w: int, seed: int) -> np.ndarray:
+    """A smooth colour image (so bicubic scores are sane), deterministic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    f = rng.uniform(1, 4, (3, 2))
+    img = [127 + 100 * np.sin(f[c, 0] * 3 * x + c) * np.cos(f[c, 1] * 3 * y) for c in range(3)]
+    return np.clip(np.stack(img, -1) + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def sr_root(tmp_path: Path) -> Path:
+    """Set5 in the EDSR layout with two 96x96 HR images and their 48x48 x2 LR files."""
+    for i, k in enumerate(("baby", "bird")):
+        hr = _smooth(96, 96, i)
+        (tmp_path / "Set5" / "HR").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "Set5" / "LR_bicubic" / "X2").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(hr).save(tmp_path / "Set5" / "HR" / f"{k}.png")
+        Image.fromarray(imresize_uint8(hr, 0.5)).save(tmp_path / "Set5" / "LR_bicubic" / "X2" / f"{k}x2.png")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, golden: dict) -> Path:
+    path = tmp_path_factory.mktemp("w") / "IPT_tiny_pretrain.pt"
+    torch.save(golden["state_dict"], path)
+    return path
+
+
+def _strict_json(path: Path) -> dict:
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"non-standard JSON token {name} in {path}")
+
+    return json.loads(path.read_text(), parse_constant=no_constants)
+
+
+def _check_schema(report: dict, task: str, model: str, datasets: list[str], images: int) -> None:
+    assert set(report) == TOP_KEYS
+    assert report["task"] == task and report["model"] == model
+    assert report["protocol_id"] == PROTOCOLS[report["protocol"]]
+    assert {"cpu_model", "torch"} <= set(report["hardware"])
+    assert list(report["datasets"]) == datasets
+    for r in report["datasets"].values():
+        assert set(r) == SET_KEYS and r["images"] == images == len(r["per_image"])
+        for rec in r["per_image"]:
+            assert set(rec) == {"name", "psnr_y", "ssim_y", "psnr_rgb"}
+            assert all(math.isfinite(rec[k]) for k in ("psnr_y", "ssim_y", "psnr_rgb"))
+        assert r["psnr_y"] == pytest.approx(np.mean([p["psnr_y"] for p in r["per_image"]]))
+
+
+def test_bicubic_baseline_cli(sr_root: Path, tmp_path: Path, capsys) -> None:
+    out, md = tmp_path / "r" / "bicubic.json", tmp_path / "r" / "bicubic.md"
+    argv = ["benchmark", "--task", "sr_x2", "--model", "bicubic", "--root", str(sr_root), "--out", str(out)]
+    assert main([*argv, "--markdown", str(md), "--protocol", "matlab"]) == 0
+    captured = capsys.readouterr()
+    report = _strict_json(out)
+    _check_schema(report, "sr_x2", "bicubic", ["Set5"], 2)
+    assert report["protocol"] == "matlab" and report["tiling"] is None
+    assert 25 < report["datasets"]["Set5"]["psnr_y"] < 60
+    assert "| Set5 | 2 |" in captured.out and md.read_text() == captured.out
+    assert "skipping default dataset Set14" in captured.err and "Urban100" in captured.err
+
+
+def test_cli_errors_are_one_line(sr_root: Path, tmp_path: Path, capsys) -> None:
+    base = ["benchmark", "--root", str(sr_root), "--out", str(tmp_path / "x.json")]
+    cases = [
+        (["--task", "sr_x2", "--model", "bicubic", "--datasets", "Set5,Set14"], "unknown dataset 'Set14'"),
+        (["--task", "sr_x2", "--model", "models:/ipt-sr_x2@champion"], "not supported yet"),
+        (["--task", "denoise_s30", "--model", "bicubic", "--datasets", "Set5"], "use --model identity"),
+        (["--task", "sr_x3", "--model", "identity"], "use --model bicubic"),
+        (["--task", "sr_x2", "--model", str(tmp_path / "missing.pt")], "no such weights file"),
+    ]
+    for extra, message in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.startswith("error: "), err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_weights_on_sr_and_denoise_sets(sr_root: Path, tmp_path: Path, weights: Path, capsys) -> None:
+    out = tmp_path / "ipt.json"
+    common = ["--model", str(weights), "--root", str(sr_root), "--out", str(out), "--quiet"]
+    assert main(["benchmark", "--task", "sr_x2", "--tiling", "official", "--precision", "fp32", *common]) == 0
+    report = _strict_json(out)
+    _check_schema(report, "sr_x2", str(weights), ["Set5"], 2)
+    assert report["tiling"] == "official" and report["precision"] == "fp32" and report["protocol"] == "ipt"
+
+    clean = tmp_path / "den" / "CBSD68"
+    clean.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(_smooth(48, 56, i)).save(clean / f"{i}.png")
+    common[common.index("--root") + 1] = str(clean.parent)
+    assert main(["benchmark", "--task", "denoise_s30", "--datasets", "CBSD68", *common]) == 0
+    _check_schema(_strict_json(out), "denoise_s30", str(weights), ["CBSD68"], 2)
+    assert "noisy inputs from seed 20210507" in capsys.readouterr().err
+
+
+def test_identity_denoise_is_deterministic(tmp_path: Path) -> None:
+    (tmp_path / "McMaster").mkdir()
+    Image.fromarray(_smooth(40, 40, 3)).save(tmp_path / "McMaster" / "1.png")
+    argv = ["benchmark", "--task", "denoise_s50", "--model", "identity", "--root", str(tmp_path), "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b.json")]) == 0
+    a, b = _strict_json(tmp_path / "a.json"), _strict_json(tmp_path / "b.json")
+    assert a["datasets"]["McMaster"]["per_image"] == b["datasets"]["McMaster"]["per_image"]
+    assert 10 < a["datasets"]["McMaster"]["psnr_y"] < 25  # sigma 50 noise on the Y channel
+
+
+# ------------------------------------------------------------------------------------------------ runner API
+
+
+def _set(pairs: list[BenchmarkPair], scale: int = 1) -> BenchmarkSet:
+    return BenchmarkSet("Tiny", "derain", scale, Path("/nowhere/Tiny"), "test", pairs)
+
+
+def test_evaluate_calls_on_result_and_caps_identical_images() -> None:
+    img = _smooth(24, 24, 0)
+    seen: list[tuple[str, dict]] = []
+    r = evaluate(
+        identity_fn, _set([BenchmarkPair("same", img, img)]), scale=1, on_result=lambda d, rec: seen.append((d, rec))
+    )
+    assert r["psnr_y"] == r["psnr_rgb"] == PSNR_CAP_DB and r["ssim_y"] == pytest.approx(1.0)
+    assert seen[0][0] == "Tiny" and seen[0][1]["name"] == "same" and seen[0][1]["seconds"] >= 0
+    json.dumps(r, allow_nan=False)
+
+
+def test_evaluate_rejects_wrong_output_sizes() -> None:
+    img = _smooth(24, 24, 0)
+    with pytest.raises(ValueError, match="Tiny/a: output is"):
+        evaluate(lambda lq: lq[:20], _set([BenchmarkPair("a", img, img)]), scale=1)
+
+
+def test_restorer_fn_passes_float_inputs_unquantized() -> None:
+    class Recorder:
+        def restore_tensor(self, x: torch.Tensor) -> torch.Tensor:
+            self.x = x
+            return x
+
+    rec = Recorder()
+    noisy = torch.rand(1, 3, 8, 8) * 255
+    assert torch.equal(restorer_fn(rec)(noisy), noisy) and torch.equal(rec.x, noisy)
+    u8 = _smooth(8, 8, 1)
+    out = restorer_fn(rec)(u8)
+    assert out.shape == (1, 3, 8, 8) and out.dtype == torch.float32
+    np.testing.assert_array_equal(out[0].permute(1, 2, 0).numpy(), u8)
