@@ -7,6 +7,9 @@ STAMP  := $(VENV)/.installed
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv test run lint bench clean
 

@@ -28,6 +28,7 @@ from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, scor
 
 RestoreFn = Callable[[np.ndarray | Tensor], np.ndarray | Tensor]
 OnResult = Callable[[str, dict[str, Any]], None]
+OnOutput = Callable[[str, Any, Tensor], None]
 BASELINES = ("bicubic", "identity")
 MODEL_URI_PREFIX = "models:/"
 
@@ -47,11 +48,13 @@ def evaluate(
     scale: int,
     protocol: str = "ipt",
     on_result: OnResult | None = None,
+    on_output: OnOutput | None = None,
 ) -> dict[str, Any]:
     """Restore and score every pair of ``dataset``; return the means and the per-image values.
 
     ``scale`` is the output/input size ratio (the crop border is ``scale`` for SR, 0 for x1). ``on_result`` is called
-    as ``on_result(dataset.name, record)`` after each image (record = name + metrics + seconds).
+    as ``on_result(dataset.name, record)`` after each image (record = name + metrics + seconds); ``on_output`` as
+    ``on_output(dataset.name, pair, output)`` with the (C, H, W) float64 output, e.g. to keep sample images.
     """
     check_protocol(protocol)
     border = crop_border_for(scale)
@@ -72,6 +75,8 @@ def evaluate(
         H, W = pair.hr.shape[:2]
         record = {"name": pair.name, **score(sr[:, :H, :W], pair.hr, crop_border=border, protocol=protocol)}
         per_image.append(record)
+        if on_output is not None:
+            on_output(dataset.name, pair, sr)
         if on_result is not None:
             on_result(dataset.name, {**record, "seconds": dt})
     n = len(per_image)
@@ -114,9 +119,15 @@ def restorer_fn(restorer: Any) -> RestoreFn:
     return fn
 
 
-def resolve_model_uri(uri: str) -> Path:
-    """Hook for MLflow registry URIs (``models:/ipt-sr_x2@champion``): to be served by ``ipt.tracking``."""
-    raise BenchmarkModelError(f"{uri}: MLflow model URIs are not supported yet; pass a weights file (.pt)")
+def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
+    """MLflow registry URIs (``models:/ipt-sr_x2@champion``) -> the local checkpoint file, via ``ipt.tracking``."""
+    from ipt.tracking import TrackingError
+    from ipt.tracking import resolve_model_uri as resolve
+
+    try:
+        return resolve(uri, tracking_uri)
+    except TrackingError as e:
+        raise BenchmarkModelError(str(e)) from None
 
 
 def make_restore_fn(
@@ -128,9 +139,13 @@ def make_restore_fn(
     device: str = "auto",
     batch: int = 64,
     num_heads: int = 12,
+    tracking_uri: str | None = None,
 ) -> tuple[RestoreFn, dict[str, Any]]:
-    """``bicubic`` | ``identity`` | a weights path -> (restore function, run info: tiling and precision used)."""
+    """``bicubic`` | ``identity`` | ``baseline`` (the one that fits the task) | a weights path | a ``models:/`` URI
+    -> (restore function, run info: tiling and precision used)."""
     kind, param = task_kind(task)
+    if model == "baseline":
+        model = "bicubic" if kind == "sr" else "identity"
     if model == "bicubic":
         if kind != "sr":
             raise BenchmarkModelError(f"the bicubic baseline is for sr_xN tasks, not {task!r}; use --model identity")
@@ -140,7 +155,7 @@ def make_restore_fn(
             raise BenchmarkModelError(f"the identity baseline is for x1 tasks, not {task!r}; use --model bicubic")
         return identity_fn, {"tiling": None, "precision": None}
     if model.startswith(MODEL_URI_PREFIX):
-        model = str(resolve_model_uri(model))
+        model = str(resolve_model_uri(model, tracking_uri))
     from ipt.checkpoint import load_model
     from ipt.restore import Restorer
 
@@ -159,6 +174,7 @@ def run_benchmark(
     info: dict[str, Any],
     hardware: dict[str, str],
     on_result: OnResult | None = None,
+    on_output: OnOutput | None = None,
 ) -> dict[str, Any]:
     """The full report: run metadata, the protocol id and one :func:`evaluate` block per dataset."""
     kind, param = task_kind(task)
@@ -172,12 +188,32 @@ def run_benchmark(
         "precision": info.get("precision"),
         "hardware": hardware,
         "datasets": {
-            d.name: evaluate(restore_fn, d, scale=scale, protocol=protocol, on_result=on_result) for d in datasets
+            d.name: evaluate(restore_fn, d, scale=scale, protocol=protocol, on_result=on_result, on_output=on_output)
+            for d in datasets
         },
     }
 
 
 # ------------------------------------------------------------------------------------------------ output
+
+
+def comparison_image(lq: np.ndarray | Tensor, output: Tensor, hr: np.ndarray, crop: int = 128) -> np.ndarray:
+    """Input (nearest-upscaled to the output size), output and ground truth: the same central crop, side by side."""
+    out = as_chw(output).clamp(0, 255).round()
+    if out.shape[0] == 1:
+        out = out.expand(3, -1, -1)
+    H, W = hr.shape[:2]
+    x = as_chw(lq).clamp(0, 255).round()
+    x = x.expand(3, -1, -1) if x.shape[0] == 1 else x
+    s = max(1, out.shape[-1] // x.shape[-1])
+    x = x.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
+    gt = as_chw(hr).expand(3, -1, -1) if hr.ndim == 2 else as_chw(hr)
+    c = min(crop, H, W)
+    top, left = (H - c) // 2, (W - c) // 2
+    tiles = [t[:, top : top + c, left : left + c] for t in (x, out, gt)]
+    gap = torch.full((3, c, 4), 255.0, dtype=torch.float64)
+    row = torch.cat([tiles[0], gap, tiles[1], gap, tiles[2]], dim=2)
+    return row.permute(1, 2, 0).to(torch.uint8).numpy()
 
 
 def write_json(path: str | os.PathLike, report: dict[str, Any]) -> Path:
@@ -213,3 +249,20 @@ def markdown_table(report: dict[str, Any]) -> str:
         )
     lines += ["", f"Protocol: {report['protocol_id']}"]
     return "\n".join(lines) + "\n"
+
+
+def log_report(tracker: Any, report: dict[str, Any], samples: dict[str, np.ndarray], json_path: str | None) -> None:
+    """Log a report to a tracker: ``<dataset>/psnr_y`` etc., run params, the protocol tag, images and the JSON."""
+    task = report["task"]
+    metrics = {
+        f"{name}/{key}": r[key]
+        for name, r in report["datasets"].items()
+        for key in ("psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image")
+    }
+    tracker.log_metrics(metrics)
+    tracker.log_params({f"benchmark.{k}": report[k] for k in ("task", "model", "protocol", "tiling", "precision")})
+    tracker.set_tags({"metric_protocol": report["protocol_id"], "benchmark_task": task})
+    for name, image in samples.items():
+        tracker.log_image(image, f"benchmark/{task}/{name}_input_output_gt.png")
+    if json_path:
+        tracker.log_artifact(json_path, f"benchmark/{task}")

@@ -7,6 +7,7 @@ that skipped bad files exits 1 after reporting them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -69,9 +70,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ipt.restore import Restorer
 
     pairs = _pairs(Path(args.input), Path(args.output))
+    weights = args.weights
+    if weights.startswith("models:/"):
+        from ipt.tracking import TrackingError, resolve_model_uri
+
+        try:
+            weights = resolve_model_uri(weights, args.tracking_uri)
+        except TrackingError as e:
+            raise UserError(str(e)) from None
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        model = load_model(args.weights, args.task, num_heads=args.num_heads)
+        model = load_model(weights, args.task, num_heads=args.num_heads)
     restorer = Restorer(
         model,
         args.task,
@@ -98,10 +107,17 @@ def add_restore(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore an image or a folder of images with IPT weights")
     p.add_argument("input", help="an image file or a folder of images (PNG/JPEG/BMP/TIFF/WebP)")
     p.add_argument("output", help="output PNG file, or a folder (mirrors the input tree, .png names)")
-    p.add_argument("--weights", required=True, help="official IPT_*.pt, a bare state dict, or a project checkpoint")
+    p.add_argument(
+        "--weights",
+        required=True,
+        help="official IPT_*.pt, a bare state dict, a project checkpoint, or models:/NAME@ALIAS",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ weights")
     p.add_argument("--task", required=True, help="sr_x2, sr_x3, sr_x4, denoise_s30, denoise_s50, derain, ...")
     p.add_argument("--tiling", choices=TILINGS, default="overlap", help="'official' reproduces forward_chop exactly")
-    p.add_argument("--overlap", type=int, default=12, help="overlap in LR pixels for the default tiling")
+    p.add_argument(
+        "--overlap", type=int, default=None, help="overlap in LR pixels for the default tiling (default: window/4, 12)"
+    )
     p.add_argument("--batch", type=int, default=64, help="windows per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto picks bf16 only on fast-bf16 hardware")
@@ -113,13 +129,24 @@ def add_restore(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------------ benchmark
 
 
+def _tracker(args: argparse.Namespace):
+    """An MlflowTracker for ``--mlflow-run-id`` (or $IPT_MLFLOW_RUN_ID, set by the flows), else None."""
+    run_id = args.mlflow_run_id or os.environ.get("IPT_MLFLOW_RUN_ID")
+    if not run_id:
+        return None
+    from ipt.tracking import MlflowTracker
+
+    return MlflowTracker(run_id, args.tracking_uri)
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Score a model (or the bicubic / identity baseline) on benchmark sets; JSON to --out, a table to stdout."""
-    from ipt.benchmark import make_restore_fn, markdown_table, run_benchmark, write_json
+    from ipt.benchmark import comparison_image, log_report, make_restore_fn, markdown_table, run_benchmark, write_json
     from ipt.data.benchmarks import load_benchmark, resolve_datasets
     from ipt.device import describe
 
     root = Path(args.root)
+    args.out = args.out.format(task=args.task)
     requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     try:
         names, notes = resolve_datasets(root, args.task, requested)
@@ -131,7 +158,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             device=args.device,
             batch=args.batch,
             num_heads=args.num_heads,
+            tracking_uri=args.tracking_uri,
         )
+        tracker = _tracker(args)
         sets = [load_benchmark(root, n, args.task, seed=args.seed, limit=args.limit) for n in names]
     except ValueError as e:  # BenchmarkDataError, BenchmarkModelError, CheckpointError, a bad device or precision
         raise UserError(str(e)) from None
@@ -141,6 +170,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     def progress(dataset: str, r: dict) -> None:
         if not args.quiet:
             print(f"{dataset}/{r['name']}: {r['psnr_y']:.2f} dB, SSIM {r['ssim_y']:.4f}", file=sys.stderr)
+
+    samples: dict = {}
+
+    def keep_first(dataset: str, pair, output) -> None:
+        if tracker is not None and dataset not in samples:
+            samples[dataset] = comparison_image(pair.lq, output, pair.hr)
 
     try:
         report = run_benchmark(
@@ -152,10 +187,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             info=info,
             hardware=describe(),
             on_result=progress,
+            on_output=keep_first,
         )
     except ValueError as e:  # e.g. an image smaller than the official tiling's 48-px window
         raise UserError(str(e)) from None
     write_json(args.out, report)
+    if tracker is not None:
+        log_report(tracker, report, samples, args.out)
     table = markdown_table(report)
     print(table, end="")
     if args.markdown:
@@ -169,8 +207,12 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("benchmark", help="score a model or a baseline on benchmark sets (Y-PSNR, SSIM, RGB-PSNR)")
     p.add_argument("--task", required=True, help="sr_x2, sr_x3, sr_x4, denoise_s30, denoise_s50, derain")
-    p.add_argument("--model", required=True, help="'bicubic' (SR), 'identity' (x1 tasks) or a weights file")
-    p.add_argument("--root", required=True, help="folder holding the sets (Set5/, Set14/, B100/, CBSD68/, ...)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="'bicubic' (SR), 'identity' (x1), 'baseline' (either), a weights file, models:/...",
+    )
+    p.add_argument("--root", default=None, help="folder holding the sets (Set5/, Set14/, B100/, CBSD68/, ...)")
     p.add_argument("--datasets", default=None, help="comma-separated names (default: the task's standard sets present)")
     p.add_argument("--protocol", choices=("ipt", "matlab"), default="ipt", help="see docs/benchmark_protocol.md")
     p.add_argument("--tiling", choices=TILINGS, default="official", help="'official' reproduces forward_chop exactly")
@@ -180,10 +222,23 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-heads", type=int, default=12, help="attention heads of an official-layout file (not stored)")
     p.add_argument("--seed", type=int, default=DEFAULT_NOISE_SEED, help="seed of the denoising noise inputs")
     p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (by name)")
-    p.add_argument("--out", required=True, help="JSON report (written atomically)")
+    p.add_argument("--out", default=None, help="JSON report, written atomically; '{task}' is replaced by the task")
+    p.add_argument(
+        "--params",
+        default=None,
+        help="params file whose 'benchmark' section gives defaults "
+        "(default: ./params.yaml if present; 'none' to ignore it)",
+    )
     p.add_argument("--markdown", default=None, help="also write the markdown table to this file")
+    p.add_argument("--mlflow-run-id", default=None, help="log metrics and sample images to this existing MLflow run")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+        "sqlite:///./mlflow.db); also used to resolve models:/ URIs",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-image lines on stderr")
-    p.set_defaults(func=cmd_benchmark)
+    p.set_defaults(func=cmd_benchmark, required_from_params=("model", "root", "out"))
 
 
 # ------------------------------------------------------------------------------------------------ demo (make run)
@@ -242,16 +297,60 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 # ------------------------------------------------------------------------------------------------ entry point
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands whose flags default from a params.yaml section (flags given on the command line win). DVC stages call
+# `python -m ipt.cli <stage> --task ${key}`; the section is declared as the stage's params, so DVC reruns on edits.
+PARAMS_SECTIONS: dict[str, tuple[str, ...]] = {
+    "benchmark": ("model", "root", "datasets", "protocol", "tiling", "precision", "device", "batch", "limit", "out"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="ipt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_restore, add_benchmark, add_demo):
         add(sub)
-    return parser
+    return parser, dict(sub.choices)
+
+
+def params_section(path: Path, command: str) -> dict:
+    """The strict ``command`` section of a params file: unknown keys are an error naming the file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read params ({str(e).splitlines()[0]})") from None
+    section = data.get(command) or {}
+    if not isinstance(section, dict):
+        raise UserError(f"{path}: section '{command}' must be a mapping")
+    unknown = sorted(set(section) - set(PARAMS_SECTIONS[command]))
+    if unknown:
+        raise UserError(f"{path}: unknown key(s) {unknown} in '{command}'; known: {list(PARAMS_SECTIONS[command])}")
+    return {k: ",".join(v) if isinstance(v, list) else v for k, v in section.items() if v is not None}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser, subs = build_parser()
+    args = parser.parse_args(argv)
+    source = getattr(args, "params", None) or os.environ.get("IPT_PARAMS") or "params.yaml"
+    if args.command in PARAMS_SECTIONS and source != "none":
+        path = Path(source)
+        explicit = source != "params.yaml" or getattr(args, "params", None) is not None
+        if explicit or path.is_file():
+            subs[args.command].set_defaults(**params_section(path, args.command))
+            args = parser.parse_args(argv)
+    for name in getattr(args, "required_from_params", ()):
+        if getattr(args, name) is None:
+            raise UserError(f"--{name} is required (or '{args.command}.{name}' in params.yaml)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except (UserError, CheckpointError, ImageReadError) as e:

@@ -163,10 +163,14 @@ def restore_image(
     *,
     tiling: str = "overlap",
     patch: int = 48,
-    overlap: int = 12,
+    overlap: int | None = None,
     batch: int = 64,
 ) -> Tensor:
-    """Dispatch to a tiling by name. ``x`` is (1, C, H, W) in the model's range; output is unclamped."""
+    """Dispatch to a tiling by name. ``x`` is (1, C, H, W) in the model's range; output is unclamped.
+
+    ``overlap=None`` uses a quarter of the window (12 LR pixels for the paper's 48-pixel windows)."""
+    if overlap is None:
+        overlap = patch // 4
     if tiling == "official":
         return forward_chop_official(window_fn, x, scale, patch=patch, batch=batch)
     if tiling == "overlap":

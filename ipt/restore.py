@@ -18,7 +18,7 @@ class Restorer:
     model: IPT
     task: str
     tiling: str = "overlap"
-    overlap: int = 12
+    overlap: int | None = None  # None: a quarter of the window
     batch: int = 64
     device: str = "auto"
     precision: str = "auto"

@@ -16,6 +16,13 @@ SHARED = Path(os.environ.get("IPT_SHARED", ROOT.parent / "shared"))
 BENCHMARK_ROOT = Path(os.environ.get("IPT_BENCHMARK_ROOT", SHARED / "benchmarks"))
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path, monkeypatch) -> None:
+    """No test reads the checkout's params.yaml or writes an mlflow.db into it unless it asks to."""
+    monkeypatch.setenv("IPT_PARAMS", "none")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'autouse-mlflow.db'}")
+
+
 @pytest.fixture(scope="session")
 def golden() -> dict:
     """Outputs of the official code for a tiny random-weight IPT (see tests/fixtures/make_golden_compact.py)."""
@@ -36,7 +43,5 @@ def tiny_spec() -> ModelSpec:
 @pytest.fixture
 def benchmark_root() -> Path:
     if not (BENCHMARK_ROOT / "Set5").is_dir():
-        pytest.skip(
-            f"benchmark data not found at {BENCHMARK_ROOT} (set IPT_BENCHMARK_ROOT)"
-        )
+        pytest.skip(f"benchmark data not found at {BENCHMARK_ROOT} (set IPT_BENCHMARK_ROOT)")
     return BENCHMARK_ROOT

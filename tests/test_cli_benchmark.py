@@ -87,7 +87,11 @@ def test_cli_errors_are_one_line(sr_root: Path, tmp_path: Path, capsys) -> None:
     base = ["benchmark", "--root", str(sr_root), "--out", str(tmp_path / "x.json")]
     cases = [
         (["--task", "sr_x2", "--model", "bicubic", "--datasets", "Set5,Set14"], "unknown dataset 'Set14'"),
-        (["--task", "sr_x2", "--model", "models:/ipt-sr_x2@champion"], "not supported yet"),
+        (
+            ["--task", "sr_x2", "--model", "models:/ipt-sr_x2@champion"]
+            + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+            "models:/ipt-sr_x2@champion: no such registered model version",
+        ),
         (["--task", "denoise_s30", "--model", "bicubic", "--datasets", "Set5"], "use --model identity"),
         (["--task", "sr_x3", "--model", "identity"], "use --model bicubic"),
         (["--task", "sr_x2", "--model", str(tmp_path / "missing.pt")], "no such weights file"),

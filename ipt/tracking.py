@@ -1,0 +1,180 @@
+"""Experiment tracking at the boundary: the only module that imports mlflow.
+
+Every call goes to an explicit ``run_id`` through ``MlflowClient`` (the fluent API's active run is thread-local and
+breaks under Prefect's thread pools). The tracking URI defaults to a local sqlite store, ``sqlite:///<cwd>/mlflow.db``,
+which needs no server; ``$MLFLOW_TRACKING_URI`` or ``--tracking-uri`` override it.
+
+Registry convention (read by :func:`resolve_model_uri`): a model version's ``source`` is an artifact folder holding
+one project checkpoint ``model.pt``; ``models:/ipt-sr_x2@champion`` downloads that folder and returns the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+MODEL_URI_PREFIX = "models:/"
+CHECKPOINT_NAME = "model.pt"
+
+
+class TrackingError(ValueError):
+    """A tracking URI, run or registered model cannot be used; the message says which."""
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+class Tracker(Protocol):
+    """What pipeline code may call: stages receive one, tests pass :class:`NullTracker`."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_params(self, params: dict[str, Any]) -> None: ...
+
+    def set_tags(self, tags: dict[str, str]) -> None: ...
+
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None: ...
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None: ...
+
+
+class NullTracker:
+    """Accepts everything, records nothing."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None:
+        pass
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        pass
+
+
+def _client(tracking_uri: str | None):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.tracking import MlflowClient
+
+    # "Creating initial MLflow database tables..." on every fresh sqlite store is noise on a CLI's stderr.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+    uri = tracking_uri or default_tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+class MlflowTracker:
+    """Logs to one existing run, by id, through ``MlflowClient``."""
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
+        self.client, self.tracking_uri = _client(tracking_uri)
+        try:
+            self.client.get_run(run_id)
+        except Exception as e:  # noqa: BLE001 - MlflowException and store errors alike
+            raise TrackingError(f"MLflow run {run_id!r} not found at {self.tracking_uri} ({e})") from None
+        self.run_id = run_id
+
+    @classmethod
+    def start(
+        cls,
+        experiment: str,
+        run_name: str | None = None,
+        tracking_uri: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> MlflowTracker:
+        """Create a run (a child of ``parent_run_id`` if given) in ``experiment`` (created if needed)."""
+        client, uri = _client(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        return cls(run.info.run_id, uri)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_image(self, image: np.ndarray, artifact_file: str) -> None:
+        self.client.log_image(self.run_id, image, artifact_file=artifact_file)
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+
+def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> the local path of its ``model.pt``."""
+    if not uri.startswith(MODEL_URI_PREFIX):
+        raise TrackingError(f"{uri}: not a models:/ URI")
+    client, tracking = _client(tracking_uri)
+    ref = uri[len(MODEL_URI_PREFIX) :]
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = ref.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except Exception as e:  # noqa: BLE001
+        raise TrackingError(
+            f"{uri}: no such registered model version at {tracking} ({str(e).splitlines()[0]})"
+        ) from None
+    from mlflow.artifacts import download_artifacts
+
+    dst = Path(tempfile.mkdtemp(prefix="ipt-model-"))
+    local = Path(download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=tracking))
+    found = [local] if local.is_file() else sorted(local.rglob(CHECKPOINT_NAME))
+    if not found:
+        raise TrackingError(f"{uri}: version {version.version} ({version.source}) holds no {CHECKPOINT_NAME}")
+    return found[0]
+
+
+def register_checkpoint(
+    tracker: MlflowTracker,
+    checkpoint: str | os.PathLike,
+    name: str,
+    *,
+    alias: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Log ``checkpoint`` under the run as ``<name>/model.pt`` and register it as a new version of ``name``."""
+    client = tracker.client
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / CHECKPOINT_NAME
+        staged.write_bytes(Path(checkpoint).read_bytes())
+        client.log_artifact(tracker.run_id, str(staged), artifact_path=name)
+    try:
+        client.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - not registered yet
+        client.create_registered_model(name)
+    source = f"{client.get_run(tracker.run_id).info.artifact_uri}/{name}"
+    mv = client.create_model_version(name, source=source, run_id=tracker.run_id, tags=tags or {})
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return str(mv.version)
