@@ -1,0 +1,69 @@
+"""`dvc repro` of the benchmark stage in a temporary git + DVC repository built from this project's files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from helpers_data import make_sr_set
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
+DVC = [sys.executable, "-m", "dvc"]
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={"DVC_NO_ANALYTICS": "1", **_env()})
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_") and k != "IPT_PARAMS"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # stage cmds call `python`
+    return env
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    pytest.importorskip("dvc")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for rel in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / rel, repo / rel)
+    for pkg in ("ipt", "corruptions"):  # whole packages: `python -m ipt.cli` in the repo imports these copies
+        shutil.copytree(ROOT / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["benchmark"]["root"] = str(make_sr_set(tmp_path / "bench", scales=(2, 3)))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run(DVC + ["init", "-q"], repo)
+    _run(DVC + ["config", "core.analytics", "false"], repo)
+    return repo
+
+
+def test_benchmark_stage_runs_and_reruns_only_on_change(repo: Path) -> None:
+    out = _run(DVC + ["repro", "benchmark@sr_x2"], repo)
+    assert "benchmark@sr_x2" in out
+    report = json.loads((repo / "metrics" / "benchmark" / "sr_x2.json").read_text())
+    assert report["model"] == "baseline" and report["datasets"]["Set5"]["images"] == 2
+    assert not (repo / "metrics" / "benchmark" / "sr_x3.json").exists()
+    again = _run(DVC + ["repro", "benchmark@sr_x2"], repo)
+    assert "didn't change, skipping" in again or "is cached" in again or "up to date" in again.lower()
+    shown = _run(DVC + ["metrics", "show", "--json"], repo)
+    assert "psnr_y" in shown
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["benchmark"]["protocol"] = "matlab"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = _run(DVC + ["status", "benchmark@sr_x2"], repo)
+    assert "params.yaml" in status and "modified:" in status and "benchmark" in status
+    _run(DVC + ["repro", "benchmark@sr_x2"], repo)
+    assert json.loads((repo / "metrics" / "benchmark" / "sr_x2.json").read_text())["protocol"] == "matlab"
