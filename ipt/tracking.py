@@ -64,6 +64,15 @@ class NullTracker:
         pass
 
 
+def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
+    """Artifacts of a sqlite store live beside its database (``<db dir>/mlartifacts/<experiment>``), not in
+    whatever the current directory happens to be; other stores keep their server's default."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///") :])
+    return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
+
+
 def _client(tracking_uri: str | None):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
@@ -97,7 +106,11 @@ class MlflowTracker:
         """Create a run (a child of ``parent_run_id`` if given) in ``experiment`` (created if needed)."""
         client, uri = _client(tracking_uri)
         exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+        exp_id = (
+            exp.experiment_id
+            if exp is not None
+            else client.create_experiment(experiment, artifact_location=artifact_location_for(uri, experiment))
+        )
         tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
         run = client.create_run(exp_id, run_name=run_name, tags=tags)
         return cls(run.info.run_id, uri)
