@@ -45,3 +45,15 @@ def benchmark_root() -> Path:
     if not (BENCHMARK_ROOT / "Set5").is_dir():
         pytest.skip(f"benchmark data not found at {BENCHMARK_ROOT} (set IPT_BENCHMARK_ROOT)")
     return BENCHMARK_ROOT
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real temporary Prefect server (sqlite) on 127.0.0.1 for the whole session."""
+    pytest.importorskip("prefect")
+    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect_home")))
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

@@ -67,3 +67,43 @@ def test_benchmark_stage_runs_and_reruns_only_on_change(repo: Path) -> None:
     assert "params.yaml" in status and "modified:" in status and "benchmark" in status
     _run(DVC + ["repro", "benchmark@sr_x2"], repo)
     assert json.loads((repo / "metrics" / "benchmark" / "sr_x2.json").read_text())["protocol"] == "matlab"
+
+
+def _ran(out: str) -> list[str]:
+    """Stage names that `dvc repro` output says it ran."""
+    import re
+
+    return sorted(set(re.findall(r"Running stage '([^']+)'", out)))
+
+
+def test_data_stages_rerun_only_what_changed_and_round_trip_the_default_remote(repo: Path, tmp_path: Path) -> None:
+    from helpers_images import PHOTOS, folder_bytes, photo_folder
+
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the project's default local remote
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["shard"].update(source=str(photo_folder(tmp_path / "train", PHOTOS[:3])), crops=1, images_per_shard=2)
+    params["shard"]["workers"] = params["corrupt"]["workers"] = 1
+    params["corrupt"]["tasks"] = {k: v for k, v in params["corrupt"]["tasks"].items() if k in ("sr_x4", "denoise_s30")}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    out = _run(DVC + ["repro", "corrupt"], repo)
+    assert _ran(out) == ["corrupt@denoise_s30", "corrupt@sr_x4", "shard"]
+    assert json.loads((repo / "data" / "pairs" / "sr_x4" / "manifest.json").read_text())["samples"] == 3
+    assert _ran(_run(DVC + ["repro", "corrupt"], repo)) == []
+
+    params["corrupt"]["tasks"]["denoise_s30"]["sigma"] = 25  # edit one corruption: one stage reruns
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _ran(_run(DVC + ["repro", "corrupt"], repo)) == ["corrupt@denoise_s30"]
+
+    params["corrupt"]["tasks"]["denoise_s15"] = {"name": "gaussian_noise", "sigma": 15}  # a new task: only it runs
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _ran(_run(DVC + ["repro", "corrupt"], repo)) == ["corrupt@denoise_s15"]
+
+    outs = ("clean", "pairs/sr_x4", "pairs/denoise_s30", "pairs/denoise_s15")
+    before = {d: folder_bytes(repo / "data" / d) for d in outs}
+    _run(DVC + ["push"], repo)
+    assert any((repo / ".dvc-remote").rglob("*")), "nothing pushed to the default local remote"
+    shutil.rmtree(repo / "data")
+    shutil.rmtree(repo / ".dvc" / "cache")
+    _run(DVC + ["pull"], repo)
+    assert {d: folder_bytes(repo / "data" / d) for d in outs} == before

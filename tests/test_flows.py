@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -12,16 +11,6 @@ from helpers_data import make_sr_set
 
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect_home")))
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
 
 
 def test_benchmark_flow_runs_the_cli_stage_and_logs_child_runs(tmp_path, prefect_server, monkeypatch) -> None:

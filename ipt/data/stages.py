@@ -1,0 +1,329 @@
+"""The two data stages: clean crops from a source (``ipt shard``) and (LQ, HR) pairs per task (``ipt corrupt``).
+
+Each stage is ``plan_*`` (pure: lists the source, fixes every shard's inputs and a digest of everything that
+determines the bytes) then :func:`execute` (lock, skip what a previous run of the same plan finished, fan the rest
+out, write the manifest). The CLI and the Prefect flows call these same functions; see docs/data_format.md for
+the shard layout and docs/data_pipeline.md for the stages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ipt.data import shards, storage
+from ipt.data.executors import map_unordered
+from ipt.data.sources import SourceItem, list_source, listing_digest, read_items
+
+DEFAULT_SEED = 20210507
+
+
+def _np_rng(*parts: Any) -> np.random.Generator:
+    """A numpy generator seeded from sha256 over a JSON encoding of ``parts`` (never Python's salted hash)."""
+    digest = hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).digest()
+    return np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "big")))
+
+
+# ------------------------------------------------------------------------------------------------ clean shards
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """``ipt shard`` / params.yaml ``shard`` (plus the top-level ``seed`` and ``patch_size``)."""
+
+    source: str = "skimage"
+    out: str = "data/clean"
+    patch_size: int = 48
+    max_scale: int = 4
+    crops: int = 2
+    images_per_shard: int = 256
+    png_level: int = 0
+    seed: int = DEFAULT_SEED
+
+    @property
+    def crop_size(self) -> int:
+        return self.patch_size * self.max_scale
+
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "max_scale", "crops", "images_per_shard"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"shard.{name} must be >= 1, got {getattr(self, name)!r}")
+        if not 0 <= int(self.png_level) <= 9:
+            raise ValueError(f"shard.png_level must be in 0..9, got {self.png_level!r}")
+
+
+@dataclass(frozen=True)
+class CleanJob:
+    name: str
+    folder: str
+    digest: str
+    items: tuple[SourceItem, ...]
+    crop: int
+    crops: int
+    seed: int
+    png_level: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    folder: str
+    digest: str
+    format: str
+    jobs: tuple[Any, ...]
+    params: dict[str, Any]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [j.name for j in self.jobs]
+
+
+def plan_shard(cfg: ShardConfig) -> Plan:
+    items = list_source(cfg.source)
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("source", "out")}
+    digest = shards.plan_digest([shards.FORMAT_CLEAN, params, listing_digest(items)])
+    n = cfg.images_per_shard
+    jobs = tuple(
+        CleanJob(
+            shards.shard_name(i // n),
+            cfg.out,
+            digest,
+            tuple(items[i : i + n]),
+            cfg.crop_size,
+            cfg.crops,
+            cfg.seed,
+            cfg.png_level,
+        )
+        for i in range(0, len(items), n)
+    )
+    params = {"source": cfg.source, "images": len(items), "crop_size": cfg.crop_size, **params}
+    return Plan(cfg.out, digest, shards.FORMAT_CLEAN, jobs, params)
+
+
+def run_clean_job(job: CleanJob) -> shards.ShardResult:
+    """Decode, convert and crop every readable image of one shard; unusable files are listed, never fatal."""
+    from ipt.data.images import ImageReadError, decode_bytes
+
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    skipped: list[dict[str, str]] = []
+    for item, data in read_items(list(job.items)):
+        if isinstance(data, Exception):
+            skipped.append({"path": item.relpath, "reason": f"unreadable: {shards.first_line(data)}"})
+            continue
+        try:
+            arr, _notes = decode_bytes(data, item.relpath)
+        except ImageReadError as e:
+            skipped.append({"path": item.relpath, "reason": str(e).split(": ", 1)[-1]})
+            continue
+        h, w = arr.shape[:2]
+        if min(h, w) < job.crop:
+            skipped.append({"path": item.relpath, "reason": f"too small: {w}x{h} < {job.crop}x{job.crop}"})
+            continue
+        rng = _np_rng(job.seed, "crop", item.relpath)
+        for k in range(job.crops):
+            top, left = int(rng.integers(0, h - job.crop + 1)), int(rng.integers(0, w - job.crop + 1))
+            crop = np.ascontiguousarray(arr[top : top + job.crop, left : left + job.crop])
+            meta = {"source": item.relpath, "crop": k, "box": [top, left, job.crop], "orig_size": [h, w]}
+            samples.append(
+                (
+                    shards.sample_key(item.relpath, k),
+                    {"png": shards.png_encode(crop, job.png_level), "json": shards.json_bytes(meta)},
+                )
+            )
+    result = shards.write_shard(job.folder, job.name, shards.tar_bytes(samples), skipped, len(samples))
+    shards.record_progress(job.folder, job.digest, result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ pair shards
+
+
+@dataclass(frozen=True)
+class CorruptConfig:
+    """``ipt corrupt --task T`` / params.yaml ``corrupt`` (the task's entry in ``corrupt.tasks``)."""
+
+    task: str
+    corruption: str
+    params: dict[str, Any]
+    clean: str = "data/clean"
+    out: str = "data/pairs/{task}"
+    patch_size: int = 48
+    png_level: int = 0
+    seed: int = DEFAULT_SEED
+
+    @property
+    def folder(self) -> str:
+        return self.out.format(task=self.task)
+
+    @property
+    def scale(self) -> int:
+        return int(self.params.get("scale", 1))
+
+
+@dataclass(frozen=True)
+class PairJob:
+    name: str
+    folder: str
+    digest: str
+    clean_url: str
+    task: str
+    corruption: str
+    params: tuple[tuple[str, Any], ...]
+    scale: int
+    patch: int
+    seed: int
+    png_level: int
+
+
+def plan_corrupt(cfg: CorruptConfig) -> Plan:
+    import corruptions
+
+    entry = corruptions.get(cfg.corruption)
+    try:
+        corruptions.validate_params(cfg.corruption, cfg.params)
+    except TypeError as e:
+        raise ValueError(f"task {cfg.task}: {e}") from None
+    hr = cfg.patch_size * cfg.scale
+    if tuple(entry.out_size(hr, hr, **cfg.params)) != (cfg.patch_size, cfg.patch_size):
+        raise ValueError(
+            f"task {cfg.task}: {cfg.corruption} maps {hr}x{hr} to {entry.out_size(hr, hr, **cfg.params)}, "
+            f"not the {cfg.patch_size}x{cfg.patch_size} LQ patch (is its scale param {cfg.scale}?)"
+        )
+    clean = shards.read_manifest(cfg.clean, shards.FORMAT_CLEAN)
+    crop = int(clean["params"]["crop_size"])
+    if hr > crop:
+        raise ValueError(
+            f"task {cfg.task} needs {hr}x{hr} HR patches but {cfg.clean} holds {crop}x{crop} crops "
+            f"(raise shard.max_scale to {-(-hr // cfg.patch_size)} and rerun the shard stage)"
+        )
+    params = {
+        "task": cfg.task,
+        "corruption": cfg.corruption,
+        "params": cfg.params,
+        "patch_size": cfg.patch_size,
+        "scale": cfg.scale,
+        "png_level": cfg.png_level,
+        "seed": cfg.seed,
+    }
+    digest = shards.plan_digest([shards.FORMAT_PAIRS, params, [s["sha256"] for s in clean["shards"]]])
+    jobs = tuple(
+        PairJob(
+            s["name"],
+            cfg.folder,
+            digest,
+            storage.join(cfg.clean, s["name"]),
+            cfg.task,
+            cfg.corruption,
+            tuple(sorted(cfg.params.items())),
+            cfg.scale,
+            cfg.patch_size,
+            cfg.seed,
+            cfg.png_level,
+        )
+        for s in clean["shards"]
+    )
+    return Plan(
+        cfg.folder, digest, shards.FORMAT_PAIRS, jobs, {**params, "clean": cfg.clean, "clean_plan": clean["plan"]}
+    )
+
+
+def run_pair_job(job: PairJob) -> shards.ShardResult:
+    """Corrupt every clean crop of one shard: a seeded HR patch, its LQ, and their provenance."""
+    import torch
+
+    import corruptions
+    from corruptions.bicubic_down import quantize_uint8
+
+    torch.set_num_threads(1)  # one shard per process: parallelism comes from the executor
+    params = dict(job.params)
+    hr_size = job.patch * job.scale
+    samples: list[tuple[str, dict[str, bytes]]] = []
+    skipped: list[dict[str, str]] = []
+    for key, members in shards.iter_tar(storage.read_bytes(job.clean_url)):
+        try:
+            full = shards.png_decode(members["png"])
+            source = json.loads(members["json"])["source"]
+        except (KeyError, ValueError, OSError) as e:
+            skipped.append({"path": key, "reason": f"bad clean sample: {shards.first_line(e)}"})
+            continue
+        rng = _np_rng(job.seed, job.task, key, "hr-crop")
+        top = int(rng.integers(0, full.shape[0] - hr_size + 1))
+        left = int(rng.integers(0, full.shape[1] - hr_size + 1))
+        hr = np.ascontiguousarray(full[top : top + hr_size, left : left + hr_size])
+        x = torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255.0
+        seed = corruptions.seed_from(job.seed, job.task, key)
+        gen = torch.Generator().manual_seed(seed)
+        lq = quantize_uint8(corruptions.apply(job.corruption, x, generator=gen, **params))[0].permute(1, 2, 0)
+        lq = np.ascontiguousarray(lq.numpy())
+        meta = {
+            "task": job.task,
+            "corruption": job.corruption,
+            "params": params,
+            "scale": job.scale,
+            "seed": seed,
+            "source": source,
+            "hr_box": [top, left, hr_size],
+        }
+        samples.append(
+            (
+                key,
+                {
+                    "hr.png": shards.png_encode(hr, job.png_level),
+                    "lq.png": shards.png_encode(lq, job.png_level),
+                    "meta.json": shards.json_bytes(meta),
+                },
+            )
+        )
+    result = shards.write_shard(job.folder, job.name, shards.tar_bytes(samples), skipped, len(samples))
+    shards.record_progress(job.folder, job.digest, result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ running a plan
+
+
+def run_job(job: CleanJob | PairJob) -> shards.ShardResult:
+    return run_clean_job(job) if isinstance(job, CleanJob) else run_pair_job(job)
+
+
+ProgressFn = Callable[[int, int, shards.ShardResult | None], None]
+
+
+def start(plan: Plan) -> tuple[dict[str, Any] | None, list[Any]]:
+    """Under the caller's lock: (the manifest if already complete, else None; the jobs still to run)."""
+    manifest = shards.prepare_folder(plan.folder, plan.digest)
+    if manifest is not None:
+        return manifest, []
+    done = shards.completed(plan.folder, plan.digest, plan.names)
+    return None, [j for j in plan.jobs if j.name not in done]
+
+
+def finish(plan: Plan) -> dict[str, Any]:
+    return shards.finalize(plan.folder, plan.digest, plan.format, plan.names, plan.params, plan.skipped)
+
+
+def execute(
+    plan: Plan,
+    executor: str = "process",
+    workers: int = 2,
+    address: str | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Run ``plan`` into its folder (resuming a killed run of the same plan) and return its manifest."""
+    with shards.FolderLock(plan.folder):
+        manifest, todo = start(plan)
+        if manifest is not None:
+            return manifest
+        total, done = len(plan.jobs), len(plan.jobs) - len(todo)
+        if progress:
+            progress(done, total, None)
+        for result in map_unordered(run_job, todo, executor=executor, workers=workers, address=address):
+            done += 1
+            if progress:
+                progress(done, total, result)
+        return finish(plan)
