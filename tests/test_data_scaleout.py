@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+
 from helpers_images import PHOTOS, folder_bytes, photo_folder
 from helpers_s3 import s3_bucket, s3_server  # noqa: F401
-
 from ipt.cli import main
 
 pytest.importorskip("distributed")

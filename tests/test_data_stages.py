@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from helpers_images import PHOTOS, SKIMAGE, bad_files, folder_bytes, imagenet_tarball, photo_folder
 from PIL import Image
 
 import corruptions
+from helpers_images import PHOTOS, SKIMAGE, bad_files, folder_bytes, imagenet_tarball, photo_folder
 from ipt.cli import main
 from ipt.data import shards, stages
 from ipt.data.shards import png_encode, sample_key, tar_bytes

@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+
 from helpers_s3 import s3_bucket, s3_server  # noqa: F401
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")

@@ -6,8 +6,8 @@ import os
 import stat
 
 import pytest
-from helpers_s3 import s3_bucket, s3_server  # noqa: F401
 
+from helpers_s3 import s3_bucket, s3_server  # noqa: F401
 from ipt.data import storage
 from ipt.data.storage import StorageError, StorageNotFoundError
 

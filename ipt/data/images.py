@@ -57,25 +57,6 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     return arr, notes
 
 
-def decode_bytes(data: bytes, name: str) -> tuple[np.ndarray, list[str]]:
-    """Decode image bytes fully into (H, W, 3) uint8 RGB plus conversion notes; errors name ``name``."""
-    import io
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            arr, notes = _to_rgb8(img)
-    except ImageReadError as e:
-        raise ImageReadError(f"{name}: {e}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(
-            f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-        ) from None
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageReadError(f"{name}: empty image")
-    return arr, notes
-
-
 def write_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
     """Write an (H, W, 3) or (H, W) uint8 array as PNG atomically (temp file, then rename)."""
     p = Path(path)

@@ -9,6 +9,7 @@ the shard layout and docs/data_pipeline.md for the stages.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -105,9 +106,36 @@ def plan_shard(cfg: ShardConfig) -> Plan:
     return Plan(cfg.out, digest, shards.FORMAT_CLEAN, jobs, params)
 
 
+def _open_checked(data: bytes, crop: int):
+    """(PIL image, None) for a usable file, (None, reason) otherwise. The size check needs only the header, so a
+    too-small file is never decoded; a usable one is fully decoded here (truncation fails here, not later)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if min(w, h) < crop:
+            return None, f"too small: {w}x{h} < {crop}x{crop}"
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return None, f"cannot decode image ({shards.first_line(e)})"
+    return img, None
+
+
+def _cropper(img, name: str) -> Callable[[int, int, int], np.ndarray]:
+    """A function (top, left, size) -> (size, size, 3) uint8 RGB crop. RGB images crop in PIL (no full-image
+    copy); other modes convert once with the same rules as ``ipt restore`` (ipt.data.images)."""
+    if img.mode == "RGB":
+        return lambda t, l, n: np.asarray(img.crop((l, t, l + n, t + n)))
+    from ipt.data.images import _to_rgb8
+
+    arr, _notes = _to_rgb8(img)
+    return lambda t, l, n: np.ascontiguousarray(arr[t : t + n, l : l + n])
+
+
 def run_clean_job(job: CleanJob) -> shards.ShardResult:
     """Decode, convert and crop every readable image of one shard; unusable files are listed, never fatal."""
-    from ipt.data.images import ImageReadError, decode_bytes
+    from ipt.data.images import ImageReadError
 
     samples: list[tuple[str, dict[str, bytes]]] = []
     skipped: list[dict[str, str]] = []
@@ -115,26 +143,23 @@ def run_clean_job(job: CleanJob) -> shards.ShardResult:
         if isinstance(data, Exception):
             skipped.append({"path": item.relpath, "reason": f"unreadable: {shards.first_line(data)}"})
             continue
+        img, reason = _open_checked(data, job.crop)
+        if img is None:
+            skipped.append({"path": item.relpath, "reason": reason})
+            continue
         try:
-            arr, _notes = decode_bytes(data, item.relpath)
+            crop_at = _cropper(img, item.relpath)
         except ImageReadError as e:
-            skipped.append({"path": item.relpath, "reason": str(e).split(": ", 1)[-1]})
+            skipped.append({"path": item.relpath, "reason": str(e)})
             continue
-        h, w = arr.shape[:2]
-        if min(h, w) < job.crop:
-            skipped.append({"path": item.relpath, "reason": f"too small: {w}x{h} < {job.crop}x{job.crop}"})
-            continue
+        w, h = img.size
         rng = _np_rng(job.seed, "crop", item.relpath)
         for k in range(job.crops):
             top, left = int(rng.integers(0, h - job.crop + 1)), int(rng.integers(0, w - job.crop + 1))
-            crop = np.ascontiguousarray(arr[top : top + job.crop, left : left + job.crop])
             meta = {"source": item.relpath, "crop": k, "box": [top, left, job.crop], "orig_size": [h, w]}
-            samples.append(
-                (
-                    shards.sample_key(item.relpath, k),
-                    {"png": shards.png_encode(crop, job.png_level), "json": shards.json_bytes(meta)},
-                )
-            )
+            png = shards.png_encode(crop_at(top, left, job.crop), job.png_level)
+            samples.append((shards.sample_key(item.relpath, k), {"png": png, "json": shards.json_bytes(meta)}))
+        img.close()
     result = shards.write_shard(job.folder, job.name, shards.tar_bytes(samples), skipped, len(samples))
     shards.record_progress(job.folder, job.digest, result)
     return result
