@@ -100,6 +100,8 @@ def test_bad_and_unusual_files_are_converted_or_listed(tmp_path: Path) -> None:
             assert path not in skipped
         else:
             assert outcome in skipped[path], (path, skipped.get(path))
+    assert _shard(tmp_path / "src", tmp_path / "again") == 0  # skip reasons are reproducible bytes too
+    assert folder_bytes(tmp_path / "again") == folder_bytes(out)
     ok = [p for p, o in expect.items() if o == "ok"]
     assert m["samples"] == 2 * len(ok) and "readme.txt" not in skipped
     samples = list(wds.WebDataset([str(out / s["name"]) for s in m["shards"]], shardshuffle=False).decode("rgb8"))

@@ -9,10 +9,12 @@ the shard layout and docs/data_pipeline.md for the stages.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,16 @@ from ipt.data.executors import map_unordered
 from ipt.data.sources import SourceItem, list_source, listing_digest, read_items
 
 DEFAULT_SEED = 20210507
+
+
+def code_digest(*extra_files: str) -> str:
+    """sha256 of the modules that decide the shard bytes (the same files dvc.yaml lists as the stage's deps), so a
+    code change that makes DVC rerun a stage also makes the stage rewrite its shards instead of reusing them."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in [*(here / m for m in ("shards.py", "stages.py", "sources.py", "images.py")), *map(Path, extra_files)]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
 
 
 def _np_rng(*parts: Any) -> np.random.Generator:
@@ -87,7 +99,7 @@ class Plan:
 def plan_shard(cfg: ShardConfig) -> Plan:
     items = list_source(cfg.source)
     params = {k: v for k, v in asdict(cfg).items() if k not in ("source", "out")}
-    digest = shards.plan_digest([shards.FORMAT_CLEAN, params, listing_digest(items)])
+    digest = shards.plan_digest([shards.FORMAT_CLEAN, params, listing_digest(items), code_digest()])
     n = cfg.images_per_shard
     jobs = tuple(
         CleanJob(
@@ -117,7 +129,9 @@ def _open_checked(data: bytes, crop: int):
         if min(w, h) < crop:
             return None, f"too small: {w}x{h} < {crop}x{crop}"
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:  # its message embeds an object address: not reproducible bytes
+        return None, "cannot decode image (not a recognised image format)"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return None, f"cannot decode image ({shards.first_line(e)})"
     return img, None
 
@@ -235,7 +249,10 @@ def plan_corrupt(cfg: CorruptConfig) -> Plan:
         "png_level": cfg.png_level,
         "seed": cfg.seed,
     }
-    digest = shards.plan_digest([shards.FORMAT_PAIRS, params, [s["sha256"] for s in clean["shards"]]])
+    module = inspect.getsourcefile(entry.fn)
+    digest = shards.plan_digest(
+        [shards.FORMAT_PAIRS, params, [s["sha256"] for s in clean["shards"]], code_digest(module)]
+    )
     jobs = tuple(
         PairJob(
             s["name"],
