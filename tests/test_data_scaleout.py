@@ -40,7 +40,6 @@ def test_cli_dask_local_cluster_gives_the_same_bytes(tmp_path: Path, reference) 
 
 def test_prefect_flows_on_a_dask_task_runner_give_the_same_bytes(tmp_path: Path, reference, prefect_server) -> None:
     import yaml
-    from prefect.client.orchestration import get_client  # noqa: F401  (server reachable)
 
     from flows.data import corrupt_ipt, shard_ipt
 
@@ -60,6 +59,12 @@ def test_prefect_flows_on_a_dask_task_runner_give_the_same_bytes(tmp_path: Path,
         images_per_shard=2,
     )
     assert summary == {"samples": 10, "shards": 3, "skipped": 0}
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["shards-shard"])))
+    assert arts and arts[0].type == "progress" and float(arts[0].data) == 100.0
     assert folder_bytes(tmp_path / "clean") == folder_bytes(ref)
     assert corrupt_ipt(params_file=str(params), executor="dask", workers=2) == {"sr_x2": 10}
     cli_pairs = tmp_path / "cli_pairs" / "{task}"
