@@ -43,6 +43,9 @@ def test_keys_are_stable_dotless_and_collision_free() -> None:
     assert sample_key("n01440764/n01440764_10026.JPEG", 3) == sample_key("n01440764/n01440764_10026.JPEG", 3)
     a, b = sample_key("x/a.png", 0), sample_key("x/a.jpg", 0)
     assert a != b and "." not in a and a.startswith("x_a-") and a.endswith("-c00")
+    deep = "/".join(["a_very_long_folder_name"] * 10) + "/img.jpg"
+    k1, k2 = sample_key(deep, 0), sample_key(deep.replace("very", "VERY", 1), 0)
+    assert k1 != k2 and k1.endswith("img-" + k1.split("-")[-2] + "-c00") and len(k1 + ".meta.json") <= 100
 
 
 def test_png_encoder_round_trips_and_is_a_function_of_the_pixels() -> None:
@@ -61,7 +64,9 @@ def test_tar_is_sorted_with_fixed_metadata() -> None:
     with tarfile.open(fileobj=io.BytesIO(data)) as t:
         members = t.getmembers()
     assert [m.name for m in members] == ["a.png", "b.json", "b.png"]
-    assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in members)
+    assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" and m.mode == 0o644 for m in members)
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        assert t.extractfile("b.png").read() == b"2"
 
 
 # ------------------------------------------------------------------------------------------------ shard stage
