@@ -81,6 +81,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         model = load_model(weights, args.task, num_heads=args.num_heads)
+    if args.task is None:
+        if len(model.spec.task_names) != 1:
+            raise UserError(f"{args.weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")
+        args.task = model.spec.task_names[0]
     restorer = Restorer(
         model,
         args.task,
@@ -113,7 +117,12 @@ def add_restore(sub: argparse._SubParsersAction) -> None:
         help="official IPT_*.pt, a bare state dict, a project checkpoint, or models:/NAME@ALIAS",
     )
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ weights")
-    p.add_argument("--task", required=True, help="sr_x2, sr_x3, sr_x4, denoise_s30, denoise_s50, derain, ...")
+    p.add_argument(
+        "--task",
+        default=None,
+        help="sr_x2, sr_x3, sr_x4, denoise_s30, denoise_s50, derain, ... (optional for a "
+        "single-task model that names its task)",
+    )
     p.add_argument("--tiling", choices=TILINGS, default="overlap", help="'official' reproduces forward_chop exactly")
     p.add_argument(
         "--overlap", type=int, default=None, help="overlap in LR pixels for the default tiling (default: window/4, 12)"
@@ -384,6 +393,69 @@ def add_corrupt(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_corrupt, required_from_params=("clean", "out"))
 
 
+# ------------------------------------------------------------------------------------------------ register
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    import json
+
+    from ipt import registry, tracking
+
+    report = None
+    if args.report:
+        try:
+            report = json.loads(Path(args.report).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(f"{args.report}: cannot read the benchmark report ({e})") from None
+    if not Path(args.checkpoint).is_file():
+        raise UserError(f"{args.checkpoint}: no such checkpoint")
+    run_id = args.mlflow_run_id or os.environ.get("IPT_MLFLOW_RUN_ID")
+    try:
+        if run_id:
+            tracker, owned = tracking.MlflowTracker(run_id, args.tracking_uri), False
+        else:
+            name = args.name or (f"ipt-{args.task}" if args.task else "ipt-pretrained")
+            tracker = tracking.MlflowTracker.start(
+                args.experiment, run_name=f"register {name}", tracking_uri=args.tracking_uri
+            )
+            owned = True
+        result = registry.register(
+            args.checkpoint,
+            task=args.task,
+            name=args.name,
+            report=report,
+            report_path=args.report,
+            metric=args.metric,
+            dataset=args.dataset,
+            tracker=tracker,
+        )
+    except (registry.RegistryError, tracking.TrackingError) as e:
+        raise UserError(str(e)) from None
+    if owned:
+        tracker.finish()
+    print(f"register: {result['uri']} ({'champion' if result['promoted'] else 'not champion'}: {result['reason']})")
+    if args.out:
+        out = Path(args.out.format(task=args.task or "pretrained"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+def add_register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("register", help="register a checkpoint in MLflow; move 'champion' only on a better score")
+    p.add_argument("--checkpoint", required=True, help="project checkpoint (or official .pt)")
+    p.add_argument("--task", default=None, help="register this task's single-task model as ipt-<task>")
+    p.add_argument("--name", default=None, help="registered model name (default ipt-<task> or ipt-pretrained)")
+    p.add_argument("--report", default=None, help="`ipt benchmark` JSON that scores this checkpoint")
+    p.add_argument("--metric", default="psnr_y")
+    p.add_argument("--dataset", default=None, help="score on this dataset only (default: mean over the report's)")
+    p.add_argument("--experiment", default="ipt-register")
+    p.add_argument("--mlflow-run-id", default=None, help="log into this run instead of a new one")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--out", default=None, help="write the decision as JSON ('{task}' is replaced)")
+    p.set_defaults(func=cmd_register)
+
+
 # ------------------------------------------------------------------------------------------------ demo (make run)
 
 
@@ -466,7 +538,7 @@ PARAMS_GLOBALS = ("seed", "patch_size")
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="ipt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_restore, add_benchmark, add_shard, add_corrupt, add_demo):
+    for add in (add_restore, add_benchmark, add_shard, add_corrupt, add_register, add_demo):
         add(sub)
     return parser, dict(sub.choices)
 

@@ -153,7 +153,13 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
             version = client.get_model_version_by_alias(name, alias)
         else:
             name, number = ref.rsplit("/", 1)
-            version = client.get_model_version(name, number)
+            if number == "latest":
+                found = client.search_model_versions(f"name = '{name}'")
+                if not found:
+                    raise TrackingError(f"registered model {name!r} has no versions")
+                version = max(found, key=lambda v: int(v.version))
+            else:
+                version = client.get_model_version(name, number)
     except Exception as e:  # noqa: BLE001
         raise TrackingError(
             f"{uri}: no such registered model version at {tracking} ({str(e).splitlines()[0]})"
@@ -168,6 +174,33 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
     return found[0]
 
 
+def register_files(
+    tracker: MlflowTracker,
+    files: dict[str, str | os.PathLike],
+    name: str,
+    *,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Log ``files`` (artifact file name -> local path) under the run's ``<name>/`` folder and register that folder
+    as a new version of ``name``; returns the version number. ``model.pt`` must be among them."""
+    if CHECKPOINT_NAME not in files:
+        raise TrackingError(f"registering {name}: the files must include {CHECKPOINT_NAME}")
+    client = tracker.client
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / name
+        folder.mkdir()
+        for artifact, path in files.items():
+            (folder / artifact).write_bytes(Path(path).read_bytes())
+        client.log_artifacts(tracker.run_id, str(folder), artifact_path=name)
+    try:
+        client.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - not registered yet
+        client.create_registered_model(name)
+    source = f"{client.get_run(tracker.run_id).info.artifact_uri}/{name}"
+    mv = client.create_model_version(name, source=source, run_id=tracker.run_id, tags=tags or {})
+    return str(mv.version)
+
+
 def register_checkpoint(
     tracker: MlflowTracker,
     checkpoint: str | os.PathLike,
@@ -177,17 +210,27 @@ def register_checkpoint(
     tags: dict[str, str] | None = None,
 ) -> str:
     """Log ``checkpoint`` under the run as ``<name>/model.pt`` and register it as a new version of ``name``."""
-    client = tracker.client
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / CHECKPOINT_NAME
-        staged.write_bytes(Path(checkpoint).read_bytes())
-        client.log_artifact(tracker.run_id, str(staged), artifact_path=name)
-    try:
-        client.get_registered_model(name)
-    except Exception:  # noqa: BLE001 - not registered yet
-        client.create_registered_model(name)
-    source = f"{client.get_run(tracker.run_id).info.artifact_uri}/{name}"
-    mv = client.create_model_version(name, source=source, run_id=tracker.run_id, tags=tags or {})
+    version = register_files(tracker, {CHECKPOINT_NAME: checkpoint}, name, tags=tags)
     if alias:
-        client.set_registered_model_alias(name, alias, mv.version)
-    return str(mv.version)
+        set_alias(name, alias, version, tracker.tracking_uri)
+    return version
+
+
+def alias_version(name: str, alias: str, tracking_uri: str | None = None) -> dict[str, Any] | None:
+    """``{"version", "tags"}`` of the version ``name@alias`` points at, or None if the model or alias is absent."""
+    client, _ = _client(tracking_uri)
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except Exception:  # noqa: BLE001 - no such model or alias
+        return None
+    return {"version": str(mv.version), "tags": dict(mv.tags or {})}
+
+
+def set_alias(name: str, alias: str, version: str, tracking_uri: str | None = None) -> None:
+    client, _ = _client(tracking_uri)
+    client.set_registered_model_alias(name, alias, version)
+
+
+def version_tags(name: str, version: str, tracking_uri: str | None = None) -> dict[str, str]:
+    client, _ = _client(tracking_uri)
+    return dict(client.get_model_version(name, version).tags or {})
