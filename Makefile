@@ -11,7 +11,7 @@ export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv test run lint bench clean
+.PHONY: venv test run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui
 
 venv: $(STAMP)
 
@@ -35,6 +35,26 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py --out docs/BENCHMARKS.md
+
+# Local services on 127.0.0.1 (docs/operations.md). PREFECT_API_URL / MLFLOW_TRACKING_URI are honoured when set.
+PREFECT_PORT ?= 4200
+MLFLOW_PORT  ?= 5000
+prefect-deploy prefect-worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+prefect-deploy prefect-worker: export IPT_PROJECT_DIR ?= $(CURDIR)
+
+prefect-server: $(STAMP)
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+prefect-deploy: $(STAMP)
+	$(VENV)/bin/prefect work-pool create local-process --type process --overwrite
+	$(VENV)/bin/prefect --no-prompt deploy --all
+
+prefect-worker: $(STAMP)
+	$(VENV)/bin/prefect worker start --pool local-process
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
