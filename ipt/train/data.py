@@ -1,0 +1,261 @@
+"""Training batches from pair shards (docs/data_format.md): one task per batch, resampled WebDataset streams.
+
+The global batch of step ``s`` is a pure function of (seed, s), whatever the number of ranks and workers:
+
+* the task of step ``s`` is drawn from ``random.Random(seed_of(seed, "task", s))`` with the configured weights;
+* the global batch is, in lane order, ``batch_size / lanes`` consecutive rows from each *lane* (one row per lane by
+  default). A lane is an independent, infinite WebDataset stream per task: ``ResampledShards`` (shards drawn with
+  replacement, so any number of consumers works with any number of shards, even one) -> tar samples -> a shuffle
+  buffer, every random choice seeded from (seed, task, lane, segment) with sha256. Lane streams restart every
+  ``segment`` steps, so the data position of a checkpoint is just its step: a resumed run rebuilds the segment's
+  streams and skips the steps already taken in it (reading, not decoding, those samples);
+* rank ``r`` of ``world`` owns lanes ``r, r + world, ...`` (rows ``r::world`` with one row per lane), and a rank's
+  DataLoader worker ``w`` owns every ``num_workers``-th of those lanes. Parts are re-assembled in lane order, so a
+  rank's batch does not depend on its worker count either.
+
+``webdataset.WebDataset(resampled=True)`` is not used as such: it seeds its shard sampler with the pid and the clock,
+which no resume could reproduce. The pipeline below is the same stages with explicit seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import webdataset as wds
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ipt.data.shards import FORMAT_PAIRS, MANIFEST, png_decode
+from ipt.train.errors import TrainingError
+
+
+def seed_of(*parts: Any) -> int:
+    """A 63-bit seed from sha256 over a JSON encoding of ``parts`` (never the salted builtin ``hash``)."""
+    payload = json.dumps(list(parts), separators=(",", ":")).encode()
+    return int.from_bytes(hashlib.sha256(payload).digest()[:8], "big") >> 1
+
+
+def task_for_step(seed: int, step: int, tasks: Sequence[str], weights: Sequence[float]) -> str:
+    """The task of global step ``step`` (0-based): one weighted draw seeded by (seed, step)."""
+    if len(tasks) == 1:
+        return tasks[0]
+    return random.Random(seed_of(seed, "task", step)).choices(list(tasks), weights=list(weights))[0]
+
+
+# ------------------------------------------------------------------------------------------------ shard discovery
+
+
+def find_shards(root: str | Path, tasks: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``{task: shard paths}`` from ``<root>/<task>/manifest.json``; errors name the folder or file at fault."""
+    root = Path(root)
+    out: dict[str, tuple[str, ...]] = {}
+    for task in tasks:
+        folder = root / task
+        if not folder.is_dir():
+            raise TrainingError(f"{folder}: no pair shards for task {task!r} (run `ipt corrupt --task {task}`)")
+        man_path = folder / MANIFEST
+        if not man_path.is_file():
+            raise TrainingError(
+                f"{folder}: no {MANIFEST} (not a pair-shard folder, or its corrupt stage did not finish)"
+            )
+        try:
+            manifest = json.loads(man_path.read_text())
+        except (OSError, ValueError) as e:
+            raise TrainingError(f"{man_path}: unreadable manifest ({e})") from None
+        if manifest.get("format") != FORMAT_PAIRS:
+            raise TrainingError(f"{man_path}: format {manifest.get('format')!r}, expected {FORMAT_PAIRS!r}")
+        names = [s["name"] for s in manifest.get("shards", []) if s.get("samples", 1) > 0]
+        if not names:
+            raise TrainingError(f"{man_path}: lists no non-empty shards for task {task!r}")
+        missing = [n for n in names if not (folder / n).is_file()]
+        if missing:
+            raise TrainingError(f"{folder}: {len(missing)} shard(s) listed in {MANIFEST} are missing: {missing[:5]}")
+        out[task] = tuple(str(folder / n) for n in names)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ streams
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """Everything a batch depends on (picklable, so DataLoader workers get a copy)."""
+
+    urls: dict[str, tuple[str, ...]]
+    tasks: tuple[str, ...]
+    weights: tuple[float, ...]
+    scales: dict[str, int]
+    patch_size: int
+    batch_size: int  # global
+    lanes: int
+    seed: int
+    shuffle_buffer: int = 64
+    segment: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.lanes:
+            raise TrainingError(f"batch_size {self.batch_size} is not a multiple of lanes {self.lanes}")
+
+    @property
+    def rows_per_lane(self) -> int:
+        return self.batch_size // self.lanes
+
+    def task(self, step: int) -> str:
+        return task_for_step(self.seed, step, self.tasks, self.weights)
+
+    def rank_lanes(self, rank: int, world: int) -> list[int]:
+        if self.lanes % world:
+            raise TrainingError(f"{self.lanes} lanes (batch {self.batch_size}) cannot be split over {world} ranks")
+        return list(range(rank, self.lanes, world))
+
+
+def _zero() -> int:
+    return 0
+
+
+class _Lane:
+    """One lane's per-task streams for the current segment (rebuilt at every segment start)."""
+
+    def __init__(self, spec: StreamSpec, lane: int) -> None:
+        self.spec, self.lane = spec, lane
+        self.segment = -1
+        self.iters: dict[str, Iterator[dict[str, Any]]] = {}
+
+    def next(self, task: str, step: int) -> dict[str, Any]:
+        segment = step // self.spec.segment
+        if segment != self.segment:
+            self.segment, self.iters = segment, {}
+        if task not in self.iters:
+            self.iters[task] = iter(self._pipeline(task, segment))
+        return next(self.iters[task])
+
+    def _pipeline(self, task: str, segment: int) -> wds.DataPipeline:
+        s = self.spec
+        stages: list[Any] = [
+            wds.ResampledShards(
+                list(s.urls[task]),
+                seed=seed_of(s.seed, "shards", task, self.lane, segment),
+                worker_seed=_zero,  # the lane, not the process, owns the stream
+                deterministic=True,
+            ),
+            wds.tarfile_to_samples(handler=wds.reraise_exception),
+        ]
+        if s.shuffle_buffer > 1:
+            seed = seed_of(s.seed, "shuffle", task, self.lane, segment)
+            stages.append(wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, seed=seed))
+        return wds.DataPipeline(*stages)
+
+
+def decode_pair(sample: dict[str, Any], task: str, patch: int, scale: int) -> tuple[Tensor, Tensor]:
+    """Raw tar sample -> (lq, hr) uint8 CHW tensors, checked against the task and the model's window size."""
+    where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__', '?')!r}"
+    try:
+        lq, hr = png_decode(sample["lq.png"]), png_decode(sample["hr.png"])
+        meta = json.loads(sample["meta.json"]) if "meta.json" in sample else {}
+    except KeyError as e:
+        raise TrainingError(f"{where}: no {e.args[0]} member (not a pair shard)") from None
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{where}: undecodable ({e})") from None
+    if meta.get("task", task) != task:
+        raise TrainingError(f"{where}: made for task {meta['task']!r}, found under task {task!r}")
+    if lq.shape[:2] != (patch, patch) or hr.shape[:2] != (patch * scale, patch * scale):
+        raise TrainingError(
+            f"{where}: lq {lq.shape[:2]} / hr {hr.shape[:2]}, but the model needs {patch}x{patch} / "
+            f"{patch * scale}x{patch * scale} for {task} (were the shards made with another patch size?)"
+        )
+    return torch.from_numpy(lq).permute(2, 0, 1), torch.from_numpy(hr).permute(2, 0, 1)
+
+
+class Part(NamedTuple):
+    step: int
+    task: str
+    lanes: tuple[int, ...]
+    lq: Tensor  # (len(lanes) * rows_per_lane, 3, P, P) uint8
+    hr: Tensor
+
+
+class PairStream(IterableDataset):
+    """Per step in [start, stop): the rows of the lanes this rank/worker owns, as one uint8 ``Part``."""
+
+    def __init__(self, spec: StreamSpec, *, rank: int, world: int, start: int, stop: int, workers: int) -> None:
+        super().__init__()
+        self.spec, self.start, self.stop = spec, start, stop
+        self.lanes = spec.rank_lanes(rank, world)
+        self.workers = max(1, workers)
+
+    def __iter__(self) -> Iterator[Part]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        mine = self.lanes[worker :: self.workers]
+        lanes = [_Lane(self.spec, j) for j in mine]
+        s = self.spec
+        first = self.start - self.start % s.segment  # replay the current segment up to `start` without decoding
+        for step in range(first, self.stop):
+            task = s.task(step)
+            raw = [lane.next(task, step) for lane in lanes for _ in range(s.rows_per_lane)]
+            if step < self.start:
+                continue
+            pairs = [decode_pair(x, task, s.patch_size, s.scales[task]) for x in raw]
+            lq = torch.stack([p[0] for p in pairs]) if pairs else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+            hr = torch.stack([p[1] for p in pairs]) if pairs else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
+            yield Part(step, task, tuple(mine), lq, hr)
+
+
+class Batch(NamedTuple):
+    """One rank's share of a global batch: float32 CHW in [0, 255] (IPT's rgb_range)."""
+
+    lq: Tensor
+    hr: Tensor
+    task: str
+    step: int  # 0-based global step this batch is for
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _assemble(parts: list[Part], rows_per_lane: int) -> tuple[Tensor, Tensor]:
+    """Concatenate worker parts and put their rows back in lane order."""
+    lanes = [j for p in parts for j in p.lanes]
+    lq, hr = torch.cat([p.lq for p in parts]), torch.cat([p.hr for p in parts])
+    order = sorted(range(len(lanes)), key=lanes.__getitem__)
+    rows = [i * rows_per_lane + k for i in order for k in range(rows_per_lane)]
+    return lq[rows], hr[rows]
+
+
+def pair_batches(
+    spec: StreamSpec,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    start: int = 0,
+    stop: int,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """This rank's batches for global steps ``start .. stop-1`` (``num_workers`` DataLoader workers; 0 = inline).
+
+    Workers beyond this rank's lane count would have nothing to read, so at most that many are started.
+    """
+    workers = min(num_workers, len(spec.rank_lanes(rank, world)))
+    ds = PairStream(spec, rank=rank, world=world, start=start, stop=stop, workers=workers)
+    if workers == 0:
+        parts: Iterator[Part] = iter(ds)
+    else:
+        loader = DataLoader(
+            ds, batch_size=None, num_workers=workers, worker_init_fn=_worker_init, pin_memory=pin_memory
+        )
+        parts = iter(loader)  # in-order: worker 0, 1, ..., workers-1 for step start, then the next step, ...
+    for step in range(start, stop):
+        got = [next(parts) for _ in range(max(1, workers))]
+        if any(p.step != step for p in got):
+            raise RuntimeError(f"data stream out of order: expected step {step}, got {[p.step for p in got]}")
+        lq, hr = _assemble(got, spec.rows_per_lane)
+        yield Batch(lq.float(), hr.float(), got[0].task, step)
