@@ -1,0 +1,95 @@
+"""IPT's training objective: L1 + lambda x patch-level supervised-contrastive loss on the decoder tokens (pure torch).
+
+IPT_REFERENCE section 4 (MindSpore ``src/loss.py``, ``--con_loss``): the features are the decoder output tokens after
+``mlp_head`` (B x N x E, N = 256 for 48 px windows), L2-normalised per token, fed to SupCon (Khosla et al. 2020) with
+``contrast_mode='all'``, temperature = base_temperature = 0.07, and each *image* as its own class. So for an anchor
+token i of image b:
+
+    loss_i = -(T / T_base) * mean_{p in P(i)} log( exp(z_i.z_p / T) / sum_{a != i} exp(z_i.z_a / T) )
+
+with P(i) the other N - 1 tokens of image b (positives) and the sum over every other token in the batch, positives
+included (SupCon's denominator). The loss is the mean over all B x N anchors. Choices the reference leaves open,
+made here:
+
+* tokens are cast to float32 before normalising (the objective runs outside bf16 autocast);
+* the row max is not subtracted: ``logsumexp`` is the same quantity, stably;
+* under DDP the anchors are the rank's own tokens and the contrast set is every rank's tokens (all-gathered with
+  gradient), so the loss equals the single-process loss of the global batch; see ``ipt.train.distributed``.
+  (MindSpore computes it per device, over the device's 64 images.)
+* a batch of one image has no negatives; the loss is then finite (>= log(N - 1)) and only pulls tokens together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+TEMPERATURE = 0.07
+CONTRASTIVE_WEIGHT = 0.1
+
+
+def l1(out: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error on the [0, 255] scale the model works in (the official ``1*L1``)."""
+    return F.l1_loss(out.float(), target.float())
+
+
+def patch_contrastive(
+    tokens: Tensor,
+    *,
+    temperature: float = TEMPERATURE,
+    base_temperature: float = TEMPERATURE,
+    contrast: Tensor | None = None,
+    offset: int = 0,
+) -> Tensor:
+    """SupCon over patch tokens with images as classes; mean over the anchors ``tokens`` (B, N, E).
+
+    Args:
+        contrast: the full contrast set (B_all, N, E) when it is more than the anchors (DDP: every rank's tokens);
+            its images ``offset .. offset + B - 1`` must be the anchors themselves.
+    """
+    if tokens.dim() != 3 or tokens.shape[1] < 2:
+        raise ValueError(f"patch_contrastive needs (B, N >= 2, E) tokens, got {tuple(tokens.shape)}")
+    b, n, e = tokens.shape
+    anchors = F.normalize(tokens.float(), dim=-1).reshape(b * n, e)
+    keys = anchors if contrast is None else F.normalize(contrast.float(), dim=-1).reshape(-1, e)
+    if contrast is not None and not 0 <= offset <= contrast.shape[0] - b:
+        raise ValueError(f"offset {offset} does not place {b} anchor images inside {contrast.shape[0]}")
+    logits = anchors @ keys.T / temperature  # (b*n, b_all*n)
+    rows = torch.arange(b * n, device=tokens.device)
+    own = rows + offset * n  # each anchor's own column
+    image_of_row = rows // n + offset
+    image_of_col = torch.arange(keys.shape[0], device=tokens.device) // n
+    is_self = torch.zeros_like(logits, dtype=torch.bool)
+    is_self[rows, own] = True
+    logits = logits.masked_fill(is_self, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positive = (image_of_row[:, None] == image_of_col[None, :]) & ~is_self
+    mean_log_prob_pos = log_prob.masked_fill(~positive, 0.0).sum(1) / (n - 1)
+    return -(temperature / base_temperature) * mean_log_prob_pos.mean()
+
+
+def ipt_objective(
+    out: Tensor,
+    target: Tensor,
+    tokens: Tensor,
+    *,
+    weight: float = CONTRASTIVE_WEIGHT,
+    temperature: float = TEMPERATURE,
+    gather: Callable[[Tensor], tuple[Tensor, int]] | None = None,
+) -> dict[str, Tensor]:
+    """``{"loss", "l1", "contrastive"}``: L1 + weight x patch contrastive (skipped, and reported 0, at weight 0).
+
+    ``gather(tokens) -> (all ranks' tokens, this rank's first image index)`` turns on the global contrast set.
+    """
+    rec = l1(out, target)
+    if weight == 0:
+        con = torch.zeros((), device=rec.device)
+    elif gather is None:
+        con = patch_contrastive(tokens, temperature=temperature)
+    else:
+        everything, offset = gather(tokens.float())
+        con = patch_contrastive(tokens, temperature=temperature, contrast=everything, offset=offset)
+    return {"loss": rec + weight * con, "l1": rec.detach(), "contrastive": con.detach()}
