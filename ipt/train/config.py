@@ -1,0 +1,206 @@
+"""Frozen, strict configurations of the two training stages (unknown keys and wrong types are errors).
+
+Defaults follow IPT_REFERENCE section 4 (the MindSpore training code and the paper): Adam (0.9, 0.999, eps 1e-8);
+pre-training at lr 5e-5 halved after two thirds of the steps (the code's ``--decay 200 --gamma 0.5`` of 300 epochs),
+L1 + 0.1 x patch contrastive loss at temperature 0.07, one task per batch drawn uniformly; fine-tuning at lr 2e-5 on
+one task. Step counts replace epochs (WebDataset streams have no length), and the batch size is the *global* one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec, strict_from_dict
+from ipt.train.errors import TrainingError
+
+# Named model sizes (ModelSpec keyword arguments; the tasks come from the stage's config).
+MODEL_SIZES: dict[str, dict[str, Any]] = {
+    "paper": {},  # ModelSpec defaults: n_feats 64, 48 px windows, 3x3 tokens, 12 heads, 12+12 layers (115.5 M)
+    "small": {"n_feats": 16, "num_layers": 2, "num_heads": 4},  # 48 px windows, 144-dim tokens: CPU-trainable
+    "tiny": {"n_feats": 8, "num_layers": 1, "num_heads": 2, "patch_size": 12},  # tests and smoke runs
+}
+PRECISIONS = ("auto", "fp32", "bf16")
+_TUPLES = ("tasks", "task_weights", "milestones", "betas")
+# Fields a resumed run may change; every other field must equal the checkpoint's (they change the numbers).
+RESUMABLE_CHANGES = frozenset({"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "device"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fields shared by pre-training and fine-tuning.
+
+    Data: ``shards`` is a root with one pair-shard folder per task (``<shards>/<task>/manifest.json``). Each of
+    ``lanes`` independent WebDataset streams per task (0: one per row of the global batch) restarts from a seed of
+    (seed, task, lane, segment) every ``stream_segment`` steps; see docs/training.md for why that makes runs
+    resumable and identical for any number of ranks or DataLoader workers.
+    """
+
+    shards: str = "data/pairs"
+    out: str = "runs/train"
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 5e-5
+    milestones: tuple[int, ...] | None = None  # steps at which lr *= gamma; None: the stage's default
+    gamma: float = 0.5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 = off (the reference does not clip)
+    contrastive_weight: float = 0.1
+    temperature: float = 0.07
+    seed: int = 20210507
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # step checkpoints kept besides the final model.pt
+    lanes: int = 0
+    shuffle_buffer: int = 64
+    stream_segment: int = 1000
+    num_workers: int = 0  # DataLoader workers per rank
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    device: str = "auto"
+    resume: bool = False
+
+    stage: ClassVar[str] = "train"
+
+    def __post_init__(self) -> None:
+        for name in _TUPLES:
+            value = getattr(self, name, None)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        positive = ("steps", "batch_size", "checkpoint_every", "stream_segment")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lanes", "num_workers", "keep_checkpoints", "shuffle_buffer"):
+            if getattr(self, name) < 0:
+                raise TrainingError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0 or self.temperature <= 0 or not 0 < self.gamma <= 1:
+            raise TrainingError(f"{type(self).__name__}: need lr > 0, temperature > 0 and 0 < gamma <= 1")
+        if self.contrastive_weight < 0 or self.grad_clip < 0:
+            raise TrainingError(f"{type(self).__name__}: contrastive_weight and grad_clip must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise TrainingError(f"unknown precision {self.precision!r}; known: {list(PRECISIONS)}")
+        lanes = self.lanes or self.batch_size
+        if self.batch_size % lanes:
+            raise TrainingError(f"batch_size {self.batch_size} is not a multiple of lanes {lanes}")
+        if self.milestones is not None and any(m < 1 for m in self.milestones):
+            raise TrainingError(f"milestones must be steps >= 1, got {list(self.milestones)}")
+
+    # -------------------------------------------------------------------------------------------- derived values
+
+    @property
+    def train_tasks(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return tuple(1.0 for _ in self.train_tasks)
+
+    @property
+    def num_lanes(self) -> int:
+        return self.lanes or self.batch_size
+
+    def default_milestones(self) -> tuple[int, ...]:
+        return ()
+
+    def resolved_milestones(self) -> tuple[int, ...]:
+        return tuple(sorted(self.milestones)) if self.milestones is not None else self.default_milestones()
+
+    # -------------------------------------------------------------------------------------------- (de)serialising
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping (e.g. a params.yaml section); unknown keys and wrong scalar types raise."""
+        try:
+            return strict_from_dict(cls, dict(data))
+        except TrainingError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise TrainingError(str(e)) from None
+
+    def differences(self, other: dict[str, Any]) -> list[str]:
+        """Fields (outside RESUMABLE_CHANGES) whose value differs from ``other`` (a stored ``to_dict()``)."""
+        mine = self.to_dict()
+        keys = sorted((set(mine) | set(other)) - RESUMABLE_CHANGES)
+        return [f"{k}: checkpoint {other.get(k)!r}, now {mine.get(k)!r}" for k in keys if mine.get(k) != other.get(k)]
+
+
+@dataclass(frozen=True)
+class PretrainConfig(TrainConfig):
+    """Multi-task pre-training from scratch. ``model`` holds ModelSpec keys (not ``tasks``): {} is the paper's size;
+    see MODEL_SIZES for the small CPU sizes. ``task_weights`` () draws tasks uniformly, as the paper does."""
+
+    out: str = "runs/pretrain"
+    lr: float = 5e-5
+    tasks: tuple[str, ...] = OFFICIAL_PRETRAIN_TASKS
+    task_weights: tuple[float, ...] = ()
+    model: dict[str, Any] = field(default_factory=dict)
+
+    stage: ClassVar[str] = "pretrain"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+            raise TrainingError(f"tasks must be non-empty and distinct, got {list(self.tasks)}")
+        if self.task_weights:
+            w = self.task_weights
+            if len(w) != len(self.tasks) or any(x < 0 for x in w) or sum(w) <= 0:
+                raise TrainingError(
+                    f"task_weights {list(w)} must be one non-negative weight per task {list(self.tasks)}, not all 0"
+                )
+        if not isinstance(self.model, dict) or "tasks" in self.model:
+            raise TrainingError("model must be a mapping of ModelSpec keys without 'tasks' (tasks come from `tasks`)")
+        self.model_spec()  # validates the model keys
+
+    @property
+    def train_tasks(self) -> tuple[str, ...]:
+        return self.tasks
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return tuple(float(w) for w in self.task_weights) or super().weights
+
+    def default_milestones(self) -> tuple[int, ...]:
+        return (max(1, round(self.steps * 2 / 3)),)  # 5e-5 -> 2.5e-5 at epoch 200 of 300 in the reference
+
+    def model_spec(self) -> ModelSpec:
+        try:
+            return ModelSpec.from_dict({**self.model, "tasks": list(self.tasks)})
+        except (ValueError, TypeError) as e:
+            raise TrainingError(f"model: {e}") from None
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """Single-task fine-tuning of ``init`` (a project checkpoint, a run folder holding model.pt, or an official
+    ``IPT_*.pt``). The contrastive term defaults to off: the reference states it for pre-training only."""
+
+    out: str = "runs/finetune"
+    lr: float = 2e-5
+    contrastive_weight: float = 0.0
+    task: str = "sr_x2"
+    init: str = ""
+    init_num_heads: int = 12  # attention heads of an official-layout init (not stored in those files)
+
+    stage: ClassVar[str] = "finetune"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.init:
+            raise TrainingError("finetune needs `init`: a checkpoint to start from (project or official IPT_*.pt)")
+
+    @property
+    def train_tasks(self) -> tuple[str, ...]:
+        return (self.task,)
+
+
+def model_size(name: str) -> dict[str, Any]:
+    try:
+        return dict(MODEL_SIZES[name])
+    except KeyError:
+        raise TrainingError(f"unknown model size {name!r}; known: {sorted(MODEL_SIZES)}") from None

@@ -1,0 +1,342 @@
+"""``pretrain(cfg)`` and ``finetune(cfg)``: the IPT recipe (IPT_REFERENCE section 4) as functions returning metrics.
+
+Logging is injected (a ``Tracker``; ``NullTracker`` by default) and nothing here imports mlflow. The same entry point
+runs alone or under ``torchrun`` (one process per device; gloo on CPU, NCCL on CUDA): the global batch is split over
+the ranks, DDP averages gradients, the contrastive loss sees the whole global batch, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ipt.checkpoint import CheckpointError, extract_task, load_model, official_state_dict, save_checkpoint
+from ipt.config import ModelSpec
+from ipt.device import autocast
+from ipt.model import IPT, build_ipt
+from ipt.tracking import NullTracker, Tracker
+from ipt.train import distributed as D
+from ipt.train import state as S
+from ipt.train.config import FinetuneConfig, PretrainConfig, TrainConfig
+from ipt.train.data import Batch, StreamSpec, find_shards, pair_batches, seed_of
+from ipt.train.errors import TrainingError
+from ipt.train.losses import ipt_objective
+from ipt.train.schedule import StepDecay
+
+LogFn = Callable[[dict[str, Any]], None]
+
+
+def pretrain(cfg: PretrainConfig, *, tracker: Tracker | None = None, progress: LogFn | None = None) -> dict[str, Any]:
+    """Multi-task pre-training from scratch into ``cfg.out``; returns the last step's metrics and the output paths."""
+    if not isinstance(cfg, PretrainConfig):
+        raise TrainingError(f"pretrain needs a PretrainConfig, got {type(cfg).__name__}")
+    return _stage(cfg, tracker, progress)
+
+
+def finetune(cfg: FinetuneConfig, *, tracker: Tracker | None = None, progress: LogFn | None = None) -> dict[str, Any]:
+    """Fine-tune ``cfg.init`` on ``cfg.task`` (body + that task's head/tail); writes a single-task ``model.pt`` and
+    the official single-task layout ``official.pt``."""
+    if not isinstance(cfg, FinetuneConfig):
+        raise TrainingError(f"finetune needs a FinetuneConfig, got {type(cfg).__name__}")
+    return _stage(cfg, tracker, progress)
+
+
+# ------------------------------------------------------------------------------------------------ the inner loop
+
+
+def train_steps(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: StepDecay,
+    *,
+    total_steps: int,
+    objective: Callable[..., dict[str, torch.Tensor]],
+    device: torch.device,
+    precision: str = "fp32",
+    grad_clip: float = 0.0,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda v: v,
+    world: int = 1,
+    on_log: LogFn | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """One optimizer update per batch; ``on_log(row)`` after each, ``on_step(steps_done)`` last. Returns the last row.
+
+    A non-finite loss or gradient norm (checked on the rank-averaged values, so every rank stops together) raises
+    TrainingError naming the step (1-based) and the task.
+    """
+    row: dict[str, Any] = {}
+    tick = time.perf_counter()
+    for batch in batches:
+        if batch.step >= total_steps:
+            break
+        lr = scheduler.apply(optimizer, batch.step)
+        lq, hr = batch.lq.to(device, non_blocking=True), batch.hr.to(device, non_blocking=True)
+        with autocast(device, precision):
+            out, tokens = model(lq, batch.task, return_tokens=True)
+        terms = objective(out, hr, tokens)
+        loss, l1, con = reduce(torch.stack([terms["loss"].detach(), terms["l1"], terms["contrastive"]])).tolist()
+        step = batch.step + 1
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"non-finite loss {loss} at step {step} (task {batch.task}): l1 {l1}, contrastive {con}"
+            )
+        terms["loss"].backward()
+        norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+        if not math.isfinite(float(norm)):
+            raise TrainingError(f"non-finite gradient norm at step {step} (task {batch.task}), loss {loss}")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        now = time.perf_counter()
+        rows = lq.shape[0] * world
+        row = {"step": step, "task": batch.task, "loss": loss, "l1": l1, "contrastive": con, "lr": lr}
+        row |= {"grad_norm": float(norm), "samples_per_s": rows / max(now - tick, 1e-9)}
+        tick = now
+        if on_log is not None:
+            on_log(row)
+        if on_step is not None:
+            on_step(step)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ one stage
+
+
+def _stage(cfg: TrainConfig, tracker: Tracker | None, progress: LogFn | None) -> dict[str, Any]:
+    env = D.setup(cfg.device)
+    try:
+        return _run(cfg, env, tracker or NullTracker(), progress)
+    finally:
+        D.teardown(env)
+
+
+def _resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name
+
+
+def _init_path(cfg: FinetuneConfig) -> Path:
+    p = Path(cfg.init)
+    return p / S.FINAL if p.is_dir() else p
+
+
+def _fresh_model(cfg: TrainConfig) -> IPT:
+    if isinstance(cfg, PretrainConfig):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_of(cfg.seed, "init") % 2**63)
+            return build_ipt(cfg.model_spec())
+    assert isinstance(cfg, FinetuneConfig)
+    try:
+        full = load_model(_init_path(cfg), cfg.task, num_heads=cfg.init_num_heads)
+    except CheckpointError as e:
+        raise TrainingError(f"finetune init: {e}") from None
+    if cfg.task not in full.spec.task_names:
+        raise TrainingError(f"{cfg.init}: has no task {cfg.task!r}; it has {list(full.spec.task_names)}")
+    return extract_task(full, cfg.task)
+
+
+def _seed_globals(seed: int) -> None:
+    """The process's global RNGs (dropout, anything third-party) start from (seed, rank); checkpoints carry them."""
+    torch.manual_seed(seed % 2**63)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _resume_point(cfg: TrainConfig, env: D.DistEnv) -> Path | None:
+    """The checkpoint to continue from (None: fresh start). Refuses to overwrite a run that was not asked to resume."""
+    run = Path(cfg.out)
+    latest = S.latest_checkpoint(run) if env.is_main else None
+    latest = D.broadcast_object(env, str(latest) if latest else None)
+    if latest and not cfg.resume:
+        raise TrainingError(f"{run}: holds checkpoints ({Path(latest).name}); pass resume to continue or use a new out")
+    return Path(latest) if latest else None
+
+
+def _restore(ckpt: dict[str, Any], cfg: TrainConfig, env: D.DistEnv, path: Path) -> None:
+    diffs = cfg.differences(ckpt["train"]["config"])
+    if diffs:
+        raise TrainingError(f"{path}: cannot resume with a different configuration: {'; '.join(diffs)}")
+    states = ckpt["train"]["rng"]
+    if len(states) == env.world:
+        S.set_rng_state(states[env.rank], env.device)
+    elif env.is_main:
+        print(f"warning: {path} was written by {len(states)} rank(s), now {env.world}: global RNG states not restored")
+
+
+def _stream(cfg: TrainConfig, spec: ModelSpec) -> StreamSpec:
+    tasks = cfg.train_tasks
+    for t in tasks:
+        if t not in spec.task_names:
+            raise TrainingError(f"task {t!r} is not in the model; it has {list(spec.task_names)}")
+    return StreamSpec(
+        urls=find_shards(cfg.shards, tasks),
+        tasks=tasks,
+        weights=cfg.weights,
+        scales={t: spec.scale_of(t) for t in tasks},
+        patch_size=spec.patch_size,
+        batch_size=cfg.batch_size,
+        lanes=cfg.num_lanes,
+        seed=cfg.seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        segment=cfg.stream_segment,
+    )
+
+
+def _build(cfg: TrainConfig, env: D.DistEnv) -> tuple[IPT, torch.optim.Optimizer, StepDecay, int]:
+    """Model, optimizer and schedule: fresh, or exactly as the newest checkpoint left them (then its step)."""
+    resume_from = _resume_point(cfg, env)
+    ckpt = S.load_training_checkpoint(resume_from) if resume_from else None
+    if ckpt is not None:
+        _restore(ckpt, cfg, env, resume_from)
+        model = build_ipt(ModelSpec.from_dict(ckpt["model_spec"]))
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    else:
+        model = _fresh_model(cfg)
+        _seed_globals(seed_of(cfg.seed, "globals", env.rank))
+    model.to(env.device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    scheduler = StepDecay(cfg.lr, cfg.resolved_milestones(), cfg.gamma)
+    if ckpt is None:
+        return model, optimizer, scheduler, 0
+    optimizer.load_state_dict(ckpt["train"]["optimizer"])
+    scheduler.load_state_dict(ckpt["train"]["scheduler"])
+    return model, optimizer, scheduler, int(ckpt["train"]["step"])
+
+
+def _announce(cfg: TrainConfig, tracker: Tracker, start: int) -> None:
+    """Rank 0, before the first step: clean a killed run's temporaries, write config.json, log params and tags."""
+    S.remove_temporaries(Path(cfg.out))
+    S.write_json(Path(cfg.out) / S.CONFIG, {"stage": cfg.stage, **cfg.to_dict()})
+    if start == 0:
+        tracker.log_params({f"{cfg.stage}.{k}": v for k, v in cfg.to_dict().items()})
+    tracker.set_tags({"ipt.stage": cfg.stage, "ipt.resumed_from": str(start)})
+
+
+def _logger(log: S.MetricsLog | None, tracker: Tracker, progress: LogFn | None) -> LogFn:
+    def on_log(row: dict[str, Any]) -> None:
+        if log is None:  # not rank 0
+            return
+        log.append(row)
+        scalars = {k: v for k, v in row.items() if k not in ("step", "task")}
+        tracker.log_metrics(scalars | {f"l1_{row['task']}": row["l1"]}, step=row["step"])
+        if progress is not None:
+            progress(row)
+
+    return on_log
+
+
+def _run(cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | None) -> dict[str, Any]:
+    if cfg.batch_size % env.world:
+        raise TrainingError(f"global batch_size {cfg.batch_size} is not divisible by {env.world} ranks")
+    model, optimizer, scheduler, start = _build(cfg, env)
+    stream = _stream(cfg, model.spec)  # validates the shards before any file is written
+    if env.is_main:
+        _announce(cfg, tracker, start)
+    precision = _resolve_precision(cfg.precision, env.device)
+    net: nn.Module = model
+    if env.distributed:
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=len(model.spec.tasks) > 1)
+    gather = functools.partial(D.gather_with_grad, env) if env.distributed else None
+    objective = functools.partial(
+        ipt_objective, weight=cfg.contrastive_weight, temperature=cfg.temperature, gather=gather
+    )
+
+    def on_step(step: int) -> None:
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _checkpoint(cfg, env, model, optimizer, scheduler, step)
+
+    batches = pair_batches(
+        stream,
+        rank=env.rank,
+        world=env.world,
+        start=start,
+        stop=cfg.steps,
+        num_workers=cfg.num_workers,
+        pin_memory=env.device.type == "cuda",
+    )
+    log = S.MetricsLog(Path(cfg.out), start) if env.is_main else None
+    try:
+        last = train_steps(
+            net,
+            batches,
+            optimizer,
+            scheduler,
+            total_steps=cfg.steps,
+            objective=objective,
+            device=env.device,
+            precision=precision,
+            grad_clip=cfg.grad_clip,
+            reduce=functools.partial(D.mean_over_ranks, env),
+            world=env.world,
+            on_log=_logger(log, tracker, progress),
+            on_step=on_step,
+        )
+    finally:
+        if log is not None:
+            log.close()
+    return _finish(cfg, env, model, last, start, precision)
+
+
+def _checkpoint(
+    cfg: TrainConfig, env: D.DistEnv, model: IPT, optimizer: torch.optim.Optimizer, scheduler: StepDecay, step: int
+) -> None:
+    rng = D.gather_objects(env, S.rng_state(env.device))
+    if env.is_main:
+        train = {
+            "step": step,
+            "stage": cfg.stage,
+            "config": cfg.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "world_size": env.world,
+            "data": {
+                "position": step,
+                "seed": cfg.seed,
+                "lanes": cfg.num_lanes,
+                "segment": cfg.stream_segment,
+                "tasks": list(cfg.train_tasks),
+                "weights": list(cfg.weights),
+            },
+        }
+        meta = {"stage": cfg.stage, "step": step, "tasks": list(cfg.train_tasks)}
+        S.save_training_checkpoint(S.checkpoint_path(Path(cfg.out), step), model, train, meta)
+        S.prune_checkpoints(Path(cfg.out), cfg.keep_checkpoints)
+
+
+def _finish(
+    cfg: TrainConfig, env: D.DistEnv, model: IPT, last: dict[str, Any], start: int, precision: str
+) -> dict[str, Any]:
+    run = Path(cfg.out)
+    out = {"run_dir": str(run), "steps": cfg.steps, "resumed_from": start, "precision": precision, "last": last}
+    out["model"] = str(run / S.FINAL)
+    if env.is_main:
+        meta = {"stage": cfg.stage, "steps": cfg.steps, "tasks": list(cfg.train_tasks), "seed": cfg.seed}
+        save_checkpoint(run / S.FINAL, model, meta=meta)
+        if isinstance(cfg, FinetuneConfig):
+            S.save_tensors(run / S.OFFICIAL, official_state_dict(model, cfg.task))
+    if isinstance(cfg, FinetuneConfig):
+        out["official"] = str(run / S.OFFICIAL)
+    D.barrier(env)
+    return out
+
+
+def config_for(stage: str, data: dict[str, Any]) -> TrainConfig:
+    """``PretrainConfig`` or ``FinetuneConfig`` from a mapping (strict)."""
+    classes = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+    if stage not in classes:
+        raise TrainingError(f"unknown stage {stage!r}; known: {sorted(classes)}")
+    return classes[stage].from_dict(data)

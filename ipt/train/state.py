@@ -1,0 +1,189 @@
+"""A run folder: step checkpoints (atomic, resumable), the final weights, and the per-step metrics files.
+
+```
+RUN/
+  config.json                 the stage's config (rewritten on every start)
+  checkpoints/step-00000500.pt   project checkpoint (ipt.checkpoint layout) + a "train" entry: step, config,
+                                 optimizer, scheduler, RNG states of every rank, data-stream position and seeds
+  model.pt                    final weights, project layout (`ipt restore --weights RUN/model.pt`)
+  official.pt           finetune only: the released single-task layout (IPT_sr2.pt style)
+  metrics.jsonl, metrics.csv  one row per step (DVC plots read the csv)
+```
+
+Everything is written with temp file + ``os.replace``; everything loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from ipt.checkpoint import CheckpointError, read_state, save_checkpoint
+from ipt.model import IPT
+from ipt.train.errors import TrainingError
+
+CHECKPOINTS = "checkpoints"
+FINAL = "model.pt"
+OFFICIAL = "official.pt"
+CONFIG = "config.json"
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+COLUMNS = ("step", "task", "loss", "l1", "contrastive", "lr", "grad_norm", "samples_per_s")
+_STEP_RE = re.compile(r"^step-(\d{8})\.pt$")
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"))
+
+
+def save_tensors(path: Path, obj: Any) -> None:
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_path(run: Path, step: int) -> Path:
+    return Path(run) / CHECKPOINTS / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    folder = Path(run) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_RE.match(p.name))]
+    return sorted(found)
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    found = list_checkpoints(run)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run: Path, keep: int) -> None:
+    """Keep the ``keep`` newest step checkpoints (at least the newest one)."""
+    for _, p in list_checkpoints(run)[: -max(1, keep)]:
+        p.unlink(missing_ok=True)
+
+
+def remove_temporaries(run: Path) -> None:
+    """Half-written files a killed run left behind (``.<name>.<random>.tmp``)."""
+    for folder in (Path(run), Path(run) / CHECKPOINTS):
+        if folder.is_dir():
+            for p in folder.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+
+
+def save_training_checkpoint(path: Path, model: IPT, train: dict[str, Any], meta: dict[str, Any]) -> Path:
+    return save_checkpoint(path, model, meta=meta, train=train)
+
+
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        obj = read_state(path)
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from None
+    if "train" not in obj or "state_dict" not in obj:
+        raise TrainingError(f"{path}: not a training checkpoint (no 'train' entry)")
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------ RNG states
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's global RNG states, as tensors and plain values (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)}
+        | {"has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl``; a line cut short by a killed writer is ignored."""
+    path = Path(run) / METRICS_JSONL
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+class MetricsLog:
+    """Appends one row per step to metrics.jsonl and metrics.csv; on (re)start keeps only rows up to ``step``."""
+
+    def __init__(self, run: Path, step: int) -> None:
+        self.run = Path(run)
+        rows = [r for r in read_metrics(self.run) if isinstance(r.get("step"), int) and r["step"] <= step]
+        atomic_write(self.run / METRICS_JSONL, lambda f: f.write("".join(_jsonl(r) for r in rows).encode()))
+        atomic_write(self.run / METRICS_CSV, lambda f: f.write(_csv([{c: c for c in COLUMNS}, *rows]).encode()))
+        self._jsonl = open(self.run / METRICS_JSONL, "a")  # noqa: SIM115 - closed by close()
+        self._csv = open(self.run / METRICS_CSV, "a", newline="")  # noqa: SIM115
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._jsonl.write(_jsonl(row))
+        self._csv.write(_csv([row]))
+        self._jsonl.flush()
+        self._csv.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._csv.close()
+
+
+def _jsonl(row: dict[str, Any]) -> str:
+    return json.dumps({k: row[k] for k in COLUMNS if k in row}) + "\n"
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,111 @@
+"""pretrain() in one process: learning, fail-fast on non-finite losses, checkpoints, metrics, run-folder rules."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from helpers_pairs import make_pair_root, tiny_pretrain
+from ipt.checkpoint import load_model, read_state
+from ipt.train.errors import TrainingError
+from ipt.train.loop import pretrain
+from ipt.train.schedule import StepDecay
+from ipt.train.state import list_checkpoints, read_metrics
+
+
+class RecordingTracker:
+    def __init__(self) -> None:
+        self.metrics: list[tuple[int, dict]] = []
+        self.params: dict = {}
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.metrics.append((step, dict(metrics)))
+
+    def log_params(self, params) -> None:
+        self.params |= params
+
+    def set_tags(self, tags) -> None:
+        pass
+
+    def log_image(self, image, artifact_file) -> None:
+        pass
+
+    def log_artifact(self, path, artifact_path=None) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return make_pair_root(tmp_path_factory.mktemp("pairs"), samples=8, shards=2)
+
+
+def test_loss_goes_down_on_a_fixed_tiny_set(pairs, tmp_path) -> None:
+    tracker = RecordingTracker()
+    cfg = tiny_pretrain(pairs, tmp_path / "run", steps=30, lr=1e-3, checkpoint_every=100, milestones=())
+    result = pretrain(cfg, tracker=tracker)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run")]
+    assert len(losses) == 30 and result["last"]["step"] == 30
+    assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:5]) / 5, losses
+    assert [s for s, _ in tracker.metrics] == list(range(1, 31))
+    assert {"loss", "l1", "contrastive", "lr", "samples_per_s"} <= set(tracker.metrics[0][1])
+    assert tracker.params["pretrain.lr"] == 1e-3
+
+
+def test_non_finite_loss_stops_the_run_naming_step_and_task(pairs, tmp_path) -> None:
+    cfg = tiny_pretrain(pairs, tmp_path / "run", lr=1e30)  # one Adam step of 1e30 overflows every output
+    with pytest.raises(TrainingError, match=r"non-finite loss nan at step 2 \(task (sr_x2|denoise_s30)"):
+        pretrain(cfg)
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_checkpoints_hold_everything_a_resume_needs_and_restore_can_load(pairs, tmp_path) -> None:
+    cfg = tiny_pretrain(pairs, tmp_path / "run", steps=7, checkpoint_every=2, keep_checkpoints=2)
+    pretrain(cfg)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [6, 7]  # pruned to the newest two
+    ckpt = read_state(tmp_path / "run" / "checkpoints" / "step-00000007.pt")  # weights_only=True
+    train = ckpt["train"]
+    assert train["step"] == 7 and train["config"] == cfg.to_dict()
+    assert {"state", "param_groups"} <= set(train["optimizer"]) and train["scheduler"]["milestones"] == [5]
+    assert set(train["rng"][0]) == {"torch", "cuda", "numpy", "python"}
+    assert train["data"] | {"position": 7} == train["data"] and train["data"]["lanes"] == 4
+    final = load_model(tmp_path / "run" / "model.pt")
+    assert final.spec.task_names == ("sr_x2", "denoise_s30")
+    step = load_model(tmp_path / "run" / "checkpoints" / "step-00000007.pt")
+    for k, v in final.state_dict().items():
+        assert torch.equal(v, step.state_dict()[k])
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == list(range(1, 8))
+    assert float(rows[5]["lr"]) == pytest.approx(cfg.lr * 0.5) and float(rows[4]["lr"]) == cfg.lr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["stage"] == "pretrain"
+
+
+def test_a_finished_run_is_not_overwritten_and_resumes_only_with_the_same_config(pairs, tmp_path) -> None:
+    cfg = tiny_pretrain(pairs, tmp_path / "run", steps=3)
+    pretrain(cfg)
+    with pytest.raises(TrainingError, match="holds checkpoints .* pass resume"):
+        pretrain(cfg)
+    with pytest.raises(TrainingError, match="different configuration: lr"):
+        pretrain(tiny_pretrain(pairs, tmp_path / "run", steps=3, lr=1e-4, resume=True))
+    again = pretrain(tiny_pretrain(pairs, tmp_path / "run", steps=3, resume=True))
+    assert again["resumed_from"] == 3 and len(read_metrics(tmp_path / "run")) == 3
+
+
+def test_step_decay_by_global_step() -> None:
+    s = StepDecay(1.0, (2, 4), 0.5)
+    assert [s.lr(i) for i in range(6)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_bad_config_is_a_training_error(pairs, tmp_path) -> None:
+    from ipt.train.config import PretrainConfig
+
+    with pytest.raises(TrainingError, match="unknown key"):
+        PretrainConfig.from_dict({"shards": "x", "bogus": 1})
+    with pytest.raises(TrainingError, match="steps: expected int"):
+        PretrainConfig.from_dict({"steps": "10"})
+    with pytest.raises(TrainingError, match="model: .*unknown key"):
+        PretrainConfig(model={"n_feets": 8})
+    with pytest.raises(TrainingError, match="task_weights"):
+        PretrainConfig(tasks=("sr_x2",), task_weights=(1.0, 2.0))
