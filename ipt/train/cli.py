@@ -1,0 +1,176 @@
+"""``pretrain`` and ``finetune`` subcommands. ``add_subcommands(sub)`` plugs them into ``ipt``'s parser;
+``python -m ipt.train.cli`` runs them alone (also under ``torchrun ... -m ipt.train.cli pretrain ...``).
+
+Flags left out fall back to the config dataclasses' defaults (ipt/train/config.py), so the defaults live once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        return [kind(x) for x in text.split(",") if x.strip()]
+
+    return parse
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--shards", required=True, help="root holding one pair-shard folder per task (data/pairs)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints/, model.pt, metrics.jsonl/.csv")
+    p.add_argument("--steps", type=int, help="optimizer updates in total (a resumed run continues up to it)")
+    p.add_argument("--batch-size", type=int, help="global batch, split evenly over the ranks")
+    p.add_argument("--lr", type=float, help="Adam learning rate (pretrain 5e-5, finetune 2e-5)")
+    p.add_argument("--milestones", type=_csv(int), help="comma-separated steps where lr *= gamma ('' = none)")
+    p.add_argument("--gamma", type=float, help="step-decay factor (0.5)")
+    p.add_argument("--grad-clip", type=float, help="max global gradient norm (0 = off)")
+    p.add_argument("--contrastive-weight", type=float, help="lambda of the patch contrastive loss (0.1 / 0)")
+    p.add_argument("--temperature", type=float, help="contrastive temperature (0.07)")
+    p.add_argument("--seed", type=int, help="seeds the init, the task draws and every data stream")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (one is always written at the end)")
+    p.add_argument("--keep-checkpoints", type=int, help="step checkpoints kept (newest)")
+    p.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers per rank (0: in-process)")
+    p.add_argument("--lanes", type=int, help="independent data streams per task (0: one per global batch row)")
+    p.add_argument("--shuffle-buffer", type=int, help="samples in each stream's shuffle buffer")
+    p.add_argument("--stream-segment", type=int, help="steps after which every stream restarts from a fresh seed")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--device", help="auto, cpu, cuda")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the run's latest checkpoint")
+    p.add_argument("--mlflow-run-id", default=None, help="log per-step metrics to this existing MLflow run")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps (0: never)")
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Add ``pretrain`` and ``finetune`` to an existing subparsers action."""
+    p = sub.add_parser("pretrain", help="multi-task IPT pre-training on pair shards (DDP-ready)")
+    _common(p)
+    p.add_argument("--tasks", type=_csv(str), help="comma-separated tasks (default: the paper's six)")
+    p.add_argument("--task-weights", type=_csv(float), help="comma-separated draw weights, one per task (uniform)")
+    p.add_argument("--model-size", choices=("paper", "small", "tiny"), default=None, help="named model size")
+    p.add_argument("--model-config", default=None, help="YAML/JSON mapping of ModelSpec keys (or a file with `model:`)")
+    for flag in ("n-feats", "num-layers", "num-heads", "patch-size"):
+        p.add_argument(f"--{flag}", type=int, default=None, help="override of the model size")
+    p.set_defaults(func=cmd_pretrain)
+
+    f = sub.add_parser("finetune", help="fine-tune a pretrained IPT on one task; writes a single-task checkpoint")
+    _common(f)
+    f.add_argument("--init", required=True, help="project checkpoint, run folder (its model.pt) or official IPT_*.pt")
+    f.add_argument("--task", required=True, help="the task to fine-tune (sr_x2, denoise_s30, derain, ...)")
+    f.add_argument("--init-num-heads", type=int, help="attention heads of an official-layout init (12)")
+    f.set_defaults(func=cmd_finetune)
+
+
+_SHARED = (
+    "shards out steps batch_size lr milestones gamma grad_clip contrastive_weight temperature seed checkpoint_every "
+    "keep_checkpoints num_workers lanes shuffle_buffer stream_segment precision device resume"
+).split()
+
+
+def _given(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _read_mapping(path: str) -> dict[str, Any]:
+    import yaml
+
+    from ipt.train.errors import TrainingError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise TrainingError(f"{path}: cannot read model config ({str(e).splitlines()[0]})") from None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if not isinstance(data, dict):
+        raise TrainingError(f"{path}: model config must be a mapping of ModelSpec keys")
+    return data
+
+
+def _model_dict(args: argparse.Namespace) -> dict[str, Any]:
+    from ipt.train.config import model_size
+
+    model = model_size(args.model_size) if args.model_size else {}
+    if args.model_config:
+        model |= _read_mapping(args.model_config)
+    return model | _given(args, ["n_feats", "num_layers", "num_heads", "patch_size"])
+
+
+def _tracker(args: argparse.Namespace) -> Any:
+    run_id = args.mlflow_run_id or os.environ.get("IPT_MLFLOW_RUN_ID")
+    if not run_id or int(os.environ.get("RANK", "0")) != 0:
+        return None
+    from ipt.tracking import MlflowTracker
+
+    return MlflowTracker(run_id, args.tracking_uri)
+
+
+def _progress(every: int) -> Callable[[dict[str, Any]], None] | None:
+    if every <= 0:
+        return None
+
+    def show(row: dict[str, Any]) -> None:
+        if row["step"] % every == 0:
+            print(
+                f"step {row['step']} {row['task']}: loss {row['loss']:.4f} (l1 {row['l1']:.4f}, "
+                f"con {row['contrastive']:.4f}) lr {row['lr']:.2e} {row['samples_per_s']:.1f} samples/s",
+                file=sys.stderr,
+            )
+
+    return show
+
+
+def _run(stage: str, args: argparse.Namespace, data: dict[str, Any]) -> int:
+    from ipt.checkpoint import CheckpointError
+    from ipt.tracking import TrackingError
+    from ipt.train import loop
+    from ipt.train.errors import TrainingError
+
+    try:
+        cfg = loop.config_for(stage, data)
+        fn = loop.pretrain if stage == "pretrain" else loop.finetune
+        result = fn(cfg, tracker=_tracker(args), progress=_progress(args.log_every))
+    except (TrainingError, CheckpointError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = result["last"]
+        done = f"loss {last['loss']:.4f} at step {last['step']}" if last else "nothing left to train"
+        print(f"{stage}: {done} -> {result['model']}", file=sys.stderr)
+        print(json.dumps({k: v for k, v in result.items() if k != "last"} | {"last": last}))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ipt.train.errors import TrainingError
+
+    try:
+        data = _given(args, _SHARED + ["tasks", "task_weights"]) | {"model": _model_dict(args)}
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run("pretrain", args, data)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    return _run("finetune", args, _given(args, _SHARED + ["init", "task", "init_num_heads"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ipt.train.cli", description="IPT training stages")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

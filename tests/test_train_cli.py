@@ -1,0 +1,62 @@
+"""The pretrain/finetune subcommands through a plain argparse parser, as `ipt` will mount them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from helpers_pairs import make_pair_root
+from ipt.checkpoint import load_model
+from ipt.train.cli import add_subcommands
+from ipt.train.state import read_metrics
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ipt")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return make_pair_root(tmp_path_factory.mktemp("pairs"), samples=4, shards=1)
+
+
+def test_pretrain_then_finetune_from_the_command_line(pairs, tmp_path, capsys) -> None:
+    common = ["--batch-size", "2", "--shuffle-buffer", "4", "--log-every", "1", "--precision", "fp32"]
+    rc = run(
+        ["pretrain", "--shards", str(pairs), "--out", str(tmp_path / "pre"), "--tasks", "sr_x2,denoise_s30"]
+        + ["--task-weights", "1,0", "--model-size", "tiny", "--n-feats", "4", "--steps", "2", *common]
+    )
+    assert rc == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["last"]["step"] == 2 and "step 1 sr_x2: loss" in err
+    assert [r["task"] for r in read_metrics(tmp_path / "pre")] == ["sr_x2", "sr_x2"]  # weight 0 never drawn
+    assert load_model(tmp_path / "pre" / "model.pt").spec.n_feats == 4
+
+    rc = run(
+        ["finetune", "--shards", str(pairs), "--out", str(tmp_path / "ft"), "--init", str(tmp_path / "pre")]
+        + ["--task", "denoise_s30", "--steps", "1", "--milestones", "", *common]
+    )
+    assert rc == 0
+    assert load_model(tmp_path / "ft" / "model.pt").spec.task_names == ("denoise_s30",)
+    assert (tmp_path / "ft" / "official.pt").is_file()
+
+
+def test_model_config_file_and_errors(pairs, tmp_path, capsys) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 1\nmodel:\n  n_feats: 4\n  num_layers: 1\n  num_heads: 2\n")
+    base = ["pretrain", "--shards", str(pairs), "--tasks", "sr_x2", "--steps", "1", "--batch-size", "2"]
+    argv = [*base, "--out", str(tmp_path / "a"), "--model-config", str(tmp_path / "params.yaml")]
+    assert run([*argv, "--patch-size", "12", "--log-every", "0"]) == 0
+    assert load_model(tmp_path / "a" / "model.pt").spec.num_layers == 1
+    capsys.readouterr()
+
+    assert run(["pretrain", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "b"), "--tasks", "sr_x2"]) == 2
+    assert f"error: {tmp_path / 'none' / 'sr_x2'}: no pair shards" in capsys.readouterr().err
+    assert run([*base, "--out", str(tmp_path / "a"), "--model-size", "tiny"]) == 2  # a finished run, no --resume
+    assert "pass resume" in capsys.readouterr().err
+    assert run([*base, "--out", str(tmp_path / "c"), "--model-config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: cannot read model config" in capsys.readouterr().err
