@@ -60,3 +60,19 @@ def test_model_config_file_and_errors(pairs, tmp_path, capsys) -> None:
     assert "pass resume" in capsys.readouterr().err
     assert run([*base, "--out", str(tmp_path / "c"), "--model-config", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml: cannot read model config" in capsys.readouterr().err
+
+
+def test_per_step_metrics_reach_an_mlflow_run(pairs, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("mlflow")
+    from ipt.tracking import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    tracker = MlflowTracker.start("train-test", run_name="pretrain", tracking_uri=uri)
+    argv = ["pretrain", "--shards", str(pairs), "--out", str(tmp_path / "run"), "--tasks", "sr_x2,denoise_s30"]
+    argv += ["--model-size", "tiny", "--steps", "3", "--batch-size", "2", "--log-every", "0"]
+    assert run([*argv, "--mlflow-run-id", tracker.run_id, "--tracking-uri", uri]) == 0
+    history = tracker.client.get_metric_history(tracker.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    logged = tracker.client.get_run(tracker.run_id).data
+    assert logged.params["pretrain.steps"] == "3" and logged.tags["ipt.stage"] == "pretrain"
