@@ -531,6 +531,13 @@ PARAMS_SECTIONS: dict[str, tuple[str, ...]] = {
     ),
     "corrupt": ("tasks", "clean", "out", "png_level", "executor", "workers", "dask_address", "seed", "patch_size"),
 }
+_TRAIN_KEYS = (
+    "shards out steps batch_size lr milestones gamma grad_clip contrastive_weight temperature seed checkpoint_every "
+    "keep_checkpoints num_workers lanes shuffle_buffer stream_segment precision device patch_size"
+).split()
+PARAMS_SECTIONS["pretrain"] = (*_TRAIN_KEYS, "tasks", "task_weights", "model_size", "model_config", "n_feats")
+PARAMS_SECTIONS["pretrain"] += ("num_layers", "num_heads")
+PARAMS_SECTIONS["finetune"] = (*_TRAIN_KEYS, "init", "init_num_heads")
 # Top-level params.yaml keys that a section inherits when it does not set them itself.
 PARAMS_GLOBALS = ("seed", "patch_size")
 
@@ -538,7 +545,9 @@ PARAMS_GLOBALS = ("seed", "patch_size")
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="ipt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_restore, add_benchmark, add_shard, add_corrupt, add_register, add_demo):
+    from ipt.train.cli import add_subcommands as add_training
+
+    for add in (add_restore, add_benchmark, add_shard, add_corrupt, add_training, add_register, add_demo):
         add(sub)
     return parser, dict(sub.choices)
 
@@ -558,6 +567,8 @@ def params_section(path: Path, command: str) -> dict:
     if unknown:
         raise UserError(f"{path}: unknown key(s) {unknown} in '{command}'; known: {list(PARAMS_SECTIONS[command])}")
     section = dict(section)
+    if command == "pretrain" and "tasks" not in section and isinstance((data.get("corrupt") or {}).get("tasks"), dict):
+        section["tasks"] = list(data["corrupt"]["tasks"])  # the task list lives once, in corrupt.tasks
     for key in PARAMS_GLOBALS:
         if key in PARAMS_SECTIONS[command] and key not in section and data.get(key) is not None:
             section[key] = data[key]

@@ -25,8 +25,9 @@ def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shards", required=True, help="root holding one pair-shard folder per task (data/pairs)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints/, model.pt, metrics.jsonl/.csv")
+    p.add_argument("--shards", help="root holding one pair-shard folder per task (data/pairs)")
+    p.add_argument("--out", help="run folder: checkpoints/, model.pt, metrics.jsonl/.csv ('{task}' is replaced)")
+    p.add_argument("--params", default=None, help="params file (default ./params.yaml; 'none' ignores it)")
     p.add_argument("--steps", type=int, help="optimizer updates in total (a resumed run continues up to it)")
     p.add_argument("--batch-size", type=int, help="global batch, split evenly over the ranks")
     p.add_argument("--lr", type=float, help="Adam learning rate (pretrain 5e-5, finetune 2e-5)")
@@ -60,14 +61,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-config", default=None, help="YAML/JSON mapping of ModelSpec keys (or a file with `model:`)")
     for flag in ("n-feats", "num-layers", "num-heads", "patch-size"):
         p.add_argument(f"--{flag}", type=int, default=None, help="override of the model size")
-    p.set_defaults(func=cmd_pretrain)
+    p.set_defaults(func=cmd_pretrain, required_from_params=("shards", "out"))
 
     f = sub.add_parser("finetune", help="fine-tune a pretrained IPT on one task; writes a single-task checkpoint")
     _common(f)
-    f.add_argument("--init", required=True, help="project checkpoint, run folder (its model.pt) or official IPT_*.pt")
+    f.add_argument("--init", help="project checkpoint, run folder (its model.pt) or official IPT_*.pt")
     f.add_argument("--task", required=True, help="the task to fine-tune (sr_x2, denoise_s30, derain, ...)")
     f.add_argument("--init-num-heads", type=int, help="attention heads of an official-layout init (12)")
-    f.set_defaults(func=cmd_finetune)
+    f.set_defaults(func=cmd_finetune, required_from_params=("shards", "out", "init"))
 
 
 _SHARED = (
@@ -162,14 +163,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    args.out = args.out.format(task=args.task)
     return _run("finetune", args, _given(args, _SHARED + ["init", "task", "init_num_heads"]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ipt.train.cli", description="IPT training stages")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """The same command line as ``ipt`` (params.yaml defaults included), for ``torchrun -m ipt.train.cli``."""
+    from ipt.cli import main as ipt_main
+
+    return ipt_main(argv)
 
 
 if __name__ == "__main__":
