@@ -18,13 +18,17 @@ class StageFailed(RuntimeError):
     """A stage subprocess exited non-zero; the message holds its last lines."""
 
 
-def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> list[str]:
-    """Run ``python -m ipt.cli *args``, stream its output to the Prefect log, return the lines; raise on failure."""
+def run_command(cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> list[str]:
+    """Run ``cmd``, stream its output line by line to the Prefect log, return the lines; raise on failure."""
     logger = get_run_logger()
-    cmd = [sys.executable, "-m", "ipt.cli", *args]
     logger.info("$ %s", " ".join(cmd))
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, cwd=cwd
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
     )
     lines: list[str] = []
     assert proc.stdout is not None
@@ -32,9 +36,42 @@ def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, cwd: str 
         lines.append(line.rstrip("\n"))
         logger.info(lines[-1])
     if proc.wait() != 0:
-        tail = "\n".join(lines[-10:])
-        raise StageFailed(f"ipt {args[0]} exited with {proc.returncode}:\n{tail}")
+        errors = [x for x in lines if x.startswith("error:")]  # the stage's own one-line diagnosis, if any
+        tail = "\n".join(errors[:3] + lines[-10:])
+        raise StageFailed(f"{' '.join(cmd[:4])} ... exited with {proc.returncode}:\n{tail}")
     return lines
+
+
+def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> list[str]:
+    """Run ``python -m ipt.cli *args`` through :func:`run_command`."""
+    try:
+        return run_command([sys.executable, "-m", "ipt.cli", *args], env=env, cwd=cwd)
+    except StageFailed as e:
+        raise StageFailed(f"ipt {args[0]}: {e}") from None
+
+
+def torchrun_command(
+    args: Sequence[str],
+    nproc_per_node: int = 1,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int = 29500,
+) -> list[str]:
+    """``torchrun`` (as ``python -m torch.distributed.run``) of ``ipt.cli *args`` on this node."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc_per_node}",
+        f"--nnodes={nnodes}",
+        f"--node-rank={node_rank}",
+        f"--master-addr={master_addr}",
+        f"--master-port={master_port}",
+        "-m",
+        "ipt.cli",
+        *args,
+    ]
 
 
 @task(name="ipt-stage", task_run_name="{stage}")
