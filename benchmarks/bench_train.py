@@ -115,8 +115,8 @@ def main() -> None:
             "## Training throughput and MFU (one step: forward, L1 + contrastive, backward, Adam)",
             "",
             f"`python benchmarks/bench_train.py --out {a.out}` on {hw['cpu_model']} ({hw['cpu_capability']}, "
-            f"{hw['threads']} threads), device `{a.device}`. Measured 2048^3 matmul peak: fp32 {peaks['fp32']:.0f}"
-            f" GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s. 48-px LQ windows, sr_x2.",
+            f"{hw['threads']} threads), device `{a.device}`. Measured matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s"
+            f" (2048^3), bf16 {peaks['bf16']:.1f} GFLOP/s ({2048 if native_bf16 else 512}^3). 48-px LQ windows, sr_x2.",
             "",
             "| size | params | precision | batch | s/step | samples/s | GFLOP/step | GFLOP/s | MFU |",
             "|---|---:|---|---:|---:|---:|---:|---:|---:|",
