@@ -50,23 +50,47 @@ def repo(tmp_path) -> Path:
     return repo
 
 
-def test_benchmark_stage_runs_and_reruns_only_on_change(repo: Path) -> None:
-    out = _run(DVC + ["repro", "benchmark@sr_x2"], repo)
-    assert "benchmark@sr_x2" in out
-    report = json.loads((repo / "metrics" / "benchmark" / "sr_x2.json").read_text())
-    assert report["model"] == "baseline" and report["datasets"]["Set5"]["images"] == 2
-    assert not (repo / "metrics" / "benchmark" / "sr_x3.json").exists()
-    again = _run(DVC + ["repro", "benchmark@sr_x2"], repo)
-    assert "didn't change, skipping" in again or "is cached" in again or "up to date" in again.lower()
-    shown = _run(DVC + ["metrics", "show", "--json"], repo)
-    assert "psnr_y" in shown
+def _small_dag(repo: Path, tmp_path: Path, tasks: tuple[str, ...]) -> dict:
+    """Shrink the project's params to a CPU-test DAG: three photos, tiny model, a few steps, only ``tasks``."""
+    from helpers_images import PHOTOS, photo_folder
+
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["shard"].update(source=str(photo_folder(tmp_path / "train", PHOTOS[:3])), crops=1, images_per_shard=2)
+    params["shard"]["workers"] = params["corrupt"]["workers"] = 1
+    params["corrupt"]["tasks"] = {k: v for k, v in params["corrupt"]["tasks"].items() if k in tasks}
+    for stage in ("pretrain", "finetune"):
+        params[stage].update(steps=2, batch_size=2, checkpoint_every=2, shuffle_buffer=2)
+    params["benchmark"]["tiling"] = "overlap"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+@pytest.mark.slow
+def test_whole_dag_for_one_task_then_only_what_changed(repo: Path, tmp_path: Path, monkeypatch) -> None:
+    """shard -> corrupt -> pretrain -> finetune -> benchmark (model and baseline) -> register, with a real sqlite
+    MLflow store; a second repro runs nothing; a benchmark param change reruns benchmark and register only."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = _small_dag(repo, tmp_path, ("sr_x2",))
+    out = _run(DVC + ["repro", "register@sr_x2"], repo)
+    assert _ran(out) == ["benchmark@sr_x2", "corrupt@sr_x2", "finetune@sr_x2", "pretrain", "register@sr_x2", "shard"]
+    report = json.loads((repo / "metrics" / "benchmark" / "sr_x2.json").read_text())
+    baseline = json.loads((repo / "metrics" / "baseline" / "sr_x2.json").read_text())
+    assert report["model"].endswith("runs/finetune/sr_x2/model.pt") and baseline["model"] == "baseline"
+    assert report["datasets"]["Set5"]["images"] == baseline["datasets"]["Set5"]["images"] == 2
+    decision = json.loads((repo / "metrics" / "register" / "sr_x2.json").read_text())
+    assert decision["version"] == "1" and decision["promoted"]
+    from ipt.tracking import resolve_model_uri
+
+    assert resolve_model_uri("models:/ipt-sr_x2@champion", uri).name == "model.pt"
+    assert "psnr_y" in _run(DVC + ["metrics", "show", "--json"], repo)
+    assert _ran(_run(DVC + ["repro", "register@sr_x2"], repo)) == []
     params["benchmark"]["protocol"] = "matlab"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = _run(DVC + ["status", "benchmark@sr_x2"], repo)
-    assert "params.yaml" in status and "modified:" in status and "benchmark" in status
-    _run(DVC + ["repro", "benchmark@sr_x2"], repo)
+    assert _ran(_run(DVC + ["repro", "register@sr_x2"], repo)) == ["benchmark@sr_x2", "register@sr_x2"]
     assert json.loads((repo / "metrics" / "benchmark" / "sr_x2.json").read_text())["protocol"] == "matlab"
+    decision = json.loads((repo / "metrics" / "register" / "sr_x2.json").read_text())
+    assert decision["version"] == "2" and decision["promoted"] and "scored as" in decision["reason"]
 
 
 def _ran(out: str) -> list[str]:
@@ -77,14 +101,10 @@ def _ran(out: str) -> list[str]:
 
 
 def test_data_stages_rerun_only_what_changed_and_round_trip_the_default_remote(repo: Path, tmp_path: Path) -> None:
-    from helpers_images import PHOTOS, folder_bytes, photo_folder
+    from helpers_images import folder_bytes
 
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the project's default local remote
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["shard"].update(source=str(photo_folder(tmp_path / "train", PHOTOS[:3])), crops=1, images_per_shard=2)
-    params["shard"]["workers"] = params["corrupt"]["workers"] = 1
-    params["corrupt"]["tasks"] = {k: v for k, v in params["corrupt"]["tasks"].items() if k in ("sr_x4", "denoise_s30")}
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params = _small_dag(repo, tmp_path, ("sr_x4", "denoise_s30"))
 
     out = _run(DVC + ["repro", "corrupt"], repo)
     assert _ran(out) == ["corrupt@denoise_s30", "corrupt@sr_x4", "shard"]
@@ -101,9 +121,9 @@ def test_data_stages_rerun_only_what_changed_and_round_trip_the_default_remote(r
 
     outs = ("clean", "pairs/sr_x4", "pairs/denoise_s30", "pairs/denoise_s15")
     before = {d: folder_bytes(repo / "data" / d) for d in outs}
-    _run(DVC + ["push"], repo)
+    _run(DVC + ["push", "shard", "corrupt"], repo)
     assert any((repo / ".dvc-remote").rglob("*")), "nothing pushed to the default local remote"
     shutil.rmtree(repo / "data")
     shutil.rmtree(repo / ".dvc" / "cache")
-    _run(DVC + ["pull"], repo)
+    _run(DVC + ["pull", "shard", "corrupt"], repo)
     assert {d: folder_bytes(repo / "data" / d) for d in outs} == before
