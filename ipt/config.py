@@ -57,6 +57,9 @@ class ModelSpec:
     the query embedding, exactly as the official state dict lays them out.
     ``mlp`` is the official ``not no_mlp``: when true the body has ``linear_encoding``, ``mlp_head`` and the
     per-task ``query_embed``.
+    ``image_residual`` (not in the paper, off for every released file): the output is the task's baseline (the
+    input, bicubic-upsampled for SR) plus the tail's correction, and the last tail conv starts at zero, so an
+    untrained model equals the baseline. The CPU-sized training runs use it; the state-dict keys are unchanged.
     """
 
     n_feats: int = 64
@@ -70,6 +73,7 @@ class ModelSpec:
     pos_every: bool = False
     no_pos: bool = False
     no_norm: bool = False
+    image_residual: bool = False
     out_proj_bias: bool = False  # some torch 1.5-1.8 builds saved `out_proj.bias`; honoured if a file has it
     n_colors: int = 3
     rgb_range: int = 255

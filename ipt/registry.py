@@ -1,7 +1,8 @@
 """The model registry convention: one registered model per task, a champion that only moves on a better score.
 
 - ``ipt-<task>`` (``ipt-sr_x2`` ...): each version holds ``model.pt`` (the single-task project checkpoint, what
-  ``models:/ipt-sr_x2@champion`` resolves to), ``official.pt`` (the released single-task layout), and the task's
+  ``models:/ipt-sr_x2@champion`` resolves to), ``official.pt`` (the released single-task layout; not for
+  ``image_residual`` models, which the official code cannot run), and the task's
   ``head.pt`` and ``tail.pt`` as separate artifacts (state dicts with their official key names), plus the
   benchmark report it was scored with.
 - ``ipt-pretrained``: the multi-task model; ``model.pt`` only.
@@ -83,8 +84,9 @@ def register(
             tags["task"] = task
             files[tracking.CHECKPOINT_NAME] = save_checkpoint(d / "model.pt", single, meta={"task": task})
             sd = official_state_dict(model, task)
-            torch.save(sd, d / "official.pt")
-            files["official.pt"] = d / "official.pt"
+            if not model.spec.image_residual:  # the official code cannot run an image-residual model
+                torch.save(sd, d / "official.pt")
+                files["official.pt"] = d / "official.pt"
             for part in ("head", "tail"):
                 torch.save({k: v for k, v in sd.items() if k.startswith(f"{part}.0.")}, d / f"{part}.pt")
                 files[f"{part}.pt"] = d / f"{part}.pt"

@@ -143,3 +143,20 @@ def test_spec_is_strict() -> None:
     spec = ModelSpec.from_dict({"tasks": ["sr_x3", "derain"]})
     assert spec.tasks == (("sr_x3", 3), ("derain", 1))
     assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_image_residual_starts_as_the_baseline_and_keeps_the_keys(tiny_spec: ModelSpec) -> None:
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    plain = build_ipt(tiny_spec)
+    model = build_ipt(ModelSpec(**{**tiny_spec.__dict__, "image_residual": True})).eval()
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    x = torch.rand(2, 3, 12, 12) * 255
+    with torch.no_grad():
+        assert torch.equal(model(x, "denoise_s30"), x)  # untrained: the noisy input itself
+        up = F.interpolate(x, scale_factor=2, mode="bicubic", align_corners=False)
+        assert torch.equal(model(x, "sr_x2"), up)  # untrained: bicubic
+    model.train()
+    model(x, "sr_x2").mean().backward()  # the zero conv still receives a gradient, so training moves it
+    assert model.tail[0][-1].weight.grad.abs().sum() > 0

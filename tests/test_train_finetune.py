@@ -77,3 +77,12 @@ def test_finetune_init_problems_are_named(pretrained, tmp_path) -> None:
         finetune(ft_config(pairs, tmp_path / "b", pre, task="derain"))
     with pytest.raises(TrainingError, match="needs `init`"):
         FinetuneConfig(shards=str(pairs), task="sr_x2")
+
+
+def test_image_residual_run_keeps_the_switch_and_writes_no_official_layout(tmp_path) -> None:
+    pairs = make_pair_root(tmp_path / "pairs", samples=4, shards=1)
+    model = dict(TINY_MODEL, image_residual=True)
+    pretrain(tiny_pretrain(pairs, tmp_path / "pre", steps=2, model=model))
+    result = finetune(ft_config(pairs, tmp_path / "ft", tmp_path / "pre", steps=2))
+    assert load_model(result["model"]).spec.image_residual
+    assert "official" not in result and not (tmp_path / "ft" / "official.pt").exists()

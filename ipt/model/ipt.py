@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ipt.config import ModelSpec
@@ -38,6 +39,10 @@ class IPT(nn.Module):
             out_proj_bias=spec.out_proj_bias,
         )
         self.tail = nn.ModuleList(make_tail(s, spec.n_feats, spec.n_colors) for _, s in spec.tasks)
+        if spec.image_residual:  # start as the baseline: the correction's last conv is zero
+            for t in self.tail:
+                nn.init.zeros_(t[-1].weight)
+                nn.init.zeros_(t[-1].bias)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -58,7 +63,12 @@ class IPT(nn.Module):
         h = self.head[i](self.sub_mean(x))
         tokens = self.body.tokens(h, i)
         res = self.body.fold(tokens) + h
-        out = self.add_mean(self.tail[i](res))
+        if self.spec.image_residual:
+            s = self.spec.tasks[i][1]
+            base = x if s == 1 else F.interpolate(x, scale_factor=s, mode="bicubic", align_corners=False)
+            out = self.tail[i](res) + base
+        else:
+            out = self.add_mean(self.tail[i](res))
         return (out, tokens) if return_tokens else out
 
 

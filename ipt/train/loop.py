@@ -326,9 +326,10 @@ def _finish(
     if env.is_main:
         meta = {"stage": cfg.stage, "steps": cfg.steps, "tasks": list(cfg.train_tasks), "seed": cfg.seed}
         save_checkpoint(run / S.FINAL, model, meta=meta)
-        if isinstance(cfg, FinetuneConfig):
+        if isinstance(cfg, FinetuneConfig) and not model.spec.image_residual:
             S.save_tensors(run / S.OFFICIAL, official_state_dict(model, cfg.task))
-    if isinstance(cfg, FinetuneConfig):
+    # The released layout only when the official code could run it: image_residual models have another forward.
+    if isinstance(cfg, FinetuneConfig) and not model.spec.image_residual:
         out["official"] = str(run / S.OFFICIAL)
     D.barrier(env)
     return out
