@@ -8,6 +8,7 @@ one ``corrupt.tasks`` entry in ``params.yaml``. ``tests/test_corruptions/test_co
 from . import (  # noqa: F401
     bicubic_down,
     gaussian_noise,
+    jpeg,
     rain_streaks,
 )
 from ._imresize import imresize_float, imresize_uint8, round_half_away_uint8

@@ -14,7 +14,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from corruptions import imresize_uint8
-from ipt.data.benchmarks import BenchmarkSet, task_kind
+from ipt.data.benchmarks import BenchmarkSet, check_corruption, task_kind
 from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
 
 RestoreFn = Callable[[np.ndarray | Tensor], np.ndarray | Tensor]
@@ -140,24 +140,32 @@ def make_restore_fn(
     batch: int = 64,
     num_heads: int = 12,
     tracking_uri: str | None = None,
+    corruption: Mapping[str, Any] | None = None,
 ) -> tuple[RestoreFn, dict[str, Any]]:
     """``bicubic`` | ``identity`` | ``baseline`` (the one that fits the task) | a weights path | a ``models:/`` URI
-    -> (restore function, run info: tiling and precision used)."""
-    kind, param = task_kind(task)
+    -> (restore function, run info: tiling and precision used). ``corruption``: a custom task's spec (its scale
+    decides the baseline: bicubic above 1, the degraded input at 1)."""
+    kind, param = task_kind(task, corruption)
+    upscales = kind == "sr" or (kind == "custom" and param > 1)
     if model == "baseline":
-        model = "bicubic" if kind == "sr" else "identity"
+        model = "bicubic" if upscales else "identity"
     if model == "bicubic":
-        if kind != "sr":
+        if not upscales:
             raise BenchmarkModelError(f"the bicubic baseline is for sr_xN tasks, not {task!r}; use --model identity")
         return bicubic_fn(int(param)), {"tiling": None, "precision": None}
     if model == "identity":
-        if kind == "sr":
+        if upscales:
             raise BenchmarkModelError(f"the identity baseline is for x1 tasks, not {task!r}; use --model bicubic")
         return identity_fn, {"tiling": None, "precision": None}
     if model.startswith(MODEL_URI_PREFIX):
         model = str(resolve_model_uri(model, tracking_uri))
     from ipt.checkpoint import load_model
-    from ipt.restore import Restorer
+    from ipt.restore import Restorer, refined_restorer
+
+    options = {"tiling": tiling, "batch": batch, "device": device, "precision": precision}
+    refined = refined_restorer(model, task, tracking_uri=tracking_uri, num_heads=num_heads, **options)
+    if refined is not None:  # a PTG-RM refiner checkpoint: its base, then the refiner (ipt/refine)
+        return restorer_fn(refined), {"tiling": tiling, "precision": refined.precision_used, "refiner": "ptgrm"}
 
     net = load_model(model, task, num_heads=num_heads)
     restorer = Restorer(net, task, tiling=tiling, batch=batch, device=device, precision=precision)
@@ -175,11 +183,13 @@ def run_benchmark(
     hardware: dict[str, str],
     on_result: OnResult | None = None,
     on_output: OnOutput | None = None,
+    corruption: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The full report: run metadata, the protocol id and one :func:`evaluate` block per dataset."""
-    kind, param = task_kind(task)
-    scale = int(param) if kind == "sr" else 1
-    return {
+    """The full report: run metadata, the protocol id and one :func:`evaluate` block per dataset. A custom task
+    (``corruption`` given) also records the corruption that made its inputs (name, params, scale, seed)."""
+    kind, param = task_kind(task, corruption)
+    scale = int(param) if kind in ("sr", "custom") else 1
+    report: dict[str, Any] = {
         "task": task,
         "model": model,
         "protocol": protocol,
@@ -187,11 +197,15 @@ def run_benchmark(
         "tiling": info.get("tiling"),
         "precision": info.get("precision"),
         "hardware": hardware,
-        "datasets": {
-            d.name: evaluate(restore_fn, d, scale=scale, protocol=protocol, on_result=on_result, on_output=on_output)
-            for d in datasets
-        },
     }
+    if kind == "custom":
+        name, params, _ = check_corruption(task, corruption)
+        report["corruption"] = next((d.corruption for d in datasets if d.corruption), {"name": name, "params": params})
+    report["datasets"] = {
+        d.name: evaluate(restore_fn, d, scale=scale, protocol=protocol, on_result=on_result, on_output=on_output)
+        for d in datasets
+    }
+    return report
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -237,7 +251,12 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = [
         f"**{report['task']}**, model `{report['model']}`, protocol `{report['protocol']}`"
         + (f", tiling `{report['tiling']}`" if report.get("tiling") else "")
-        + (f", precision `{report['precision']}`" if report.get("precision") else ""),
+        + (f", precision `{report['precision']}`" if report.get("precision") else "")
+        + (
+            f", inputs `{report['corruption']['name']}` {report['corruption']['params']}"
+            if "corruption" in report
+            else ""
+        ),
         "",
         "| Dataset | Images | PSNR-Y (dB) | SSIM-Y | PSNR-RGB (dB) | s/image |",
         "|---|---:|---:|---:|---:|---:|",

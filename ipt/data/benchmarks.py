@@ -11,6 +11,10 @@ Layouts (any image format Pillow reads; files are paired by name, never by posit
   do not bit-match the official code, whose noise comes from an unseeded global RNG stream.
 * Deraining (``derain``): ``<Set>/rainy/rain-N.png`` with ``norain-N.png`` beside ``rainy/`` (PReNet / official
   layout) or in ``<Set>/norain/``.
+* Any other task (``jpeg_q10`` ...) with a corruption spec (its ``corrupt.tasks`` entry, handed over by the CLI):
+  clean images in ``<Set>/HR/`` or directly in ``<Set>/``, mod-cropped to the spec's ``scale`` (default 1) and
+  corrupted in memory as the corrupt stage makes training pairs: ``sample_generator(seed, task, name)``, then
+  quantized to uint8 with ``quantize_uint8``. Default sets: Set5, Set14.
 
 A single-channel reference image keeps its single channel (``hr`` is (H, W)) so the ``matlab`` protocol can score it
 on its own values; the model input is always RGB. Every problem raises :class:`BenchmarkDataError` naming the folder.
@@ -19,16 +23,18 @@ on its own values; the model input is always RGB. Every problem raises :class:`B
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
-from corruptions import imresize_uint8, sample_generator
+from corruptions import apply, get, imresize_uint8, sample_generator, validate_params
+from corruptions.bicubic_down import quantize_uint8
 from corruptions.gaussian_noise import gaussian_noise
 from ipt.data.images import IMAGE_EXTENSIONS, read_image
 
@@ -37,6 +43,7 @@ DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
     "sr": ("Set5", "Set14", "B100", "Urban100"),
     "denoise": ("CBSD68", "McMaster", "Urban100"),
     "derain": ("Rain100L",),
+    "custom": ("Set5", "Set14"),  # a user's task: its corruption applied to these clean images
 }
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"})
 _SR, _DENOISE = re.compile(r"^sr_x([1-9]\d*)$"), re.compile(r"^denoise_s(\d+(?:\.\d+)?)$")
@@ -63,25 +70,34 @@ class BenchmarkSet:
     layout: str
     pairs: list[BenchmarkPair]
     notes: list[str] = field(default_factory=list)
+    corruption: dict[str, Any] | None = None  # custom tasks: name, params, scale, seed of the inputs made here
 
 
-def task_kind(task: str) -> tuple[str, float]:
-    """``sr_x4`` -> ("sr", 4); ``denoise_s30`` -> ("denoise", 30.0); ``derain`` -> ("derain", 1)."""
+def task_kind(task: str, corruption: Mapping[str, Any] | None = None) -> tuple[str, float]:
+    """``sr_x4`` -> ("sr", 4); ``denoise_s30`` -> ("denoise", 30.0); ``derain`` -> ("derain", 1); any other task
+    with a ``corruption`` spec (``{"name": ..., **params}``) -> ("custom", the spec's ``scale``, default 1)."""
     if m := _SR.match(task):
         return "sr", int(m.group(1))
     if m := _DENOISE.match(task):
         return "denoise", float(m.group(1))
     if task == "derain":
         return "derain", 1
-    raise BenchmarkDataError(f"unknown task {task!r}: expected sr_xN, denoise_sNN or derain")
+    if corruption is not None:
+        return "custom", check_corruption(task, corruption)[2]
+    raise BenchmarkDataError(
+        f"unknown task {task!r}: expected sr_xN, denoise_sNN or derain, or a corruption spec for it "
+        f"(its corrupt.tasks entry in params.yaml)"
+    )
 
 
-def resolve_datasets(root: Path, task: str, requested: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
+def resolve_datasets(
+    root: Path, task: str, requested: Iterable[str] | None = None, corruption: Mapping[str, Any] | None = None
+) -> tuple[list[str], list[str]]:
     """Dataset names to run and notes. Absent defaults are skipped with a note; an absent requested set is an error."""
     root = Path(root)
     if not root.is_dir():
         raise BenchmarkDataError(f"{root}: benchmark root folder not found")
-    kind, _ = task_kind(task)
+    kind, _ = task_kind(task, corruption)
     present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if requested:
         names = list(requested)
@@ -101,19 +117,30 @@ def resolve_datasets(root: Path, task: str, requested: Iterable[str] | None = No
 
 
 def load_benchmark(
-    root: Path, name: str, task: str, *, seed: int = DEFAULT_NOISE_SEED, limit: int | None = None
+    root: Path,
+    name: str,
+    task: str,
+    *,
+    seed: int = DEFAULT_NOISE_SEED,
+    limit: int | None = None,
+    corruption: Mapping[str, Any] | None = None,
 ) -> BenchmarkSet:
-    """Load dataset ``name`` under ``root`` for ``task``; ``limit`` keeps the first N images by name."""
+    """Load dataset ``name`` under ``root`` for ``task``; ``limit`` keeps the first N images by name.
+
+    ``corruption`` (``{"name": ..., **params}``, the task's ``corrupt.tasks`` entry) is used for tasks other than
+    sr_xN / denoise_sNN / derain, whose inputs are made from the clean images here."""
     folder = Path(root) / name
     if not folder.is_dir():
         raise BenchmarkDataError(f"{folder}: dataset folder not found")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    kind, param = task_kind(task)
+    kind, param = task_kind(task, corruption)
     if kind == "sr":
         return _load_sr(folder, task, int(param), limit)
     if kind == "denoise":
         return _load_denoise(folder, task, param, seed, limit)
+    if kind == "custom":
+        return _load_custom(folder, task, corruption, seed, limit)
     return _load_derain(folder, task, limit)
 
 
@@ -267,3 +294,63 @@ def _load_derain(folder: Path, task: str, limit: int | None) -> BenchmarkSet:
         pairs.append(BenchmarkPair(k, lq, _reference(rgb, gray)))
     layout = "rainy/rain-N + " + ("norain/norain-N" if clean_dir != folder else "norain-N beside rainy/")
     return BenchmarkSet(folder.name, task, 1, folder, layout, pairs)
+
+
+# ------------------------------------------------------------------------------------------------ custom tasks
+
+
+def check_corruption(task: str, corruption: Mapping[str, Any]) -> tuple[str, dict[str, Any], int]:
+    """(registry name, params, scale) of a ``{"name": ..., **params}`` spec; errors name the task's entry."""
+    where = f"corruption spec of task {task!r} (corrupt.tasks.{task})"
+    if not isinstance(corruption, Mapping) or not isinstance(corruption.get("name"), str):
+        raise BenchmarkDataError(
+            f"{where}: expected a mapping with a 'name' (a registered corruption), got {corruption!r}"
+        )
+    params = {k: v for k, v in corruption.items() if k != "name"}
+    try:
+        get(corruption["name"])
+        validate_params(corruption["name"], params)
+    except (KeyError, TypeError) as e:
+        raise BenchmarkDataError(f"{where}: {e.args[0] if e.args else e}") from None
+    scale = params.get("scale", 1)  # as the corrupt stage (CorruptConfig.scale)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise BenchmarkDataError(f"{where}: scale must be a positive integer, got {scale!r}")
+    return corruption["name"], params, scale
+
+
+def corrupted_input(clean: np.ndarray, *, corruption: Mapping[str, Any], seed: int, task: str, name: str) -> np.ndarray:
+    """uint8 (h, w, 3): ``clean`` (uint8 (H, W, 3)) corrupted exactly as the corrupt stage makes a training LQ:
+    generator ``sample_generator(seed, task, name)``, then ``quantize_uint8``."""
+    fn_name, params, _ = check_corruption(task, corruption)
+    x = torch.from_numpy(np.ascontiguousarray(clean)).permute(2, 0, 1)[None].float() / 255.0
+    lq = quantize_uint8(apply(fn_name, x, generator=sample_generator(seed, task, name), **params))
+    return np.ascontiguousarray(lq[0].permute(1, 2, 0).numpy())
+
+
+def _load_custom(folder: Path, task: str, corruption: Mapping[str, Any], seed: int, limit: int | None) -> BenchmarkSet:
+    fn_name, params, s = check_corruption(task, corruption)
+    hr_dir = folder / "HR"
+    src = hr_dir if hr_dir.is_dir() else folder
+    clean = _images(src)
+    _require(src, clean, f"clean images in {folder}/HR/ or directly in {folder}/")
+    pairs = []
+    for k in _keys(clean, limit):
+        rgb, gray = _read(clean[k])
+        H, W = rgb.shape[0] - rgb.shape[0] % s, rgb.shape[1] - rgb.shape[1] % s
+        if H == 0 or W == 0:
+            raise BenchmarkDataError(f"{src}: {clean[k].name} is smaller than the task's scale {s}")
+        hr = np.ascontiguousarray(rgb[:H, :W])
+        lq = corrupted_input(hr, corruption=corruption, seed=seed, task=task, name=k)
+        if lq.shape[:2] != (H // s, W // s):
+            raise BenchmarkDataError(
+                f"task {task}: {fn_name} {params} maps {clean[k].name} ({H}x{W}) to {lq.shape[0]}x{lq.shape[1]}, "
+                f"not {H // s}x{W // s} (scale {s} of the spec)"
+            )
+        pairs.append(BenchmarkPair(k, lq, _reference(hr, gray)))
+    layout = "HR/<name>.png" if src == hr_dir else "<name>.png"
+    spec = {"name": fn_name, "params": params, "scale": s, "seed": seed}
+    note = (
+        f"{folder.name}: {task} inputs made in memory from the clean images: {fn_name} {params}, seed {seed} "
+        "(sample_generator per name), quantized to uint8 as the corrupt stage"
+    )
+    return BenchmarkSet(folder.name, task, s, folder, layout, pairs, [note], spec)

@@ -21,6 +21,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FALLBACK_PARAMS: dict[str, dict[str, Any]] = {
     "bicubic_down": {"scale": 2},
     "gaussian_noise": {"sigma": 25},
+    "jpeg": {"quality": 10},
     "rain_streaks": {},
 }
 SEED = 20210507
