@@ -1,0 +1,84 @@
+"""``RefineConfig``: the strict, frozen configuration of ``ipt refine`` (params.yaml ``refine`` section).
+
+Defaults follow PTGRM_REFERENCE section 5 where it applies to IPT: Adam lr 1e-4, betas (0.9, 0.99), no weight
+decay, cosine annealing to 1e-7 over the run, random horizontal/vertical flips, the base frozen ("cheap" mode, loss
+L1 on the refined output) unless ``joint`` (the "faithful" mode: base and PTG-RM trained together on
+L1(base) + L1(refined)). Steps, batch and crop are CPU-sized.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ipt.config import strict_from_dict
+
+
+class RefineError(ValueError):
+    """A refinement run or a refined model cannot be set up; the message names the file, option or command."""
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """``base``: the restorer to refine (project checkpoint, run folder, official file or ``models:/`` URI).
+    ``shards``: root of ``<shards>/<task>/`` pair shards (the training data of ``ipt finetune``). ``crop``: random
+    LQ crop side taken from each shard patch (0: the whole patch). ``calibration``: training patches used to
+    recalibrate the BN statistics of the ``random`` prior."""
+
+    task: str = "sr_x2"
+    base: str = ""
+    prior: str = "mobilenet_v2_imagenet"
+    prior_layer: int = 17
+    shards: str = "data/pairs"
+    out: str = "runs/refine/{task}"
+    steps: int = 500
+    batch_size: int = 8
+    crop: int = 0
+    flip: bool = True
+    lr: float = 1e-4
+    min_lr: float = 1e-7
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 0.0
+    joint: bool = False
+    calibration: int = 64
+    channels: int = 16
+    blocks: int = 4
+    seed: int = 20210507
+    shuffle_buffer: int = 64
+    num_workers: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, list):
+            object.__setattr__(self, "betas", tuple(self.betas))
+        if not self.base:
+            raise RefineError("refine needs `base`: the restorer to refine (checkpoint, run folder or models:/ URI)")
+        for name in ("steps", "batch_size", "channels", "blocks"):
+            if getattr(self, name) < 1:
+                raise RefineError(f"refine.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("crop", "calibration", "shuffle_buffer", "num_workers"):
+            if getattr(self, name) < 0:
+                raise RefineError(f"refine.{name} must be >= 0, got {getattr(self, name)}")
+        if self.crop and self.crop % 4:
+            raise RefineError(f"refine.crop must be a multiple of 4 (PTG-RM works at 1/4 size), got {self.crop}")
+        if not 0 < self.min_lr <= self.lr:
+            raise RefineError(f"refine: need 0 < min_lr <= lr, got lr {self.lr}, min_lr {self.min_lr}")
+        if self.grad_clip < 0:
+            raise RefineError(f"refine.grad_clip must be >= 0, got {self.grad_clip}")
+
+    @property
+    def out_dir(self) -> str:
+        return self.out.format(task=self.task, prior=self.prior)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RefineConfig:
+        try:
+            return strict_from_dict(cls, dict(data))
+        except RefineError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise RefineError(str(e)) from None

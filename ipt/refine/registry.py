@@ -1,0 +1,104 @@
+"""Registry convention for refiners: ``ipt-<task>-ptgrm``, one version per trained PTG-RM.
+
+A version holds ``model.pt`` (the refiner checkpoint: what ``models:/ipt-derain-ptgrm@champion`` resolves to),
+``base.pt`` (the exact base it was trained on, so the version restores on its own) and, when given, the benchmark
+report. Tags link it to its base: ``base_uri`` (as given to ``ipt refine``), ``base_sha256``, and for a registry
+base ``base_model`` / ``base_version``; plus ``prior`` and ``prior_sha256``. The ``champion`` alias moves only on a
+better score under the same protocol and datasets (``ipt.registry.score_of``), as for ``ipt-<task>``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ipt import tracking
+from ipt.refine.checkpoint import BASE_FILE, file_sha256, find_base, read_refined
+from ipt.refine.config import RefineError
+from ipt.registry import CHAMPION, RegistryError, score_of
+
+
+def refiner_name(task: str) -> str:
+    return f"ipt-{task}-ptgrm"
+
+
+def refiner_tags(obj: dict[str, Any], checkpoint: Path) -> dict[str, str]:
+    base, prior = obj["base"], obj["prior"]
+    tags = {
+        "task": obj["task"],
+        "kind": obj["kind"],
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "base_uri": str(base["uri"]),
+        "base_sha256": base["sha256"],
+        "prior": prior["name"],
+        "prior_sha256": prior["identity"]["sha256"],
+        "joint": str("base_state_dict" in obj),
+    }
+    if base.get("registry"):
+        tags["base_model"] = base["registry"]["name"]
+        tags["base_version"] = str(base["registry"]["version"])
+    return tags
+
+
+def _decide(score: float | None, key: str | None, champion: dict[str, Any] | None) -> tuple[bool, str]:
+    if champion is None:
+        return True, "no champion yet"
+    if score is None:
+        return False, "no score given"
+    tags = champion["tags"]
+    if "score" not in tags or tags.get("score_key") != key:
+        return True, f"champion v{champion['version']} has no comparable score"
+    old = float(tags["score"])
+    if score > old:
+        return True, f"{score:.4f} beats champion v{champion['version']} ({old:.4f})"
+    return False, f"{score:.4f} does not beat champion v{champion['version']} ({old:.4f})"
+
+
+def register_refiner(
+    checkpoint: str | Path,
+    *,
+    tracker: tracking.MlflowTracker,
+    report: dict[str, Any] | None = None,
+    metric: str = "psnr_y",
+    dataset: str | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Register a refiner checkpoint (with its base file) as a new version of ``ipt-<task>-ptgrm``."""
+    checkpoint = Path(checkpoint)
+    obj = read_refined(checkpoint)
+    task = obj["task"]
+    name = name or refiner_name(task)
+    tags = refiner_tags(obj, checkpoint)
+    score = key = None
+    if report is not None:
+        if report.get("task") not in (None, task):
+            raise RegistryError(f"report scores task {report.get('task')!r}, the refiner is for {task!r}")
+        score, key = score_of(report, metric, dataset)
+        tags |= {"score": f"{score:.6f}", "score_key": key}
+    base_file = find_base(checkpoint, obj["base"], tracker.tracking_uri)
+    files: dict[str, Path] = {tracking.CHECKPOINT_NAME: checkpoint, BASE_FILE: base_file}
+    with tempfile.TemporaryDirectory() as tmp:
+        if report is not None:
+            files["benchmark.json"] = Path(tmp) / "benchmark.json"
+            files["benchmark.json"].write_text(json.dumps(report, indent=1))
+        version = tracking.register_files(tracker, files, name, tags=tags)
+    before = tracking.alias_version(name, CHAMPION, tracker.tracking_uri)
+    promoted, reason = _decide(score, key, before)
+    if promoted:
+        tracking.set_alias(name, CHAMPION, version, tracker.tracking_uri)
+    return {
+        "name": name,
+        "version": version,
+        "uri": f"models:/{name}/{version}",
+        "score": score,
+        "score_key": key,
+        "promoted": promoted,
+        "reason": reason,
+        "champion": version if promoted else (before or {}).get("version"),
+        "base": {k: v for k, v in tags.items() if k.startswith("base_")},
+    }
+
+
+__all__ = ["RefineError", "refiner_name", "refiner_tags", "register_refiner"]

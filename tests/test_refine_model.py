@@ -1,0 +1,77 @@
+"""PTG-RM itself: parameter budget, the reference's parameter count, shape/dtype contracts, the injection of g."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ipt.refine.ptgrm import PTGRM, PriorProjection, PTGRMSpec, count_parameters, per_pixel_filter
+
+
+def test_default_size_is_under_one_million_trainable_parameters() -> None:
+    model = PTGRM()
+    n = count_parameters(model)
+    assert n < 1_000_000
+    assert n == 573_431  # PTGRM_REFERENCE section 4 for d = 320 (MobileNetV2 features.17)
+
+
+@pytest.mark.parametrize("d", [512, 576, 1280])
+def test_parameter_count_matches_the_reference_formula(d: int) -> None:
+    assert count_parameters(PTGRM(PTGRMSpec(prior_dim=d))) == 671_735 + 512 * (d - 512)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (5, 7), (48, 48), (1, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_any_image_size_keeps_shape_and_dtype(size: tuple[int, int], dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = PTGRM(PTGRMSpec(prior_dim=16)).to(dtype)
+    restored = torch.rand(2, 3, *size, dtype=dtype)
+    out = model(restored, torch.rand(2, 3, *size, dtype=dtype), torch.randn(2, 16, dtype=dtype))
+    assert out.shape == restored.shape and out.dtype == dtype and torch.isfinite(out).all()
+
+
+def test_super_resolution_takes_the_smaller_degraded_input() -> None:
+    model = PTGRM(PTGRMSpec(prior_dim=8))
+    out, mask = model(torch.rand(1, 3, 34, 26), torch.rand(1, 3, 17, 13), torch.randn(1, 8), return_mask=True)
+    assert out.shape == (1, 3, 34, 26)
+    assert mask.shape == (1, 1, 9, 7) and ((mask >= 0) & (mask <= 1)).all()  # padded to 36 x 28, a quarter
+
+
+def test_output_is_clamped_base_plus_residual_and_bad_shapes_are_refused() -> None:
+    model = PTGRM(PTGRMSpec(prior_dim=4))
+    for p in model.decoder.net[-1].parameters():
+        torch.nn.init.zeros_(p)  # zero residual
+    restored = torch.rand(1, 3, 9, 11) * 1.4 - 0.2
+    out = model(restored, torch.rand(1, 3, 9, 11), torch.randn(1, 4))
+    assert torch.equal(out, restored.clamp(0, 1))
+    with pytest.raises(ValueError, match="prior vector"):
+        model(restored, restored, torch.randn(1, 5))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(restored[:, :1], restored, torch.randn(1, 4))
+
+
+def test_zero_prior_injects_exactly_nothing() -> None:
+    proj = PriorProjection(32, 256, 64)
+    assert torch.equal(proj(torch.zeros(3, 32)), torch.zeros(3, 64))
+    model = PTGRM(PTGRMSpec(prior_dim=32))
+    x = torch.rand(1, 3, 16, 16)
+    a = model(x, x, torch.zeros(1, 32))
+    with torch.no_grad():  # T_m / T_c weights do not matter when g = 0
+        for t in (model.sve.project, model.csa.project):
+            for p in t.parameters():
+                p.mul_(3.0)
+    assert torch.equal(a, model(x, x, torch.zeros(1, 32)))
+
+
+def test_per_pixel_filter_channel_order_and_replicate_padding() -> None:
+    torch.manual_seed(1)
+    x, k = torch.randn(1, 2, 4, 5), torch.randn(1, 18, 4, 5)
+    got = per_pixel_filter(x, k)
+    pad = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    want = torch.zeros_like(x)
+    for c in range(2):
+        for i in range(3):
+            for j in range(3):
+                want[:, c] += k[:, 9 * c + 3 * i + j] * pad[:, c, i : i + 4, j : j + 5]
+    torch.testing.assert_close(got, want)

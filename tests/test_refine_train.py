@@ -1,0 +1,134 @@
+"""Training PTG-RM behind a base: the loss falls, frozen parts stay bit-identical, the CLI round trip restores."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers_pairs import make_pair_shards
+from ipt.checkpoint import save_checkpoint
+from ipt.cli import main
+from ipt.config import ModelSpec
+from ipt.model import build_ipt
+from ipt.refine.checkpoint import load_refined, resolve_base
+from ipt.refine.config import RefineConfig, RefineError
+from ipt.refine.train import make_model, make_prior, refine, train_refiner
+from ipt.train.data import Batch
+
+
+def _digest(sd: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode() + sd[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """PTG-RM's many small ops run ~5x slower on 2 threads when the other core is busy (PTGRM_REFERENCE 7)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> dict:
+    torch.manual_seed(0)
+    spec = ModelSpec.for_tasks(["sr_x2", "denoise_s30"], n_feats=8, num_layers=1, num_heads=2, patch_size=12)
+    base = save_checkpoint(tmp_path / "base" / "model.pt", build_ipt(spec))
+    for task in ("sr_x2", "denoise_s30"):
+        make_pair_shards(tmp_path / "pairs", task, samples=8, patch=12)
+    return {"base": base, "shards": tmp_path / "pairs", "tmp": tmp_path}
+
+
+def _cfg(setup: dict, **kw) -> RefineConfig:
+    base = dict(task="sr_x2", base=str(setup["base"]), shards=str(setup["shards"]), out=str(setup["tmp"] / "run"))
+    return RefineConfig(**(base | dict(steps=3, batch_size=2, calibration=4, shuffle_buffer=4) | kw))
+
+
+def _fixed_batches(n: int, task: str = "sr_x2", scale: int = 2) -> list[Batch]:
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 12 * scale, 12 * scale, generator=g) * 255
+    lq = torch.nn.functional.avg_pool2d(hr, scale) if scale > 1 else hr
+    return [Batch(lq, hr, task, s) for s in range(n)]
+
+
+@pytest.mark.parametrize("prior", ["none", "ipt-body"])
+def test_a_few_steps_lower_the_loss_and_frozen_parts_do_not_change(setup: dict, prior: str) -> None:
+    cfg = _cfg(setup, prior=prior, steps=15, lr=2e-3, min_lr=1e-4, flip=False)
+    ref = resolve_base(cfg.base, cfg.task)
+    prior_net = make_prior(cfg, ref, 2)
+    model = make_model(cfg, ref, prior_net)
+    base_before, prior_before = _digest(model.base.state_dict()), _digest(prior_net.state_dict())
+    refiner_before = _digest(model.refiner.state_dict())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable} == {id(p) for p in model.refiner.parameters()}
+    assert not {id(p) for p in prior_net.parameters()} & {id(p) for p in trainable}
+    opt = torch.optim.Adam(trainable, lr=cfg.lr, betas=cfg.betas)
+    losses = []
+    train_refiner(model, iter(_fixed_batches(15)), opt, cfg, device=torch.device("cpu"), on_log=losses.append)
+    first, last = losses[0]["loss"], losses[-1]["loss"]
+    assert last < 0.9 * first, [round(r["loss"], 4) for r in losses]
+    assert _digest(model.base.state_dict()) == base_before and _digest(prior_net.state_dict()) == prior_before
+    assert _digest(model.refiner.state_dict()) != refiner_before
+    assert not model.base.training and not prior_net.training
+
+
+def test_joint_mode_trains_the_base_but_never_the_prior(setup: dict) -> None:
+    cfg = _cfg(setup, prior="random", joint=True, steps=2)
+    ref = resolve_base(cfg.base, cfg.task)
+    prior_net = make_prior(cfg, ref, 2)
+    model = make_model(cfg, ref, prior_net)
+    base_before, prior_before = _digest(model.base.state_dict()), _digest(prior_net.state_dict())
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    rows = []
+    train_refiner(model, iter(_fixed_batches(2)), opt, cfg, device=torch.device("cpu"), on_log=rows.append)
+    assert rows[0]["loss"] == pytest.approx(rows[0]["l1_refined"] + rows[0]["l1_base"])
+    assert _digest(model.base.state_dict()) != base_before and _digest(prior_net.state_dict()) == prior_before
+
+
+def test_refine_writes_a_checkpoint_that_rebuilds_exactly(setup: dict) -> None:
+    cfg = _cfg(setup, prior="random", task="denoise_s30")
+    result = refine(cfg)
+    run = Path(result["run_dir"])
+    assert (run / "base.pt").read_bytes() == Path(setup["base"]).read_bytes()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert result["parameters"]["refiner"] == 573_431 and result["parameters"]["base_trainable"] == 0
+    model = load_refined(result["model"])
+    assert model.task == "denoise_s30" and model.prior.identity == result["prior"]
+    x = torch.rand(1, 3, 17, 23) * 255
+    with torch.no_grad():
+        assert model(x).shape == (1, 3, 17, 23)
+    # the base file is found by its reference when base.pt is gone; a changed base is refused
+    (run / "base.pt").unlink()
+    load_refined(result["model"])
+    torch.save({"not": torch.zeros(1)}, setup["base"])
+    with pytest.raises(RefineError, match="has changed"):
+        load_refined(result["model"])
+
+
+def test_cli_refine_then_restore_an_odd_sized_image(setup: dict, tmp_path: Path) -> None:
+    out = tmp_path / "cli_run"
+    argv = ["refine", "--task", "sr_x2", "--base", str(setup["base"].parent), "--prior", "none"]
+    argv += ["--shards", str(setup["shards"]), "--out", str(out), "--steps", "2", "--batch-size", "2"]
+    assert main([*argv, "--log-every", "0", "--shuffle-buffer", "4"]) == 0
+    img = tmp_path / "odd.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (19, 27, 3), dtype=np.uint8)).save(img)
+    assert main(["restore", str(img), str(tmp_path / "odd_x2.png"), "--weights", str(out / "model.pt"), "--quiet"]) == 0
+    assert Image.open(tmp_path / "odd_x2.png").size == (54, 38)
+    assert json.loads((out / "config.json").read_text())["prior"] == "none"
+
+
+def test_cli_errors_are_one_line(setup: dict, capsys) -> None:
+    assert main(["refine", "--task", "sr_x2", "--base", str(setup["tmp"] / "missing.pt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    argv = ["refine", "--task", "sr_x3", "--base", str(setup["base"]), "--shards", str(setup["shards"])]
+    assert main(argv) == 2
+    assert "sr_x3" in capsys.readouterr().err
