@@ -1,4 +1,10 @@
-"""Prefect flows `pretrain-ipt` and `finetune-ipt`: the training stages under torchrun, logs streamed to Prefect.
+"""Prefect flows `pretrain-ipt` and `finetune-ipt`: the training stages, logs streamed to Prefect.
+
+By default (no ``args``) a flow runs the DVC stage ``pretrain`` / ``finetune@<task>`` and whatever upstream stage
+is stale, through the same machinery as `ipt-pipeline` (flows/pipeline.py): the workspace lock, one Prefect task
+per stage, DVC deciding what runs; the stage command is ``ipt launch``, so torchrun's settings come from
+params.yaml ``launch``. With ``args`` the flow runs that one stage directly under torchrun, outside DVC, for
+ad-hoc runs on data and outputs of your choosing:
 
 The flow owns an MLflow run (experiment ``ipt-pretrain`` / ``ipt-finetune``) and hands its id to rank 0 through
 ``IPT_MLFLOW_RUN_ID``; torchrun's output (every rank's lines) goes to the Prefect log as it is printed. The stage
@@ -12,6 +18,7 @@ import json
 
 from prefect import flow, get_run_logger
 
+from flows.pipeline import run_dag
 from flows.stages import run_command, torchrun_command
 from ipt.tracking import MlflowTracker
 
@@ -56,11 +63,17 @@ def pretrain_ipt(
     workdir: str | None = None,
     experiment: str = "ipt-pretrain",
     tracking_uri: str | None = None,
+    lock_timeout: float = 3600.0,
 ) -> dict:
-    """Multi-task pre-training (`ipt pretrain`) under torchrun; returns the run folder, model and MLflow run id."""
+    """Multi-task pre-training: the DVC stage ``pretrain`` (and its stale upstream) by default; with ``args``,
+    `ipt pretrain ARGS` under torchrun directly (returns the run folder, model and MLflow run id)."""
+    if args is None:
+        return run_dag(
+            ["pretrain"], workdir=workdir, lock_timeout=lock_timeout, tracking_uri=tracking_uri, run_name="pretrain-ipt"
+        )
     return _train(
         "pretrain",
-        list(args or []),
+        list(args),
         nproc_per_node,
         nnodes,
         node_rank,
@@ -85,8 +98,18 @@ def finetune_ipt(
     workdir: str | None = None,
     experiment: str = "ipt-finetune",
     tracking_uri: str | None = None,
+    lock_timeout: float = 3600.0,
 ) -> dict:
-    """Fine-tuning of one task (`ipt finetune --task TASK`) under torchrun."""
+    """Fine-tuning of one task: the DVC stage ``finetune@TASK`` (and its stale upstream) by default; with
+    ``args``, `ipt finetune --task TASK ARGS` under torchrun directly."""
+    if args is None:
+        return run_dag(
+            [f"finetune@{task}"],
+            workdir=workdir,
+            lock_timeout=lock_timeout,
+            tracking_uri=tracking_uri,
+            run_name=f"finetune-ipt {task}",
+        )
     return _train(
         "finetune",
         ["--task", task, *(args or [])],

@@ -17,6 +17,7 @@ from ipt.checkpoint import CheckpointError
 from ipt.data.images import ImageReadError, list_images, read_image, write_png
 from ipt.device import PRECISIONS
 from ipt.inference import TILINGS
+from ipt.refine.cli import PARAMS_KEYS as REFINE_KEYS
 
 EXIT_USAGE, EXIT_PARTIAL = 2, 1
 
@@ -67,7 +68,7 @@ def _restore_all(restorer, pairs: list[tuple[Path, Path]], progress: bool) -> li
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from ipt.checkpoint import load_model
-    from ipt.restore import Restorer
+    from ipt.restore import Restorer, refined_restorer
 
     pairs = _pairs(Path(args.input), Path(args.output))
     weights = args.weights
@@ -78,22 +79,37 @@ def cmd_restore(args: argparse.Namespace) -> int:
             weights = resolve_model_uri(weights, args.tracking_uri)
         except TrackingError as e:
             raise UserError(str(e)) from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        model = load_model(weights, args.task, num_heads=args.num_heads)
-    if args.task is None:
-        if len(model.spec.task_names) != 1:
-            raise UserError(f"{args.weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")
-        args.task = model.spec.task_names[0]
-    restorer = Restorer(
-        model,
-        args.task,
-        tiling=args.tiling,
-        overlap=args.overlap,
-        batch=args.batch,
-        device=args.device,
-        precision=args.precision,
-    )
+    options = {"tiling": args.tiling, "overlap": args.overlap, "batch": args.batch, "device": args.device}
+    try:  # a PTG-RM refiner checkpoint (ipt/refine): its base, then the refiner
+        restorer = refined_restorer(
+            weights,
+            args.task,
+            tracking_uri=args.tracking_uri,
+            num_heads=args.num_heads,
+            precision=args.precision,
+            **options,
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if restorer is not None:
+        args.task = restorer.task
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            model = load_model(weights, args.task, num_heads=args.num_heads)
+        if args.task is None:
+            if len(model.spec.task_names) != 1:
+                raise UserError(f"{args.weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")
+            args.task = model.spec.task_names[0]
+        restorer = Restorer(
+            model,
+            args.task,
+            tiling=args.tiling,
+            overlap=args.overlap,
+            batch=args.batch,
+            device=args.device,
+            precision=args.precision,
+        )
     t0 = time.perf_counter()
     failed = _restore_all(restorer, pairs, progress=not args.quiet)
     done = len(pairs) - len(failed)
@@ -139,13 +155,44 @@ def add_restore(sub: argparse._SubParsersAction) -> None:
 
 
 def _tracker(args: argparse.Namespace):
-    """An MlflowTracker for ``--mlflow-run-id`` (or $IPT_MLFLOW_RUN_ID, set by the flows), else None."""
-    run_id = args.mlflow_run_id or os.environ.get("IPT_MLFLOW_RUN_ID")
-    if not run_id:
-        return None
-    from ipt.tracking import MlflowTracker
+    """(tracker, owned): ``--mlflow-run-id`` (or $IPT_MLFLOW_RUN_ID, set by the flows), else a new run in
+    ``ipt-benchmark`` (unless $IPT_TRACKING=off); see :func:`ipt.tracking.stage_run`."""
+    from ipt.tracking import stage_run
 
-    return MlflowTracker(run_id, args.tracking_uri)
+    label = "baseline" if args.model == "baseline" else Path(str(args.model)).parent.name or str(args.model)
+    tags = {"ipt.stage": "benchmark", "ipt.task": args.task, "ipt.model": str(args.model)}
+    return stage_run(
+        "ipt-benchmark", f"{args.task} {label}", run_id=args.mlflow_run_id, tracking_uri=args.tracking_uri, tags=tags
+    )
+
+
+def _benchmark_corruption(args: argparse.Namespace) -> dict | None:
+    """None for the paper's tasks; for any other task its ``corrupt.tasks`` entry in the params file (an error
+    naming the file and the task when there is none): the benchmark applies it to clean images."""
+    import yaml
+
+    from ipt.data.benchmarks import BenchmarkDataError, task_kind
+
+    try:
+        task_kind(args.task)
+        return None
+    except BenchmarkDataError:
+        pass
+    source = getattr(args, "params", None) or os.environ.get("IPT_PARAMS") or "params.yaml"
+    tasks: dict = {}
+    if source != "none" and Path(source).is_file():
+        try:
+            tasks = ((yaml.safe_load(Path(source).read_text()) or {}).get("corrupt") or {}).get("tasks") or {}
+        except (OSError, yaml.YAMLError, AttributeError) as e:
+            raise UserError(f"{source}: cannot read corrupt.tasks ({str(e).splitlines()[0]})") from None
+    if not isinstance(tasks, dict) or args.task not in tasks:
+        where = f"{source} corrupt.tasks" if source != "none" else "params file (ignored: --params none)"
+        known = sorted(tasks) if isinstance(tasks, dict) else []
+        raise UserError(
+            f"task {args.task!r} is not a paper task (sr_xN, denoise_sNN, derain) and has no corruption entry in "
+            f"{where}; known there: {known}"
+        )
+    return tasks[args.task]
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -157,8 +204,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     root = Path(args.root)
     args.out = args.out.format(task=args.task)
     requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    corruption = _benchmark_corruption(args)  # None for sr_xN / denoise_sNN / derain
     try:
-        names, notes = resolve_datasets(root, args.task, requested)
+        names, notes = resolve_datasets(root, args.task, requested, corruption)
         restore_fn, info = make_restore_fn(
             args.model,
             args.task,
@@ -168,10 +216,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             batch=args.batch,
             num_heads=args.num_heads,
             tracking_uri=args.tracking_uri,
+            corruption=corruption,
         )
-        tracker = _tracker(args)
-        sets = [load_benchmark(root, n, args.task, seed=args.seed, limit=args.limit) for n in names]
+        sets = [
+            load_benchmark(root, n, args.task, seed=args.seed, limit=args.limit, corruption=corruption) for n in names
+        ]
     except ValueError as e:  # BenchmarkDataError, BenchmarkModelError, CheckpointError, a bad device or precision
+        raise UserError(str(e)) from None
+    try:
+        tracker, owned = _tracker(args)
+    except ValueError as e:  # TrackingError: a run id this store does not have
         raise UserError(str(e)) from None
     for note in notes + [n for s in sets for n in s.notes]:
         print(f"note: {note}", file=sys.stderr)
@@ -197,12 +251,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             hardware=describe(),
             on_result=progress,
             on_output=keep_first,
+            corruption=corruption,
         )
     except ValueError as e:  # e.g. an image smaller than the official tiling's 48-px window
+        if owned:
+            tracker.finish("FAILED")
         raise UserError(str(e)) from None
     write_json(args.out, report)
     if tracker is not None:
         log_report(tracker, report, samples, args.out)
+    if owned:
+        tracker.finish()
     table = markdown_table(report)
     print(table, end="")
     if args.markdown:
@@ -215,7 +274,12 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
     from ipt.data.benchmarks import DEFAULT_NOISE_SEED
 
     p = sub.add_parser("benchmark", help="score a model or a baseline on benchmark sets (Y-PSNR, SSIM, RGB-PSNR)")
-    p.add_argument("--task", required=True, help="sr_x2, sr_x3, sr_x4, denoise_s30, denoise_s50, derain")
+    p.add_argument(
+        "--task",
+        required=True,
+        help="sr_x2, sr_x3, sr_x4, denoise_s30, denoise_s50, derain, or a task of corrupt.tasks in params.yaml "
+        "(its corruption applied to Set5/Set14)",
+    )
     p.add_argument(
         "--model",
         default=None,
@@ -229,13 +293,15 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--batch", type=int, default=64, help="windows per forward pass")
     p.add_argument("--num-heads", type=int, default=12, help="attention heads of an official-layout file (not stored)")
-    p.add_argument("--seed", type=int, default=DEFAULT_NOISE_SEED, help="seed of the denoising noise inputs")
+    p.add_argument(
+        "--seed", type=int, default=DEFAULT_NOISE_SEED, help="seed of the denoising noise (and custom task) inputs"
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (by name)")
     p.add_argument("--out", default=None, help="JSON report, written atomically; '{task}' is replaced by the task")
     p.add_argument(
         "--params",
         default=None,
-        help="params file whose 'benchmark' section gives defaults "
+        help="params file whose 'benchmark' section gives defaults and whose corrupt.tasks define custom tasks "
         "(default: ./params.yaml if present; 'none' to ignore it)",
     )
     p.add_argument("--markdown", default=None, help="also write the markdown table to this file")
@@ -409,16 +475,26 @@ def cmd_register(args: argparse.Namespace) -> int:
             raise UserError(f"{args.report}: cannot read the benchmark report ({e})") from None
     if not Path(args.checkpoint).is_file():
         raise UserError(f"{args.checkpoint}: no such checkpoint")
-    run_id = args.mlflow_run_id or os.environ.get("IPT_MLFLOW_RUN_ID")
+    name = args.name or (f"ipt-{args.task}" if args.task else "ipt-pretrained")
     try:
-        if run_id:
-            tracker, owned = tracking.MlflowTracker(run_id, args.tracking_uri), False
+        # The version belongs to the run that trained the checkpoint when this store has it (its folder says which,
+        # see ipt.tracking.write_run_file); else to --mlflow-run-id, else to a new run in --experiment.
+        made_by = (
+            None if args.mlflow_run_id else tracking.run_from_file(Path(args.checkpoint).parent, args.tracking_uri)
+        )
+        if made_by is not None:
+            tracker, owned = made_by, False
         else:
-            name = args.name or (f"ipt-{args.task}" if args.task else "ipt-pretrained")
-            tracker = tracking.MlflowTracker.start(
-                args.experiment, run_name=f"register {name}", tracking_uri=args.tracking_uri
+            tracker, owned = tracking.stage_run(
+                args.experiment,
+                f"register {name}",
+                run_id=args.mlflow_run_id,
+                tracking_uri=args.tracking_uri,
+                tags={"ipt.stage": "register"} | ({"ipt.task": args.task} if args.task else {}),
             )
-            owned = True
+            if tracker is None:  # $IPT_TRACKING=off does not apply: registering needs a run
+                tracker = tracking.MlflowTracker.start(args.experiment, f"register {name}", args.tracking_uri)
+                owned = True
         result = registry.register(
             args.checkpoint,
             task=args.task,
@@ -454,6 +530,43 @@ def add_register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--out", default=None, help="write the decision as JSON ('{task}' is replaced)")
     p.set_defaults(func=cmd_register)
+
+
+# ------------------------------------------------------------------------------------------------ launch
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from ipt import launch
+
+    stage_args = list(args.stage_args)
+    if stage_args[:1] == ["--"]:
+        stage_args = stage_args[1:]
+    if args.params and "--params" not in stage_args:  # the stage reads the same params file
+        stage_args = ["--params", args.params, *stage_args]
+    try:
+        return launch.run(args.stage, stage_args, launch.from_args(args), dry_run=args.dry_run)
+    except launch.LaunchError as e:
+        raise UserError(str(e)) from None
+
+
+def add_launch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "launch",
+        help="run pretrain/finetune as one process or under torchrun (params.yaml `launch`)",
+        description="ipt launch pretrain -- --steps 10: one process when nproc_per_node x nnodes is 1, else torchrun.",
+    )
+    p.add_argument("stage", choices=("pretrain", "finetune"))
+    p.add_argument("stage_args", nargs=argparse.REMAINDER, help="flags of the stage, after `--`")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) per node")
+    p.add_argument("--nnodes", type=int, default=1, help="nodes; >1 needs --rdzv-endpoint")
+    p.add_argument(
+        "--rdzv-endpoint", default=None, help="host:port of the c10d rendezvous (one node, reachable by all)"
+    )
+    p.add_argument("--rdzv-id", default="ipt", help="rendezvous id (the same on every node of one job)")
+    p.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts of a failed worker group")
+    p.add_argument("--dry-run", action="store_true", help="print the command line instead of running it")
+    p.add_argument("--params", default=None, help="params file (default params.yaml)")
+    p.set_defaults(func=cmd_launch)
 
 
 # ------------------------------------------------------------------------------------------------ demo (make run)
@@ -530,14 +643,16 @@ PARAMS_SECTIONS: dict[str, tuple[str, ...]] = {
         "patch_size",
     ),
     "corrupt": ("tasks", "clean", "out", "png_level", "executor", "workers", "dask_address", "seed", "patch_size"),
+    "launch": ("nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_id", "max_restarts"),
 }
 _TRAIN_KEYS = (
     "shards out steps batch_size lr milestones gamma grad_clip contrastive_weight temperature seed checkpoint_every "
     "keep_checkpoints num_workers lanes shuffle_buffer stream_segment precision device patch_size"
 ).split()
 PARAMS_SECTIONS["pretrain"] = (*_TRAIN_KEYS, "tasks", "task_weights", "model_size", "model_config", "n_feats")
-PARAMS_SECTIONS["pretrain"] += ("num_layers", "num_heads")
+PARAMS_SECTIONS["pretrain"] += ("num_layers", "num_heads", "image_residual")
 PARAMS_SECTIONS["finetune"] = (*_TRAIN_KEYS, "init", "init_num_heads")
+PARAMS_SECTIONS["refine"] = REFINE_KEYS  # ipt/refine/cli.py
 # Top-level params.yaml keys that a section inherits when it does not set them itself.
 PARAMS_GLOBALS = ("seed", "patch_size")
 
@@ -545,10 +660,12 @@ PARAMS_GLOBALS = ("seed", "patch_size")
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     parser = argparse.ArgumentParser(prog="ipt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    from ipt.refine.cli import add_subcommands as add_refine
     from ipt.train.cli import add_subcommands as add_training
 
-    for add in (add_restore, add_benchmark, add_shard, add_corrupt, add_training, add_register, add_demo):
+    for add in (add_restore, add_benchmark, add_shard, add_corrupt, add_training, add_register, add_launch, add_demo):
         add(sub)
+    add_refine(sub)
     return parser, dict(sub.choices)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,3 +54,17 @@ class Restorer:
         x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
         y = quantize(self.restore_tensor(x), self.model.spec.rgb_range)
         return y[0].permute(1, 2, 0).to(torch.uint8).numpy()
+
+
+def refined_restorer(
+    weights: str | os.PathLike, task: str | None, *, tracking_uri: str | None = None, **kw: Any
+) -> Any:
+    """Base + PTG-RM (``ipt.refine``) when ``weights`` is a refiner checkpoint, else None. ``kw``: Restorer options
+    and ``num_heads``. Raises ``ValueError`` (RefineError) naming the file when its base or prior cannot be had."""
+    from ipt.refine.checkpoint import is_refiner_checkpoint
+
+    if not is_refiner_checkpoint(weights):
+        return None
+    from ipt.refine.restore import open_refined
+
+    return open_refined(weights, task, tracking_uri=tracking_uri, **kw)

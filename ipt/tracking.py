@@ -141,6 +141,82 @@ class MlflowTracker:
         self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
 
 
+# Environment that links a stage's run to the pipeline run that launched it (set by flows/pipeline.py).
+RUN_ID_ENV = "IPT_MLFLOW_RUN_ID"  # log into this existing run
+PARENT_RUN_ENV = "IPT_MLFLOW_PARENT_RUN_ID"  # a new run is a child of this one
+PIPELINE_RUN_ENV = "IPT_PIPELINE_RUN_ID"  # the Prefect flow run (or any id) that launched the stage
+TRACKING_ENV = "IPT_TRACKING"  # "off": stages start no run of their own (the test suite's default)
+RUN_FILE = "mlflow_run.json"  # written into a training run's folder: which MLflow run made it
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def stage_run(
+    experiment: str,
+    run_name: str,
+    *,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> tuple[MlflowTracker | None, bool]:
+    """The run a pipeline stage logs to, and whether the stage owns it (and must ``finish`` it).
+
+    ``run_id`` (or ``$IPT_MLFLOW_RUN_ID``): that existing run, not owned. Otherwise a new run in ``experiment``
+    (a child of ``$IPT_MLFLOW_PARENT_RUN_ID`` when set), tagged with the stage, the pipeline run and the git commit,
+    unless ``$IPT_TRACKING`` is ``off`` (then no run at all). One experiment per stage and the same metric names
+    in every run of it, so the UI's compare view lines runs up.
+    """
+    run_id = run_id or os.environ.get(RUN_ID_ENV)
+    if run_id:
+        return MlflowTracker(run_id, tracking_uri), False
+    if os.environ.get(TRACKING_ENV, "on").lower() in ("off", "0", "false", "no"):
+        return None, False
+    tracker = MlflowTracker.start(
+        experiment, run_name=run_name, tracking_uri=tracking_uri, parent_run_id=os.environ.get(PARENT_RUN_ENV)
+    )
+    all_tags = dict(tags or {})
+    if os.environ.get(PIPELINE_RUN_ENV):
+        all_tags["ipt.pipeline_run"] = os.environ[PIPELINE_RUN_ENV]
+    commit = _git_commit()
+    if commit:
+        all_tags["mlflow.source.git.commit"] = commit
+    tracker.set_tags(all_tags)
+    return tracker, True
+
+
+def write_run_file(folder: str | os.PathLike, tracker: MlflowTracker) -> Path:
+    """Record in ``folder`` which run made it, so ``ipt register`` can link the model version to that run."""
+    import json
+
+    path = Path(folder) / RUN_FILE
+    exp = tracker.client.get_run(tracker.run_id).info.experiment_id
+    path.write_text(json.dumps({"run_id": tracker.run_id, "experiment_id": exp}, indent=1) + "\n")
+    return path
+
+
+def run_from_file(folder: str | os.PathLike, tracking_uri: str | None = None) -> MlflowTracker | None:
+    """The run recorded by :func:`write_run_file` in ``folder`` if this tracking store has it, else None."""
+    import json
+
+    path = Path(folder) / RUN_FILE
+    try:
+        run_id = json.loads(path.read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        return MlflowTracker(run_id, tracking_uri)
+    except TrackingError:  # another machine's store (a `dvc pull`ed folder): the caller starts its own run
+        return None
+
+
 def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
     """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> the local path of its ``model.pt``."""
     if not uri.startswith(MODEL_URI_PREFIX):

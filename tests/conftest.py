@@ -19,7 +19,10 @@ BENCHMARK_ROOT = Path(os.environ.get("IPT_BENCHMARK_ROOT", SHARED / "benchmarks"
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path, monkeypatch) -> None:
     """No test reads the checkout's params.yaml or writes an mlflow.db into it unless it asks to."""
+    for name in ("IPT_MLFLOW_RUN_ID", "IPT_MLFLOW_PARENT_RUN_ID", "IPT_PIPELINE_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("IPT_PARAMS", "none")
+    monkeypatch.setenv("IPT_TRACKING", "off")  # stages start no MLflow run of their own (tests that want one: "on")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'autouse-mlflow.db'}")
 
 

@@ -1,4 +1,5 @@
-"""`dvc repro` of the benchmark stage in a temporary git + DVC repository built from this project's files."""
+"""`dvc repro` and `dvc exp run` of the data stages in a temporary git + DVC repository built from this project's
+files. The whole DAG (training, benchmark, register) runs end to end in tests/test_e2e_pipeline.py."""
 
 from __future__ import annotations
 
@@ -65,34 +66,6 @@ def _small_dag(repo: Path, tmp_path: Path, tasks: tuple[str, ...]) -> dict:
     return params
 
 
-@pytest.mark.slow
-def test_whole_dag_for_one_task_then_only_what_changed(repo: Path, tmp_path: Path, monkeypatch) -> None:
-    """shard -> corrupt -> pretrain -> finetune -> benchmark (model and baseline) -> register, with a real sqlite
-    MLflow store; a second repro runs nothing; a benchmark param change reruns benchmark and register only."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    params = _small_dag(repo, tmp_path, ("sr_x2",))
-    out = _run(DVC + ["repro", "register@sr_x2"], repo)
-    assert _ran(out) == ["benchmark@sr_x2", "corrupt@sr_x2", "finetune@sr_x2", "pretrain", "register@sr_x2", "shard"]
-    report = json.loads((repo / "metrics" / "benchmark" / "sr_x2.json").read_text())
-    baseline = json.loads((repo / "metrics" / "baseline" / "sr_x2.json").read_text())
-    assert report["model"].endswith("runs/finetune/sr_x2/model.pt") and baseline["model"] == "baseline"
-    assert report["datasets"]["Set5"]["images"] == baseline["datasets"]["Set5"]["images"] == 2
-    decision = json.loads((repo / "metrics" / "register" / "sr_x2.json").read_text())
-    assert decision["version"] == "1" and decision["promoted"]
-    from ipt.tracking import resolve_model_uri
-
-    assert resolve_model_uri("models:/ipt-sr_x2@champion", uri).name == "model.pt"
-    assert "psnr_y" in _run(DVC + ["metrics", "show", "--json"], repo)
-    assert _ran(_run(DVC + ["repro", "register@sr_x2"], repo)) == []
-    params["benchmark"]["protocol"] = "matlab"
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert _ran(_run(DVC + ["repro", "register@sr_x2"], repo)) == ["benchmark@sr_x2", "register@sr_x2"]
-    assert json.loads((repo / "metrics" / "benchmark" / "sr_x2.json").read_text())["protocol"] == "matlab"
-    decision = json.loads((repo / "metrics" / "register" / "sr_x2.json").read_text())
-    assert decision["version"] == "2" and decision["promoted"] and "scored as" in decision["reason"]
-
-
 def _ran(out: str) -> list[str]:
     """Stage names that `dvc repro` output says it ran."""
     import re
@@ -118,6 +91,14 @@ def test_data_stages_rerun_only_what_changed_and_round_trip_the_default_remote(r
     params["corrupt"]["tasks"]["denoise_s15"] = {"name": "gaussian_noise", "sigma": 15}  # a new task: only it runs
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert _ran(_run(DVC + ["repro", "corrupt"], repo)) == ["corrupt@denoise_s15"]
+
+    # A sweep point as an experiment: `dvc exp run -S` changes one param and reruns what depends on it only.
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=ci", "-c", "user.email=ci@example.invalid", "commit", "-qm", "data"], repo)
+    out = _run(DVC + ["exp", "run", "-S", "corrupt.tasks.denoise_s30.sigma=20", "corrupt"], repo)
+    assert _ran(out) == ["corrupt@denoise_s30"]
+    diff = json.loads(_run(DVC + ["params", "diff", "--json"], repo).strip().splitlines()[-1])
+    assert diff["params.yaml"]["corrupt.tasks.denoise_s30.sigma"] == {"old": 25, "new": 20, "diff": -5}
 
     outs = ("clean", "pairs/sr_x4", "pairs/denoise_s30", "pairs/denoise_s15")
     before = {d: folder_bytes(repo / "data" / d) for d in outs}

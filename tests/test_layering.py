@@ -26,6 +26,9 @@ PURE_ALLOWED = {"torch", "numpy", "__future__", "ipt", "corruptions"} | {
     "abc",
     "json",
 }
+# Per-file exceptions: the JPEG corruption needs a JPEG codec (Pillow, a core dependency, imported inside the function
+# that uses it, in memory only: no file I/O).
+PURE_EXTRA = {"corruptions/jpeg.py": {"PIL", "io"}}
 NO_ORCHESTRATION = ["ipt"]  # nothing in ipt/ but ipt/tracking.py imports mlflow; nothing imports prefect or dvc
 FORBIDDEN_IN_PURE_FROM_IPT = ("ipt.data", "ipt.cli", "ipt.checkpoint", "ipt.tracking", "ipt.train")
 
@@ -51,7 +54,8 @@ def _imports(path: Path) -> set[str]:
 )
 def test_pure_modules_import_only_torch_numpy_and_stdlib(path: Path) -> None:
     for name in _imports(path):
-        assert name.split(".")[0] in PURE_ALLOWED, f"{path.relative_to(ROOT)} imports {name}"
+        allowed = PURE_ALLOWED | PURE_EXTRA.get(path.relative_to(ROOT).as_posix(), set())
+        assert name.split(".")[0] in allowed, f"{path.relative_to(ROOT)} imports {name}"
         assert not name.startswith(FORBIDDEN_IN_PURE_FROM_IPT), f"{path.relative_to(ROOT)} imports {name}"
 
 

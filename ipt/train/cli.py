@@ -61,6 +61,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-config", default=None, help="YAML/JSON mapping of ModelSpec keys (or a file with `model:`)")
     for flag in ("n-feats", "num-layers", "num-heads", "patch-size"):
         p.add_argument(f"--{flag}", type=int, default=None, help="override of the model size")
+    p.add_argument(
+        "--image-residual",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="output = baseline (input, bicubic for SR) + learned correction; not the released layout",
+    )
     p.set_defaults(func=cmd_pretrain, required_from_params=("shards", "out"))
 
     f = sub.add_parser("finetune", help="fine-tune a pretrained IPT on one task; writes a single-task checkpoint")
@@ -103,16 +109,19 @@ def _model_dict(args: argparse.Namespace) -> dict[str, Any]:
     model = model_size(args.model_size) if args.model_size else {}
     if args.model_config:
         model |= _read_mapping(args.model_config)
-    return model | _given(args, ["n_feats", "num_layers", "num_heads", "patch_size"])
+    return model | _given(args, ["n_feats", "num_layers", "num_heads", "patch_size", "image_residual"])
 
 
-def _tracker(args: argparse.Namespace) -> Any:
-    run_id = args.mlflow_run_id or os.environ.get("IPT_MLFLOW_RUN_ID")
-    if not run_id or int(os.environ.get("RANK", "0")) != 0:
-        return None
-    from ipt.tracking import MlflowTracker
+def _tracker(args: argparse.Namespace, stage: str) -> tuple[Any, bool]:
+    """(tracker, owned) on rank 0: ``--mlflow-run-id`` / $IPT_MLFLOW_RUN_ID, else a new run in ``ipt-<stage>``."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None, False
+    from ipt.tracking import stage_run
 
-    return MlflowTracker(run_id, args.tracking_uri)
+    task = getattr(args, "task", None)
+    tags = {"ipt.stage": stage} | ({"ipt.task": task} if task else {})
+    name = f"{stage} {task}" if task else stage
+    return stage_run(f"ipt-{stage}", name, run_id=args.mlflow_run_id, tracking_uri=args.tracking_uri, tags=tags)
 
 
 def _progress(every: int) -> Callable[[dict[str, Any]], None] | None:
@@ -132,17 +141,32 @@ def _progress(every: int) -> Callable[[dict[str, Any]], None] | None:
 
 def _run(stage: str, args: argparse.Namespace, data: dict[str, Any]) -> int:
     from ipt.checkpoint import CheckpointError
-    from ipt.tracking import TrackingError
+    from ipt.tracking import TrackingError, write_run_file
     from ipt.train import loop
     from ipt.train.errors import TrainingError
 
     try:
         cfg = loop.config_for(stage, data)
-        fn = loop.pretrain if stage == "pretrain" else loop.finetune
-        result = fn(cfg, tracker=_tracker(args), progress=_progress(args.log_every))
-    except (TrainingError, CheckpointError, TrackingError) as e:
+        tracker, owned = _tracker(args, stage)
+    except (TrainingError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    fn = loop.pretrain if stage == "pretrain" else loop.finetune
+    try:
+        result = fn(cfg, tracker=tracker, progress=_progress(args.log_every))
+    except (TrainingError, CheckpointError, TrackingError) as e:
+        if owned:
+            tracker.finish("FAILED")
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BaseException:
+        if owned:
+            tracker.finish("KILLED")
+        raise
+    if tracker is not None:
+        write_run_file(result["run_dir"], tracker)
+    if owned:
+        tracker.finish()
     if int(os.environ.get("RANK", "0")) == 0:
         last = result["last"]
         done = f"loss {last['loss']:.4f} at step {last['step']}" if last else "nothing left to train"

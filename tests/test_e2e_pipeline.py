@@ -1,0 +1,214 @@
+"""End to end, as a user meets it: a real Prefect server and process worker, the `ipt-pipeline` deployment of
+prefect.yaml, a real sqlite MLflow store and a local DVC remote, on a tiny configuration.
+
+1. The deployment runs the whole DAG (one task: sr_x2); each stage is one Prefect task, each training stage an
+   MLflow run that is a child of the pipeline's run.
+2. Run again with nothing changed: no stage runs.
+3. The user adds a corruption type, JPEG at quality 10: one file in corruptions/, one import line, one params
+   entry. The next run shards nothing and does not redo corrupt@sr_x2; it runs corrupt@jpeg_q10, re-pretrains,
+   fine-tunes both tasks, benchmarks them and registers ipt-jpeg_q10, then pushes to the DVC remote.
+4. A fresh `git clone` + `dvc pull` restores every output and `dvc repro` there runs nothing.
+
+The schedule itself is checked on the deployment; its runs are triggered here with `run_deployment` (the same
+deployment, worker and flow the scheduler would start) so the test does not wait for the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from helpers_data import make_sr_set
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("git") is None, reason="git not installed"),
+]
+BIN = Path(sys.executable).parent
+JPEG_IMPORT = "    jpeg,\n"  # its line in the `from . import (...)` list of corruptions/__init__.py
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_") and k != "IPT_PARAMS"}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # stage commands call `python`, flows call `dvc`
+    return env | {"DVC_NO_ANALYTICS": "1"} | extra
+
+
+def _run(cmd: list[str], cwd: Path, **env: str) -> str:
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=_env(**env), timeout=600)
+    assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout}\n{r.stderr}"
+    return r.stdout + r.stderr
+
+
+def _project(tmp_path: Path) -> Path:
+    """A git + DVC repository of this project's pipeline files with a tiny sr_x2-only configuration, without the
+    JPEG corruption (the user adds it in step 3)."""
+    from helpers_images import PHOTOS, photo_folder
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for rel in ("dvc.yaml", "params.yaml", "prefect.yaml", ".dvcignore"):
+        shutil.copy(ROOT / rel, repo / rel)
+    ignore = shutil.ignore_patterns("__pycache__", "jpeg.py")
+    for pkg in ("ipt", "corruptions", "flows"):
+        shutil.copytree(ROOT / pkg, repo / pkg, ignore=ignore)
+    init = repo / "corruptions" / "__init__.py"
+    assert JPEG_IMPORT in init.read_text()
+    init.write_text(init.read_text().replace(JPEG_IMPORT, ""))
+    (repo / ".gitignore").write_text("__pycache__/\n")
+
+    bench = make_sr_set(tmp_path / "bench", "Set5", scales=(2,))
+    make_sr_set(bench, "Set14", scales=(2,))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["shard"].update(source=str(photo_folder(tmp_path / "train", PHOTOS[:3])), crops=1, images_per_shard=2)
+    params["shard"]["workers"] = params["corrupt"]["workers"] = 1
+    params["corrupt"]["tasks"] = {"sr_x2": params["corrupt"]["tasks"]["sr_x2"]}
+    for stage in ("pretrain", "finetune"):
+        params[stage].update(steps=2, batch_size=2, checkpoint_every=2, shuffle_buffer=2)
+    params["benchmark"].update(root=str(bench), tiling="overlap")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The project's schedule is hourly; a yearly one here keeps the scheduler's own runs out of the test's way.
+    pf = yaml.safe_load((repo / "prefect.yaml").read_text())
+    (pipeline,) = [d for d in pf["deployments"] if d["entrypoint"] == "flows/pipeline.py:ipt_pipeline"]
+    pipeline["schedules"] = [{"cron": "0 0 1 1 *", "active": True}]
+    pf["deployments"] = [pipeline]
+    (repo / "prefect.yaml").write_text(yaml.safe_dump(pf, sort_keys=False))
+
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "config", "user.email", "ci@example.invalid"], repo)
+    _run(["git", "config", "user.name", "ci"], repo)
+    _run([str(BIN / "dvc"), "init", "-q"], repo)
+    _run([str(BIN / "dvc"), "config", "core.analytics", "false"], repo)
+    _run([str(BIN / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "remote")], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "project"], repo)
+    return repo
+
+
+def _task_names(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    assert all(r.state.is_completed() for r in runs), [(r.name, r.state.name) for r in runs]
+    return sorted(r.name for r in runs)
+
+
+def _logs(flow_run_id) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(x.message for x in logs)
+
+
+def _deployment_run(parameters: dict | None = None):
+    from prefect.deployments import run_deployment
+
+    start = time.monotonic()
+    fr = run_deployment("ipt-pipeline/default", parameters=parameters or {}, timeout=900)
+    assert fr.state.is_completed(), f"flow run {fr.name}: {fr.state.name} {fr.state.message}"
+    return fr, time.monotonic() - start
+
+
+def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_nothing(
+    tmp_path: Path, prefect_server, monkeypatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    repo = _project(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    api = PREFECT_API_URL.value()
+    env = {"PREFECT_API_URL": api, "IPT_PROJECT_DIR": str(repo), "MLFLOW_TRACKING_URI": uri, "IPT_TRACKING": "on"}
+    _run([str(BIN / "prefect"), "work-pool", "create", "local-process", "--type", "process"], repo, **env)
+    _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], repo, **env)
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("ipt-pipeline/default")
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 0 1 1 *"]
+
+    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed in finally
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "local-process"],
+        cwd=repo,
+        env=_env(**env, PREFECT_WORKER_QUERY_SECONDS="1"),
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # 1. The whole DAG, one Prefect task per stage, logs (the stages' own output) in Prefect.
+        fr1, _ = _deployment_run()
+        assert _task_names(fr1.id) == sorted(
+            ["shard", "corrupt@sr_x2", "pretrain", "finetune@sr_x2", "benchmark@sr_x2", "register@sr_x2"]
+        )
+        assert "Running stage 'pretrain'" in _logs(fr1.id)
+        mlflow = MlflowClient(uri)
+        (parent,) = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pipeline").experiment_id])
+        (pre,) = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pretrain").experiment_id])
+        assert pre.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert pre.data.tags["ipt.pipeline_run"] == str(fr1.id)
+        assert "sr_x2/Set5/gain_db" in parent.data.metrics
+        (v1,) = mlflow.search_model_versions("name = 'ipt-sr_x2'")
+        (ft,) = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-finetune").experiment_id])
+        assert v1.run_id == ft.info.run_id  # the registered version links to the run that trained it
+
+        # 2. Nothing changed: nothing runs.
+        fr2, idle_s = _deployment_run()
+        assert _task_names(fr2.id) == [] and "nothing to run" in _logs(fr2.id)
+        print(f"idle scheduled run: {idle_s:.1f} s from trigger to completion")
+
+        # 3. A new corruption type: one file, one import line, one params entry.
+        shutil.copy(ROOT / "corruptions" / "jpeg.py", repo / "corruptions" / "jpeg.py")
+        init = repo / "corruptions" / "__init__.py"
+        init.write_text(init.read_text().replace("    gaussian_noise,\n", "    gaussian_noise,\n" + JPEG_IMPORT))
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["corrupt"]["tasks"]["jpeg_q10"] = {"name": "jpeg", "quality": 10}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        clean_manifest = (repo / "data" / "clean" / "manifest.json").read_bytes()
+        pairs_mtime = (repo / "data" / "pairs" / "sr_x2" / "manifest.json").stat().st_mtime_ns
+
+        fr3, _ = _deployment_run({"push": True})
+        ran = _task_names(fr3.id)
+        assert "shard" not in ran and "corrupt@sr_x2" not in ran
+        assert ran == sorted(
+            ["corrupt@jpeg_q10", "pretrain", "dvc push"]
+            + [f"{s}@{t}" for s in ("finetune", "benchmark", "register") for t in ("sr_x2", "jpeg_q10")]
+        )
+        logs = _logs(fr3.id)
+        assert {"pretrain", "finetune@sr_x2", "finetune@jpeg_q10"} <= set(re.findall(r"Running stage '([^']+)'", logs))
+        assert (repo / "data" / "clean" / "manifest.json").read_bytes() == clean_manifest
+        assert (repo / "data" / "pairs" / "sr_x2" / "manifest.json").stat().st_mtime_ns == pairs_mtime
+        (jpeg_version,) = mlflow.search_model_versions("name = 'ipt-jpeg_q10'")
+        assert mlflow.get_model_version_by_alias("ipt-jpeg_q10", "champion").version == jpeg_version.version
+        report = json.loads((repo / "metrics" / "benchmark" / "jpeg_q10.json").read_text())
+        assert set(report["datasets"]) == {"Set5", "Set14"}
+        assert len(mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pretrain").experiment_id])) == 2
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        worker_log.close()
+
+    # 4. Everything is in the remote: a fresh clone pulls every output and has nothing to reproduce.
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "pipeline run with jpeg_q10"], repo)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    _run([str(BIN / "dvc"), "pull"], clone)
+    for rel in ("data/clean/manifest.json", "runs/pretrain/model.pt", "runs/finetune/jpeg_q10/model.pt"):
+        assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
+    out = _run([str(BIN / "dvc"), "repro"], clone, MLFLOW_TRACKING_URI=uri)
+    assert "Running stage" not in out, out
+    assert "up to date" in _run([str(BIN / "dvc"), "status"], clone)

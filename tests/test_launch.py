@@ -1,0 +1,54 @@
+"""`ipt launch`: one process for one worker, torchrun (standalone or c10d across nodes) otherwise; --dry-run."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import pytest
+
+from ipt.cli import main
+
+
+def _dry(argv: list[str], capsys) -> list[str]:
+    assert main(["launch", "--dry-run", *argv]) == 0
+    return shlex.split(capsys.readouterr().out.strip())
+
+
+def test_single_process_runs_the_stage_directly(capsys) -> None:
+    cmd = _dry(["pretrain", "--", "--steps", "3"], capsys)
+    assert cmd == [sys.executable, "-m", "ipt.cli", "pretrain", "--steps", "3"]
+
+
+def test_one_node_many_gpus_is_standalone_torchrun(capsys) -> None:
+    cmd = _dry(["--nproc-per-node", "8", "finetune", "--", "--task", "sr_x2"], capsys)
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert {"--nnodes=1", "--nproc-per-node=8", "--standalone"} <= set(cmd)
+    assert cmd[-5:] == ["-m", "ipt.cli", "finetune", "--task", "sr_x2"]
+
+
+def test_paper_scale_params_give_the_multi_node_command(tmp_path, capsys) -> None:
+    params = tmp_path / "paper.yaml"
+    params.write_text(
+        "launch:\n  nproc_per_node: 8\n  nnodes: 4\n  rdzv_endpoint: node0.cluster:29400\n  rdzv_id: ipt-paper\n"
+    )
+    cmd = _dry(["--params", str(params), "pretrain", "--", "--log-every", "100"], capsys)
+    expected = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=node0.cluster:29400", "--rdzv-id=ipt-paper", "--max-restarts=0",
+        "-m", "ipt.cli", "pretrain", "--params", str(params), "--log-every", "100",
+    ]  # fmt: skip
+    assert cmd == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--nnodes", "2"], "needs rdzv_endpoint"),
+        (["--nnodes", "2", "--rdzv-endpoint", "node0"], "must be host:port"),
+        (["--nproc-per-node", "0"], "must be >= 1"),
+    ],
+)
+def test_bad_launch_settings_are_one_line_errors(flags, message, capsys) -> None:
+    assert main(["launch", "--dry-run", *flags, "pretrain"]) == 2
+    assert message in capsys.readouterr().err
