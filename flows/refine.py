@@ -22,13 +22,15 @@ def refine_ipt(
     prior: str | None = None,
     args: list[str] | None = None,
     benchmark: bool = True,
-    register: bool = True,
+    benchmark_args: list[str] | None = None,
+    to_registry: bool = True,
     workdir: str | None = None,
     experiment: str = "ipt-refine",
     tracking_uri: str | None = None,
 ) -> dict:
-    """`ipt refine --task TASK [--base B] [--prior P] *args`, then `ipt benchmark` and `ipt refine-register`.
-    Unset options come from params.yaml ``refine`` in ``workdir``; returns the paths, report and registry URI."""
+    """`ipt refine --task TASK [--base B] [--prior P] *args`, then `ipt benchmark *benchmark_args` and `ipt
+    refine-register`. Unset options come from params.yaml (``refine``, ``benchmark``) in ``workdir``; returns the
+    paths, the report and the MLflow run id."""
     logger = get_run_logger()
     run = MlflowTracker.start(experiment, run_name=f"refine {task}", tracking_uri=tracking_uri)
     run.set_tags({"stage": "refine", "task": task})
@@ -40,10 +42,9 @@ def refine_ipt(
         report = None
         if benchmark:
             report = f"{result['run_dir']}/benchmark.json"
-            run_stage(
-                "benchmark", ["--task", task, "--model", result["model"], "--out", report, "--quiet"], env, workdir
-            )
-        if register:
+            bench = ["--task", task, "--model", result["model"], "--out", report, "--quiet", *(benchmark_args or [])]
+            run_stage("benchmark", bench, env, workdir)
+        if to_registry:
             reg = ["--checkpoint", result["model"], *(["--report", report] if report else [])]
             run_stage("refine-register", [*reg, "--out", f"{result['run_dir']}/register.json"], env, workdir)
     except Exception:
