@@ -3,12 +3,14 @@
 For derain (Rain100L), denoise_s50 (CBSD68) and sr_x2 (Set5, Set14): a tiny IPT is pretrained on the three tasks
 and fine-tuned per task with the project's own CLIs on crops of ../shared/train; then PTG-RM is trained behind
 the frozen base with each prior (same steps, batch, crops, seed) and everything is scored with `ipt benchmark`.
-Every step is a subprocess of `python -m ipt.cli`, so the numbers are what a user's commands give.
+Every step is a subprocess of `python -m ipt.cli`, so the numbers are what a user's commands give. PTG-RM starts as
+the identity on the base (`--zero-init`, the default of `ipt refine`); `--no-zero-init` gives the reference's init.
 
     python benchmarks/ptgrm_ablation.py --train ../shared/train --bench ../shared/benchmarks \\
         --work runs/ptgrm_ablation --out docs/BENCHMARKS.md
 
-A finished stage is not rerun (delete its folder under --work to redo it). MLflow: one parent run in experiment
+A finished stage is not rerun (delete its folder under --work to redo it); a refinement whose config.json differs
+from this invocation's (steps, batch, crop, zero-init) is rerun and rescored. MLflow: one parent run in experiment
 `ptgrm-ablation`, a child run per (task, prior) holding the refinement's per-step metrics and its benchmark.
 """
 
@@ -131,8 +133,25 @@ def bench(a: argparse.Namespace, run: Runner, task: str, model: str, out: Path, 
     return json.loads(out.read_text())
 
 
+REFINE_KEYS = ("steps", "batch_size", "crop", "zero_init")  # a finished refinement with other values is redone
+
+
+def _refine_wanted(a: argparse.Namespace) -> dict[str, Any]:
+    return {"steps": a.steps, "batch_size": a.batch, "crop": a.crop, "zero_init": a.zero_init}
+
+
+def _refine_done(out: Path, want: dict[str, Any]) -> bool:
+    """The run folder holds a model trained with ``want`` (a config.json without ``zero_init`` predates the option,
+    whose runs used the reference's random init)."""
+    if not (out / "model.pt").is_file() or not (out / "config.json").is_file():
+        return False
+    cfg = json.loads((out / "config.json").read_text())
+    return all(cfg.get(k, False if k == "zero_init" else None) == v for k, v in want.items())
+
+
 def refine_one(a: argparse.Namespace, run: Runner, task: str, prior: str, parent: Any) -> dict:
     out = a.work / "refine" / f"{task}-{prior}"
+    scored = a.work / "bench" / f"{task}-{prior}.json"
     child = None
     if parent is not None:
         from ipt.tracking import MlflowTracker
@@ -140,13 +159,15 @@ def refine_one(a: argparse.Namespace, run: Runner, task: str, prior: str, parent
         child = MlflowTracker.start("ptgrm-ablation", f"{task} {prior}", a.tracking_uri, parent_run_id=parent.run_id)
         child.set_tags({"task": task, "prior": prior})
     run_id = child.run_id if child else None
-    if not (out / "model.pt").is_file():
+    if not _refine_done(out, _refine_wanted(a)):
+        scored.unlink(missing_ok=True)  # its score belongs to the model being replaced
         args = ["refine", "--task", task, "--base", str(a.work / "finetune" / task / "model.pt"), "--prior", prior]
         args += ["--shards", str(a.work / "pairs"), "--out", str(out), "--steps", str(a.steps)]
         args += ["--batch-size", str(a.batch), "--crop", str(a.crop), "--threads", str(a.threads), "--params", "none"]
+        args += ["--zero-init" if a.zero_init else "--no-zero-init"]
         args += ["--log-every", "0"] + (["--mlflow-run-id", run_id, "--tracking-uri", a.tracking_uri] if run_id else [])
         run.ipt(args, tag=f"refine {task} {prior}")
-    report = bench(a, run, task, str(out / "model.pt"), a.work / "bench" / f"{task}-{prior}.json", run_id)
+    report = bench(a, run, task, str(out / "model.pt"), scored, run_id)
     ckpt_meta = _meta(out / "model.pt")
     if child is not None:
         child.finish()
@@ -252,7 +273,9 @@ def verdict(table: list[dict]) -> tuple[str, dict[str, float]]:
     )
 
 
-def markdown(a: argparse.Namespace, table: list[dict], times: dict, verdict_text: str, cmd: str, base: dict) -> str:
+def markdown(
+    a: argparse.Namespace, table: list[dict], times: dict, verdict_text: str, cmd: str, base: dict, before: dict | None
+) -> str:
     from ipt.device import cpu_model
 
     lines = [
@@ -264,7 +287,13 @@ def markdown(a: argparse.Namespace, table: list[dict], times: dict, verdict_text
         f"Base: the project's tiny IPT (n_feats 8, 1+1 layers, 2 heads, 48-px windows, image-residual output), "
         f"pretrained {a.pretrain_steps} steps on {a.tasks} and fine-tuned {a.finetune_steps} steps per task "
         f"(batch {a.batch}) on {a.crops} crops per image of {a.train} by `ipt pretrain` / `ipt finetune`. "
-        f"PTG-RM: trained behind the frozen base (loss L1 of the refined output) for {a.steps} steps, batch "
+        "PTG-RM: "
+        + (
+            "last decoder conv zero-initialised (the untrained refiner is exactly the base), "
+            if a.zero_init
+            else "the reference's init (PyTorch default, a random residual at step 0), "
+        )
+        + f"trained behind the frozen base (loss L1 of the refined output) for {a.steps} steps, batch "
         f"{a.batch}, {'LQ crops of ' + str(a.crop) + ' px' if a.crop else '48-px LQ shard patches'}, Adam 1e-4 "
         "cosine to 1e-7, flips; the same seed and data for every prior. Prior vector: MobileNetV2 global average "
         "of features.17 (320-d) for the backbone, the random control (seeded, BN recalibrated on 64 training "
@@ -288,13 +317,15 @@ def markdown(a: argparse.Namespace, table: list[dict], times: dict, verdict_text
             f"{t['refine_s_first_image']:.3f} | {t['train_seconds']:.0f} |"
         )
     lines += ["", "Base alone (the 'before' column): " + _baselines(base), ""]
+    if before:
+        lines += [before["text"], ""]
     lines += [f"**Verdict:** {verdict_text}.", ""]
     lines += [
         "MLflow: "
         + (
-            "this invocation logged nothing (`--no-mlflow`); it reused the finished stages of the run that trained and"
-            " scored them, which logged to experiment `ptgrm-ablation` (a parent run with the gains, a child run per"
-            " task and prior with the refinement's per-step metrics and its benchmark)."
+            "this invocation logged nothing (`--no-mlflow`); without it, experiment `ptgrm-ablation` gets a parent"
+            " run with every gain and the verdict and a child run per task and prior with the refinement's per-step"
+            " metrics and its benchmark."
             if a.no_mlflow
             else "experiment `ptgrm-ablation`: a parent run with every gain and the verdict, a child run per task and"
             " prior with the refinement's per-step metrics and its benchmark."
@@ -303,6 +334,24 @@ def markdown(a: argparse.Namespace, table: list[dict], times: dict, verdict_text
     ]
     lines += ["| stage | wall time |", "|---|---:|"] + [f"| {k} | {v / 60:.1f} min |" for k, v in times.items()]
     return "\n".join(lines) + "\n"
+
+
+def before_zero_init(previous: Path, a: argparse.Namespace) -> dict | None:
+    """One line on the last published run with the reference's init, when this run uses zero-init: taken from the
+    previous result JSON (its args have no ``zero_init``, or False), or carried over from it."""
+    if not a.zero_init or not previous.is_file():
+        return None
+    old = json.loads(previous.read_text())
+    if old.get("args", {}).get("zero_init", "False") == "True":
+        return old.get("before_zero_init")
+    means = ", ".join(f"{k} {v:+.3f}" for k, v in old["mean_gain"].items())
+    rows = [t for t in old["table"] if t["prior"] == "mobilenet_v2_imagenet"]
+    after = "; ".join(f"{t['task']}/{t['dataset']} {t['psnr_before']:.2f} -> {t['psnr_after']:.2f}" for t in rows)
+    text = (
+        f"Before zero-init (the reference's random init of the last conv, {old['args']['steps']} steps, otherwise "
+        f"the same run): mean gain {means} dB; mobilenet_v2_imagenet {after} dB."
+    )
+    return {"text": text, "mean_gain": old["mean_gain"], "verdict": old["verdict"]}
 
 
 def _baselines(base: dict) -> str:
@@ -323,6 +372,12 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--steps", type=int, default=150, help="PTG-RM steps, the same for every prior")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument(
+        "--zero-init",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="PTG-RM starts as the identity on the base (zeroed last conv; --no-zero-init: the reference's init)",
+    )
     ap.add_argument("--crop", type=int, default=0, help="PTG-RM LQ crop (0: the whole 48-px patch)")
     ap.add_argument("--limit", type=int, default=20, help="images per benchmark set (0: all)")
     ap.add_argument("--threads", type=int, default=1)
@@ -356,8 +411,11 @@ def main() -> None:
     extra = {(r["task"], r["prior"]): isolated_extra(a, r["task"], r["prior"]) for r in rows}
     table = summarize(base, rows, extra)
     text, mean = verdict(table)
-    result = {"table": table, "mean_gain": mean, "verdict": text, "times_s": times, "args": vars(a) | {}}
+    before = before_zero_init(a.out.parent / "ptgrm_ablation.json", a) if a.out else None
+    result = {"table": table, "mean_gain": mean, "verdict": text, "times_s": times}
     result["args"] = {k: str(v) for k, v in vars(a).items()}
+    if before:
+        result["before_zero_init"] = before
     (a.work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     if parent is not None:
         parent.log_metrics({f"{t['task']}/{t['dataset']}/{t['prior']}/gain": t["gain"] for t in table})
@@ -366,7 +424,7 @@ def main() -> None:
         parent.log_artifact(a.work / "result.json")
         parent.finish()
     cmd = " ".join(["python benchmarks/ptgrm_ablation.py", *sys.argv[1:]])
-    md = markdown(a, table, times, text, cmd, base)
+    md = markdown(a, table, times, text, cmd, base, before)
     print(md)
     if a.out:
         write_section(a.out, SECTION, md)

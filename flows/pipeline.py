@@ -109,7 +109,7 @@ def dag(workdir: Path) -> tuple[list[str], list[tuple[str, str]]]:
 
 def stale_stages(workdir: Path, targets: Sequence[str] = ()) -> list[str]:
     """Stages ``dvc status`` reports as changed (of ``targets`` and their upstream, or of the whole DAG)."""
-    out = _dvc(["status", "--json", *targets], workdir).strip()
+    out = _dvc(["status", "--json", *(["--with-deps", *targets] if targets else [])], workdir).strip()
     status = json.loads(out) if out else {}
     return [name.split(":")[-1] for name in status]  # "dvc.yaml:stage" when several dvc.yaml files exist
 

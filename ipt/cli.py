@@ -219,7 +219,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             corruption=corruption,
         )
         sets = [
-            load_benchmark(root, n, args.task, seed=args.seed, limit=args.limit, corruption=corruption) for n in names
+            load_benchmark(root, n, args.task, seed=args.seed, limit=args.limit or None, corruption=corruption)
+            for n in names
         ]
     except ValueError as e:  # BenchmarkDataError, BenchmarkModelError, CheckpointError, a bad device or precision
         raise UserError(str(e)) from None
@@ -296,7 +297,7 @@ def add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed", type=int, default=DEFAULT_NOISE_SEED, help="seed of the denoising noise (and custom task) inputs"
     )
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (by name)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (by name); 0: all")
     p.add_argument("--out", default=None, help="JSON report, written atomically; '{task}' is replaced by the task")
     p.add_argument(
         "--params",

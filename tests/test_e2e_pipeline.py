@@ -1,8 +1,10 @@
 """End to end, as a user meets it: a real Prefect server and process worker, the `ipt-pipeline` deployment of
 prefect.yaml, a real sqlite MLflow store and a local DVC remote, on a tiny configuration.
 
-1. The deployment runs the whole DAG (one task: sr_x2); each stage is one Prefect task, each training stage an
-   MLflow run that is a child of the pipeline's run.
+1. `pretrain-ipt/default` runs `pretrain` and the stale stages upstream of it, under torchrun with 2 gloo processes
+   (params.yaml `launch`), the stage output streamed into the Prefect log; then `ipt-pipeline/default` runs the rest
+   of the DAG (one task: sr_x2). Each stage is one Prefect task, each training stage an MLflow run that is a child
+   of its flow's MLflow run.
 2. Run again with nothing changed: no stage runs.
 3. The user adds a corruption type, JPEG at quality 10: one file in corruptions/, one import line, one params
    entry. The next run shards nothing and does not redo corrupt@sr_x2; it runs corrupt@jpeg_q10, re-pretrains,
@@ -76,12 +78,14 @@ def _project(tmp_path: Path) -> Path:
     for stage in ("pretrain", "finetune"):
         params[stage].update(steps=2, batch_size=2, checkpoint_every=2, shuffle_buffer=2)
     params["benchmark"].update(root=str(bench), tiling="overlap")
+    params["launch"]["nproc_per_node"] = 2  # pretrain and finetune under torchrun (gloo DDP on CPU)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The project's schedule is hourly; a yearly one here keeps the scheduler's own runs out of the test's way.
     pf = yaml.safe_load((repo / "prefect.yaml").read_text())
     (pipeline,) = [d for d in pf["deployments"] if d["entrypoint"] == "flows/pipeline.py:ipt_pipeline"]
+    (pretrain,) = [d for d in pf["deployments"] if d["entrypoint"] == "flows/train.py:pretrain_ipt"]
     pipeline["schedules"] = [{"cron": "0 0 1 1 *", "active": True}]
-    pf["deployments"] = [pipeline]
+    pf["deployments"] = [pipeline, pretrain]
     (repo / "prefect.yaml").write_text(yaml.safe_dump(pf, sort_keys=False))
 
     _run(["git", "init", "-q"], repo)
@@ -114,11 +118,11 @@ def _logs(flow_run_id) -> str:
     return "\n".join(x.message for x in logs)
 
 
-def _deployment_run(parameters: dict | None = None):
+def _deployment_run(parameters: dict | None = None, name: str = "ipt-pipeline/default"):
     from prefect.deployments import run_deployment
 
     start = time.monotonic()
-    fr = run_deployment("ipt-pipeline/default", parameters=parameters or {}, timeout=900)
+    fr = run_deployment(name, parameters=parameters or {}, timeout=900)
     assert fr.state.is_completed(), f"flow run {fr.name}: {fr.state.name} {fr.state.message}"
     return fr, time.monotonic() - start
 
@@ -149,20 +153,25 @@ def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_not
         stderr=subprocess.STDOUT,
     )
     try:
-        # 1. The whole DAG, one Prefect task per stage, logs (the stages' own output) in Prefect.
-        fr1, _ = _deployment_run()
-        assert _task_names(fr1.id) == sorted(
-            ["shard", "corrupt@sr_x2", "pretrain", "finetune@sr_x2", "benchmark@sr_x2", "register@sr_x2"]
-        )
-        assert "Running stage 'pretrain'" in _logs(fr1.id)
+        # 1. pretrain-ipt: pretrain and what it needs, under torchrun, its output in the Prefect log.
+        fr0, _ = _deployment_run(name="pretrain-ipt/default")
+        assert _task_names(fr0.id) == ["corrupt@sr_x2", "pretrain", "shard"]
+        logs = _logs(fr0.id)
+        assert "Running stage 'pretrain'" in logs and "-m torch.distributed.run --nnodes=1 --nproc-per-node=2" in logs
+        assert "pretrain: loss" in logs  # rank 0's own line, through torchrun, DVC and the task's log
         mlflow = MlflowClient(uri)
-        (parent,) = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pipeline").experiment_id])
         (pre,) = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pretrain").experiment_id])
-        assert pre.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert pre.data.tags["ipt.pipeline_run"] == str(fr1.id)
+        assert pre.data.tags["ipt.pipeline_run"] == str(fr0.id)
+
+        # ... then the whole DAG: only the stages after pretrain are stale.
+        fr1, _ = _deployment_run()
+        assert _task_names(fr1.id) == ["benchmark@sr_x2", "finetune@sr_x2", "register@sr_x2"]
+        runs = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pipeline").experiment_id])
+        (parent,) = [r for r in runs if r.data.tags.get("ipt.pipeline_run") == str(fr1.id)]
+        (ft,) = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-finetune").experiment_id])
+        assert ft.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert "sr_x2/Set5/gain_db" in parent.data.metrics
         (v1,) = mlflow.search_model_versions("name = 'ipt-sr_x2'")
-        (ft,) = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-finetune").experiment_id])
         assert v1.run_id == ft.info.run_id  # the registered version links to the run that trained it
 
         # 2. Nothing changed: nothing runs.

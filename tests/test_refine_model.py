@@ -39,9 +39,7 @@ def test_super_resolution_takes_the_smaller_degraded_input() -> None:
 
 
 def test_output_is_clamped_base_plus_residual_and_bad_shapes_are_refused() -> None:
-    model = PTGRM(PTGRMSpec(prior_dim=4))
-    for p in model.decoder.net[-1].parameters():
-        torch.nn.init.zeros_(p)  # zero residual
+    model = PTGRM(PTGRMSpec(prior_dim=4), zero_init=True)  # zero residual
     restored = torch.rand(1, 3, 9, 11) * 1.4 - 0.2
     out = model(restored, torch.rand(1, 3, 9, 11), torch.randn(1, 4))
     assert torch.equal(out, restored.clamp(0, 1))
@@ -49,6 +47,24 @@ def test_output_is_clamped_base_plus_residual_and_bad_shapes_are_refused() -> No
         model(restored, restored, torch.randn(1, 5))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(restored[:, :1], restored, torch.randn(1, 4))
+
+
+@pytest.mark.parametrize("d", [320, 72])
+def test_zero_init_is_the_identity_and_changes_only_the_output_conv(d: int) -> None:
+    torch.manual_seed(5)
+    plain = PTGRM(PTGRMSpec(prior_dim=d))
+    torch.manual_seed(5)
+    zeroed = PTGRM(PTGRMSpec(prior_dim=d), zero_init=True)
+    assert count_parameters(zeroed) == count_parameters(plain) == 671_735 + 512 * (d - 512)
+    a, b = plain.state_dict(), zeroed.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed == {"decoder.net.8.weight", "decoder.net.8.bias"}
+    assert zeroed.output_conv is zeroed.decoder.net[-1] and not b["decoder.net.8.weight"].any()
+    restored, degraded = torch.rand(2, 3, 21, 30), torch.rand(2, 3, 21, 30)
+    g = torch.randn(2, d)
+    assert torch.equal(zeroed(restored, degraded, g), restored)  # in [0, 1]: the base exactly
+    assert not torch.equal(plain(restored, degraded, g), restored)  # the reference's init: a random residual
+    assert (plain(restored, degraded, g) - restored).abs().mean() > 1e-3
 
 
 def test_zero_prior_injects_exactly_nothing() -> None:

@@ -16,7 +16,7 @@ EXIT_USAGE = 2
 # RefineConfig fields a flag (or the params section) may set.
 CONFIG_KEYS = (
     "base prior prior_layer shards out steps batch_size crop flip lr min_lr betas grad_clip joint calibration "
-    "channels blocks seed shuffle_buffer num_workers device"
+    "channels blocks zero_init seed shuffle_buffer num_workers device"
 ).split()
 PARAMS_KEYS = (*CONFIG_KEYS, "threads", "tasks")  # the keys `refine:` in params.yaml may hold (tasks: for DVC)
 
@@ -55,6 +55,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", type=int, help="training patches that recalibrate the random prior's BN (64)")
     p.add_argument("--channels", type=int, help="PTG-RM feature channels (16)")
     p.add_argument("--blocks", type=int, help="Restormer blocks of the long-range branch (4)")
+    p.add_argument(
+        "--zero-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="zero PTG-RM's last decoder conv so the untrained refiner is the identity on the base (default on)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--shuffle-buffer", type=int)
     p.add_argument("--workers", dest="num_workers", type=int, help="DataLoader workers (0: in-process)")

@@ -24,7 +24,9 @@ class RefineConfig:
     """``base``: the restorer to refine (project checkpoint, run folder, official file or ``models:/`` URI).
     ``shards``: root of ``<shards>/<task>/`` pair shards (the training data of ``ipt finetune``). ``crop``: random
     LQ crop side taken from each shard patch (0: the whole patch). ``calibration``: training patches used to
-    recalibrate the BN statistics of the ``random`` prior."""
+    recalibrate the BN statistics of the ``random`` prior. ``zero_init``: PTG-RM's last decoder conv starts at zero,
+    so the untrained refiner returns the (clamped) base output exactly (not the reference's default init, which
+    starts from a random residual that a short run does not remove; docs/refine.md)."""
 
     task: str = "sr_x2"
     base: str = ""
@@ -44,6 +46,7 @@ class RefineConfig:
     calibration: int = 64
     channels: int = 16
     blocks: int = 4
+    zero_init: bool = True
     seed: int = 20210507
     shuffle_buffer: int = 64
     num_workers: int = 0

@@ -36,12 +36,18 @@ class RefinedIPT(nn.Module):
         return restore_image(lambda w: self.base(w, self.task), lq, self.scale, tiling=tiling, patch=p, batch=batch)
 
     def refine(self, base_out: Tensor, lq: Tensor, g: Tensor | None = None) -> Tensor:
-        """PTG-RM on the base's output ([0, 255] in and out); ``g`` is computed from ``lq`` unless given."""
+        """PTG-RM on the base's output ([0, 255] in and out); ``g`` is computed from ``lq`` unless given.
+
+        ``clamp(base_out, 0, 255) + 255 r``: the same value as ``255 PTGRM(base_out / 255, ...)`` but with the base
+        never divided and re-multiplied, so a zero residual (an untrained ``zero_init`` refiner) returns the
+        clamped base bit for bit, and its quantised output (``clamp(0, 255).round()``) is the base's own.
+        """
         r = self.rgb_range
         lq01 = lq / r
         if g is None:
             g = self.prior(lq01)
-        return self.refiner(base_out / r, lq01, g.to(lq.device)) * r
+        res, _ = self.refiner.residual(base_out / r, lq01, g.to(lq.device))
+        return base_out.clamp(0, r) + res * r
 
     def forward(self, lq: Tensor) -> Tensor:
         return self.refine(self.base_output(lq), lq)

@@ -264,13 +264,17 @@ class PTGRM(nn.Module):
 
     Args:
         spec: sizes; ``spec.prior_dim`` must equal the prior's vector length.
+        zero_init: zero R_d's last conv (weight and bias) after the default init, so that the untrained module is
+            exactly the identity on ``clamp(restored, 0, 1)`` (not in the reference, whose default init starts
+            from a random residual; ``ipt refine`` turns it on by default). The parameters, their count and every
+            other initial value are unchanged (the default init runs first, with the same random draws).
 
     ``forward(restored, degraded, g)``: ``restored`` (B, 3, H, W) in [0, 1] (unclamped is fine), ``degraded``
     (B, 3, h, w) in [0, 1] (bicubic-upsampled to H x W when smaller, as for super-resolution), ``g`` (B, d).
     Returns (B, 3, H, W) in the input dtype, unclamped (clamp when quantising).
     """
 
-    def __init__(self, spec: PTGRMSpec | None = None) -> None:
+    def __init__(self, spec: PTGRMSpec | None = None, *, zero_init: bool = False) -> None:
         super().__init__()
         self.spec = spec or PTGRMSpec()
         c = self.spec.channels
@@ -278,8 +282,30 @@ class PTGRM(nn.Module):
         self.sve = PTGSVE(self.spec)
         self.csa = PTGCSA(self.spec)
         self.decoder = Decoder(c)
+        if zero_init:
+            self.zero_output_()
+
+    @property
+    def output_conv(self) -> nn.Conv2d:
+        """R_d's last conv, the one that emits the residual r."""
+        return self.decoder.net[-1]
+
+    @torch.no_grad()
+    def zero_output_(self) -> PTGRM:
+        """Zero the output conv's weight and bias: r = 0 exactly for any input until it is trained. Gradients still
+        reach it (its weight gradient is its input times the loss gradient), and through it everything else once
+        its weight has moved off zero."""
+        nn.init.zeros_(self.output_conv.weight)
+        nn.init.zeros_(self.output_conv.bias)
+        return self
 
     def forward(self, restored: Tensor, degraded: Tensor, g: Tensor, *, return_mask: bool = False):
+        r, mask = self.residual(restored, degraded, g)
+        out = restored.clamp(0, 1) + r
+        return (out, mask) if return_mask else out
+
+    def residual(self, restored: Tensor, degraded: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+        """-> (r, M): the residual alone (B, 3, H, W) and the SVE mask; ``forward`` adds r to the clamped base."""
         if restored.dim() != 4 or restored.shape[1] != 3 or degraded.dim() != 4 or degraded.shape[1] != 3:
             raise ValueError(
                 f"PTGRM expects (B, 3, H, W) images, got {tuple(restored.shape)} / {tuple(degraded.shape)}"
@@ -299,9 +325,7 @@ class PTGRM(nn.Module):
         coords = coordinates(*f.shape[-2:], like=f)
         g = g.to(f.dtype)
         f_hat, mask = self.sve(f, g, coords)
-        r = self.decoder(self.csa(f_hat, g, coords))[:, :, :H, :W]
-        out = restored.clamp(0, 1) + r
-        return (out, mask) if return_mask else out
+        return self.decoder(self.csa(f_hat, g, coords))[:, :, :H, :W], mask
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

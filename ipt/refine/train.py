@@ -124,7 +124,8 @@ def make_prior(cfg: RefineConfig, base: BaseRef, scale: int) -> Prior:
 def make_model(cfg: RefineConfig, base: BaseRef, prior: Prior) -> RefinedIPT:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_of(cfg.seed, "ptgrm-init") % 2**63)
-        refiner = PTGRM(PTGRMSpec(prior_dim=prior.dim, channels=cfg.channels, blocks=cfg.blocks))
+        spec = PTGRMSpec(prior_dim=prior.dim, channels=cfg.channels, blocks=cfg.blocks)
+        refiner = PTGRM(spec, zero_init=cfg.zero_init)  # zeroed after the default init: the same random draws
     model = RefinedIPT(copy.deepcopy(base.model), refiner, prior, cfg.task)
     if not cfg.joint:
         model.freeze_base()
@@ -228,7 +229,13 @@ def refine(
     finally:
         atomic_write(out / METRICS, lambda f: f.write("".join(rows).encode()))
     seconds = time.perf_counter() - t0
-    meta = {"steps": cfg.steps, "prior": prior.identity, "parameters": counts, "train_seconds": seconds}
+    meta = {
+        "steps": cfg.steps,
+        "zero_init": cfg.zero_init,
+        "prior": prior.identity,
+        "parameters": counts,
+        "train_seconds": seconds,
+    }
     path = save_refined(out / FINAL, model.cpu(), base, joint=cfg.joint, seed=cfg.seed, meta=meta)
     tracker.log_metrics({"train_seconds": seconds})
     return {
