@@ -4,7 +4,8 @@ prefect.yaml, a real sqlite MLflow store and a local DVC remote, on a tiny confi
 1. `pretrain-ipt/default` runs `pretrain` and the stale stages upstream of it, under torchrun with 2 gloo processes
    (params.yaml `launch`), the stage output streamed into the Prefect log; then `ipt-pipeline/default` runs the rest
    of the DAG (one task: sr_x2). Each stage is one Prefect task, each training stage an MLflow run that is a child
-   of its flow's MLflow run.
+   of its flow's MLflow run. The DAG's PTG-RM branch (refine@sr_x2) registers a refiner, and so does the
+   `refine-ipt/default` deployment.
 2. Run again with nothing changed: no stage runs.
 3. The user adds a corruption type, JPEG at quality 10: one file in corruptions/, one import line, one params
    entry. The next run shards nothing and does not redo corrupt@sr_x2; it runs corrupt@jpeg_q10, re-pretrains,
@@ -79,13 +80,15 @@ def _project(tmp_path: Path) -> Path:
         params[stage].update(steps=2, batch_size=2, checkpoint_every=2, shuffle_buffer=2)
     params["benchmark"].update(root=str(bench), tiling="overlap")
     params["launch"]["nproc_per_node"] = 2  # pretrain and finetune under torchrun (gloo DDP on CPU)
+    params["refine"].update(tasks=["sr_x2"], prior="none", steps=2, batch_size=2)  # the PTG-RM branch, refine@sr_x2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The project's schedule is hourly; a yearly one here keeps the scheduler's own runs out of the test's way.
     pf = yaml.safe_load((repo / "prefect.yaml").read_text())
     (pipeline,) = [d for d in pf["deployments"] if d["entrypoint"] == "flows/pipeline.py:ipt_pipeline"]
     (pretrain,) = [d for d in pf["deployments"] if d["entrypoint"] == "flows/train.py:pretrain_ipt"]
+    (refine,) = [d for d in pf["deployments"] if d["entrypoint"] == "flows/refine.py:refine_ipt"]
     pipeline["schedules"] = [{"cron": "0 0 1 1 *", "active": True}]
-    pf["deployments"] = [pipeline, pretrain]
+    pf["deployments"] = [pipeline, pretrain, refine]
     (repo / "prefect.yaml").write_text(yaml.safe_dump(pf, sort_keys=False))
 
     _run(["git", "init", "-q"], repo)
@@ -165,7 +168,7 @@ def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_not
 
         # ... then the whole DAG: only the stages after pretrain are stale.
         fr1, _ = _deployment_run()
-        assert _task_names(fr1.id) == ["benchmark@sr_x2", "finetune@sr_x2", "register@sr_x2"]
+        assert _task_names(fr1.id) == ["benchmark@sr_x2", "finetune@sr_x2", "refine@sr_x2", "register@sr_x2"]
         runs = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pipeline").experiment_id])
         (parent,) = [r for r in runs if r.data.tags.get("ipt.pipeline_run") == str(fr1.id)]
         (ft,) = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-finetune").experiment_id])
@@ -173,6 +176,13 @@ def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_not
         assert "sr_x2/Set5/gain_db" in parent.data.metrics
         (v1,) = mlflow.search_model_versions("name = 'ipt-sr_x2'")
         assert v1.run_id == ft.info.run_id  # the registered version links to the run that trained it
+        (refiner,) = mlflow.search_model_versions("name = 'ipt-sr_x2-ptgrm'")  # and the refiner, with its base
+        assert refiner.tags["prior"] == "none" and refiner.tags["base_sha256"]
+
+        # The refine-ipt deployment trains and registers a refiner too (outside the DVC outputs).
+        adhoc = ["--out", str(tmp_path / "adhoc" / "sr_x2")]
+        _deployment_run({"task": "sr_x2", "args": adhoc}, name="refine-ipt/default")
+        assert len(mlflow.search_model_versions("name = 'ipt-sr_x2-ptgrm'")) == 2
 
         # 2. Nothing changed: nothing runs.
         fr2, idle_s = _deployment_run()
@@ -195,6 +205,7 @@ def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_not
         assert ran == sorted(
             ["corrupt@jpeg_q10", "pretrain", "dvc push"]
             + [f"{s}@{t}" for s in ("finetune", "benchmark", "register") for t in ("sr_x2", "jpeg_q10")]
+            + ["refine@sr_x2"]  # its base changed
         )
         logs = _logs(fr3.id)
         assert {"pretrain", "finetune@sr_x2", "finetune@jpeg_q10"} <= set(re.findall(r"Running stage '([^']+)'", logs))
@@ -206,8 +217,12 @@ def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_not
         assert set(report["datasets"]) == {"Set5", "Set14"}
         assert len(mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pretrain").experiment_id])) == 2
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        worker.terminate()  # the worker passes the signal on to its flow run processes and then exits
+        try:
+            worker.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(timeout=30)
         worker_log.close()
 
     # 4. Everything is in the remote: a fresh clone pulls every output and has nothing to reproduce.

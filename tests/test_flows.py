@@ -51,6 +51,7 @@ def test_benchmark_flow_fails_loudly_on_bad_data(tmp_path, prefect_server) -> No
     with pytest.raises(StageFailed, match="Set5"):
         benchmark_ipt(
             tasks=["sr_x2"],
+            model="baseline",
             root=str(tmp_path / "bench"),
             datasets="Set5",
             out_dir=str(tmp_path / "m"),
