@@ -293,6 +293,34 @@ def ipt_pipeline(
     )
 
 
+def stage_commands(workdir: Path, stages: Sequence[str]) -> dict[str, list[str]]:
+    """The command lines each stage would run, from dvc.yaml; an ``ipt launch`` line is shown as what it execs
+    under params.yaml ``launch`` (the torchrun line when more than one process)."""
+    import shlex
+
+    import yaml
+
+    from ipt import launch
+
+    spec = (yaml.safe_load((workdir / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    params = yaml.safe_load((workdir / "params.yaml").read_text()) or {}
+    cfg = launch.LaunchConfig(**(params.get("launch") or {}))
+    out: dict[str, list[str]] = {}
+    for stage in stages:
+        name, _, key = stage.partition("@")
+        body = spec[name].get("do", spec[name])
+        cmds = body["cmd"] if isinstance(body["cmd"], list) else [body["cmd"]]
+        lines = []
+        for cmd in cmds:
+            argv = shlex.split(cmd.replace("${key}", key).replace("${item}", key))
+            if argv[:4] == ["python", "-m", "ipt.cli", "launch"] and len(argv) > 4:
+                rest = argv[5:][1:] if argv[5:6] == ["--"] else argv[5:]
+                argv = launch.command(argv[4], rest, cfg, python="python")
+            lines.append(shlex.join(argv))
+        out[stage] = lines
+    return out
+
+
 def report(rows: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
     """The summary table and one line per (task, dataset) whose model does not beat its baseline."""
     losers = [
@@ -311,7 +339,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("targets", nargs="*", help="stages (default: the whole DAG)")
     p.add_argument("--workdir", default=None, help="project root (default: $IPT_PROJECT_DIR or .)")
     p.add_argument("--push", action="store_true", help="dvc push when done")
+    p.add_argument("--dry-run", action="store_true", help="print the stages DVC would run and their commands; run none")
     a = p.parse_args(argv)
+    if a.dry_run:
+        root = project_dir(a.workdir)
+        stages = plan(root, a.targets)
+        print(f"{len(stages)} stage(s) to run in {root}" + (":" if stages else " (everything is up to date)"))
+        for stage, lines in stage_commands(root, stages).items():
+            print(f"{stage}:")
+            for line in lines:
+                print(f"  {line}")
+        return 0
     result = ipt_pipeline(targets=a.targets or None, workdir=a.workdir, push=a.push)
     table, losers = report(result["summary"])
     ran = result["ran"]

@@ -4,6 +4,7 @@ files. The whole DAG (training, benchmark, register) runs end to end in tests/te
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -68,8 +69,6 @@ def _small_dag(repo: Path, tmp_path: Path, tasks: tuple[str, ...]) -> dict:
 
 def _ran(out: str) -> list[str]:
     """Stage names that `dvc repro` output says it ran."""
-    import re
-
     return sorted(set(re.findall(r"Running stage '([^']+)'", out)))
 
 
@@ -108,3 +107,31 @@ def test_data_stages_rerun_only_what_changed_and_round_trip_the_default_remote(r
     shutil.rmtree(repo / ".dvc" / "cache")
     _run(DVC + ["pull", "shard", "corrupt"], repo)
     assert {d: folder_bytes(repo / "data" / d) for d in outs} == before
+
+
+def test_paper_scale_dry_run_lists_the_stages_and_the_torchrun_lines(repo: Path) -> None:
+    """README "At paper scale": ImageNet on S3, the paper's model, 4 nodes x 8 GPUs. `python -m flows.pipeline
+    --dry-run` plans every stage (DVC's status and DAG) without running one, with the exact torchrun lines."""
+    import shlex
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["shard"].update(source="s3://my-bucket/ILSVRC2012_img_train.tar", executor="dask")
+    params["pretrain"].update(model_size="paper", image_residual=False, batch_size=256, lr=5.0e-5, steps=300000)
+    params["launch"].update(nproc_per_node=8, nnodes=4, rdzv_endpoint="node0.cluster:29400", rdzv_id="ipt-paper")
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    out = _run([sys.executable, "-m", "flows.pipeline", "--dry-run", "--workdir", str(repo)], ROOT)
+    planned = re.findall(r"^(\S+):$", out, flags=re.M)
+    tasks = list(params["corrupt"]["tasks"])
+    assert planned[0] == "shard" and set(planned) == {"shard", "pretrain"} | {
+        f"{s}@{t}" for s in ("corrupt", "finetune", "benchmark", "register") for t in tasks
+    }
+    assert planned.index("pretrain") > max(planned.index(f"corrupt@{t}") for t in tasks)
+    assert not (repo / "data" / "clean").exists()  # nothing ran
+    torchrun = [line.strip() for line in out.splitlines() if "torch.distributed.run" in line]
+    assert len(torchrun) == 1 + len(tasks)  # pretrain and every finetune
+    assert shlex.split(torchrun[0]) == [
+        "python", "-m", "torch.distributed.run", "--nnodes=4", "--nproc-per-node=8", "--rdzv-backend=c10d",
+        "--rdzv-endpoint=node0.cluster:29400", "--rdzv-id=ipt-paper", "--max-restarts=0",
+        "-m", "ipt.cli", "pretrain", "--log-every", "0",
+    ]  # fmt: skip
