@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu and not network"
+	$(PY) -m pytest -q -m "not gpu and not network" --durations=15
 
 # The main job: the whole DVC DAG (shard -> corrupt@T -> pretrain -> finetune@T -> benchmark@T -> register@T) on the
 # embedded default (scikit-image's sample images, a tiny model) as the Prefect flow `ipt-pipeline`, then the table of
