@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import FIXTURES, SHARED
+from conftest import FIXTURES
 from ipt.config import OFFICIAL_PRETRAIN_TASKS, ConfigError, ModelSpec
 from ipt.model import build_ipt
 
@@ -78,18 +78,6 @@ def test_matches_official_outputs(golden: dict, golden_spec: ModelSpec, index: i
     ref = golden["outputs_48"][index]
     assert out.shape == ref.shape
     assert (out - ref).abs().max().item() <= 1e-3
-
-
-def test_golden_compact_matches_shared_fixture() -> None:
-    full_path = SHARED / "golden" / "ipt_tiny_golden_fixture.pt"
-    if not full_path.is_file():
-        pytest.skip(f"{full_path} not present")
-    full = torch.load(full_path, map_location="cpu", weights_only=True)
-    compact = torch.load(FIXTURES / "ipt_tiny_golden_compact.pt", map_location="cpu", weights_only=True)
-    for k, v in full["state_dict"].items():
-        assert torch.equal(v, compact["state_dict"][k])
-    for t, o in full["outputs_chop"].items():
-        assert torch.equal(o, compact["outputs_chop"][t])
 
 
 def test_tokens_and_shapes_for_every_task(tiny_spec: ModelSpec) -> None:
