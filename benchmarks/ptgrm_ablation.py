@@ -413,7 +413,8 @@ def main() -> None:
     text, mean = verdict(table)
     before = before_zero_init(a.out.parent / "ptgrm_ablation.json", a) if a.out else None
     result = {"table": table, "mean_gain": mean, "verdict": text, "times_s": times}
-    result["args"] = {k: str(v) for k, v in vars(a).items()}
+    # The store's URI is machine-specific (an absolute sqlite path): not part of the recorded result.
+    result["args"] = {k: str(v) for k, v in vars(a).items() if k != "tracking_uri"}
     if before:
         result["before_zero_init"] = before
     (a.work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
