@@ -492,10 +492,8 @@ def cmd_register(args: argparse.Namespace) -> int:
                 run_id=args.mlflow_run_id,
                 tracking_uri=args.tracking_uri,
                 tags={"ipt.stage": "register"} | ({"ipt.task": args.task} if args.task else {}),
+                required=True,  # registering needs a run, $IPT_TRACKING=off or not
             )
-            if tracker is None:  # $IPT_TRACKING=off does not apply: registering needs a run
-                tracker = tracking.MlflowTracker.start(args.experiment, f"register {name}", args.tracking_uri)
-                owned = True
         result = registry.register(
             args.checkpoint,
             task=args.task,

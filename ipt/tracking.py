@@ -166,18 +166,20 @@ def stage_run(
     run_id: str | None = None,
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
+    required: bool = False,
 ) -> tuple[MlflowTracker | None, bool]:
     """The run a pipeline stage logs to, and whether the stage owns it (and must ``finish`` it).
 
     ``run_id`` (or ``$IPT_MLFLOW_RUN_ID``): that existing run, not owned. Otherwise a new run in ``experiment``
     (a child of ``$IPT_MLFLOW_PARENT_RUN_ID`` when set), tagged with the stage, the pipeline run and the git commit,
-    unless ``$IPT_TRACKING`` is ``off`` (then no run at all). One experiment per stage and the same metric names
-    in every run of it, so the UI's compare view lines runs up.
+    unless ``$IPT_TRACKING`` is ``off`` (then no run at all, except for a stage that cannot work without one,
+    ``required``: registering). One experiment per stage and the same metric names in every run of it, so the UI's
+    compare view lines runs up.
     """
     run_id = run_id or os.environ.get(RUN_ID_ENV)
     if run_id:
         return MlflowTracker(run_id, tracking_uri), False
-    if os.environ.get(TRACKING_ENV, "on").lower() in ("off", "0", "false", "no"):
+    if not required and os.environ.get(TRACKING_ENV, "on").lower() in ("off", "0", "false", "no"):
         return None, False
     tracker = MlflowTracker.start(
         experiment, run_name=run_name, tracking_uri=tracking_uri, parent_run_id=os.environ.get(PARENT_RUN_ENV)

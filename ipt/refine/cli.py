@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -88,23 +87,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _tracker(args: argparse.Namespace, *, start: bool, run_name: str) -> tuple[Any, bool]:
-    """(tracker or None, whether this command started the run and must finish it): ``--mlflow-run-id`` /
-    $IPT_MLFLOW_RUN_ID; else the project's per-stage run (``ipt.tracking.stage_run``, where it exists: a new run in
-    ``--experiment`` unless $IPT_TRACKING is off); else a new run only when ``start`` (registering needs one)."""
-    from ipt import tracking
+    """(tracker or None, whether this command started the run and must finish it), from
+    :func:`ipt.tracking.stage_run` in ``--experiment``; ``start``: a run even when $IPT_TRACKING is off (registering
+    needs one)."""
+    from ipt.tracking import stage_run
 
-    run_id = args.mlflow_run_id or os.environ.get("IPT_MLFLOW_RUN_ID")
-    if run_id:
-        return tracking.MlflowTracker(run_id, args.tracking_uri), False
-    stage_run = getattr(tracking, "stage_run", None)
-    if stage_run is not None:
-        tags = {"ipt.stage": args.command} | ({"ipt.task": args.task} if getattr(args, "task", None) else {})
-        tracker, owned = stage_run(args.experiment, run_name, tracking_uri=args.tracking_uri, tags=tags)
-        if tracker is not None:
-            return tracker, owned
-    if start:
-        return tracking.MlflowTracker.start(args.experiment, run_name=run_name, tracking_uri=args.tracking_uri), True
-    return None, False
+    tags = {"ipt.stage": args.command} | ({"ipt.task": args.task} if getattr(args, "task", None) else {})
+    return stage_run(
+        args.experiment,
+        run_name,
+        run_id=args.mlflow_run_id,
+        tracking_uri=args.tracking_uri,
+        tags=tags,
+        required=start,
+    )
 
 
 def _progress(every: int) -> Callable[[dict[str, Any]], None] | None:
