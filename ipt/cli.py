@@ -101,15 +101,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if len(model.spec.task_names) != 1:
                 raise UserError(f"{args.weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")
             args.task = model.spec.task_names[0]
-        restorer = Restorer(
-            model,
-            args.task,
-            tiling=args.tiling,
-            overlap=args.overlap,
-            batch=args.batch,
-            device=args.device,
-            precision=args.precision,
-        )
+        restorer = Restorer(model, args.task, precision=args.precision, **options)
     t0 = time.perf_counter()
     failed = _restore_all(restorer, pairs, progress=not args.quiet)
     done = len(pairs) - len(failed)

@@ -253,17 +253,23 @@ def noisy_input(clean: np.ndarray, *, sigma: float, seed: int, task: str, name: 
     return gaussian_noise(x, generator=sample_generator(seed, task, name), sigma=sigma) * 255.0
 
 
-def _load_denoise(folder: Path, task: str, sigma: float, seed: int, limit: int | None) -> BenchmarkSet:
+def _clean_images(folder: Path) -> tuple[Path, dict[str, Path]]:
+    """The clean images of a flat set: ``folder/HR/`` if it exists, else ``folder`` itself (never empty)."""
     hr_dir = folder / "HR"
     src = hr_dir if hr_dir.is_dir() else folder
     clean = _images(src)
     _require(src, clean, f"clean images in {folder}/HR/ or directly in {folder}/")
+    return src, clean
+
+
+def _load_denoise(folder: Path, task: str, sigma: float, seed: int, limit: int | None) -> BenchmarkSet:
+    src, clean = _clean_images(folder)
     pairs = []
     for k in _keys(clean, limit):
         rgb, gray = _read(clean[k])
         noisy = noisy_input(rgb, sigma=sigma, seed=seed, task=task, name=k)
         pairs.append(BenchmarkPair(k, noisy, _reference(rgb, gray)))
-    layout = "HR/<name>.png" if src == hr_dir else "<name>.png"
+    layout = "HR/<name>.png" if src != folder else "<name>.png"
     note = f"{folder.name}: noisy inputs from seed {seed} (gaussian_noise, sigma {sigma:g}, sample_generator per name)"
     return BenchmarkSet(folder.name, task, 1, folder, layout, pairs, [note])
 
@@ -329,10 +335,7 @@ def corrupted_input(clean: np.ndarray, *, corruption: Mapping[str, Any], seed: i
 
 def _load_custom(folder: Path, task: str, corruption: Mapping[str, Any], seed: int, limit: int | None) -> BenchmarkSet:
     fn_name, params, s = check_corruption(task, corruption)
-    hr_dir = folder / "HR"
-    src = hr_dir if hr_dir.is_dir() else folder
-    clean = _images(src)
-    _require(src, clean, f"clean images in {folder}/HR/ or directly in {folder}/")
+    src, clean = _clean_images(folder)
     pairs = []
     for k in _keys(clean, limit):
         rgb, gray = _read(clean[k])
@@ -347,7 +350,7 @@ def _load_custom(folder: Path, task: str, corruption: Mapping[str, Any], seed: i
                 f"not {H // s}x{W // s} (scale {s} of the spec)"
             )
         pairs.append(BenchmarkPair(k, lq, _reference(hr, gray)))
-    layout = "HR/<name>.png" if src == hr_dir else "<name>.png"
+    layout = "HR/<name>.png" if src != folder else "<name>.png"
     spec = {"name": fn_name, "params": params, "scale": s, "seed": seed}
     note = (
         f"{folder.name}: {task} inputs made in memory from the clean images: {fn_name} {params}, seed {seed} "
