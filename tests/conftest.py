@@ -26,6 +26,15 @@ def _isolated_environment(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'autouse-mlflow.db'}")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """PTG-RM's many small ops run ~5x slower on 2 threads when the other core is busy (PTGRM_REFERENCE 7)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def golden() -> dict:
     """Outputs of the official code for a tiny random-weight IPT (../shared/golden/README.md). 11 MB of weights and

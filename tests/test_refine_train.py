@@ -32,13 +32,7 @@ def _digest(sd: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """PTG-RM's many small ops run ~5x slower on 2 threads when the other core is busy (PTGRM_REFERENCE 7)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
