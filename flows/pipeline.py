@@ -128,8 +128,7 @@ def plan(workdir: Path, targets: Sequence[str] = ()) -> list[str]:
         up[b].append(a)
     selected = _closure(stale, down)
     if targets:
-        wanted = _closure({t for t in targets if t in up} | _expand(targets, nodes), up)
-        selected &= wanted
+        selected &= _closure(_expand(targets, nodes), up)
     order: list[str] = []
     indegree = {n: sum(1 for u in up[n] if u in selected) for n in selected}
     ready = [n for n in nodes if n in selected and indegree[n] == 0]
