@@ -41,6 +41,8 @@ def params(work: Path, train: Path, a: argparse.Namespace) -> dict:
             "shards": str(work / "pairs"),
             "out": str(work / "pretrain"),
             "model_size": "small",
+            "image_residual": a.image_residual,
+            "pixel_loss": a.pixel_loss,
             "steps": a.pretrain_steps,
             "batch_size": a.batch,
             "lr": a.lr,
@@ -50,9 +52,11 @@ def params(work: Path, train: Path, a: argparse.Namespace) -> dict:
             "shards": str(work / "pairs"),
             "init": str(work / "pretrain"),
             "out": str(work / "finetune" / "{task}"),
+            "pixel_loss": a.pixel_loss,
             "steps": a.finetune_steps,
             "batch_size": a.batch,
-            "lr": a.lr,
+            "lr": a.finetune_lr or a.lr,
+            "milestones": [round(a.finetune_steps * 2 / 3)],
             "checkpoint_every": 250,
         },
     }
@@ -77,6 +81,9 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--finetune-lr", type=float, default=None, help="default: --lr")
+    ap.add_argument("--image-residual", action=argparse.BooleanOptionalAction, default=False)
+    ap.add_argument("--pixel-loss", choices=("l1", "charbonnier"), default="l1")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -118,14 +125,17 @@ def main() -> None:
         cmd = " ".join(["python benchmarks/quality_run.py", *sys.argv[1:]])
         from ipt.device import cpu_model
 
+        loss = "L1" if a.pixel_loss == "l1" else "Charbonnier eps 1"
+
         lines = [
             "## Quality run: small IPT, pretrained + fine-tuned on CPU, Set5 x2",
             "",
             f"`{cmd}` on {cpu_model()} (2 cores). Training data: {clean['samples']} crops of 192 px from"
             f" ../shared/train (T91, SunHays80), pairs for sr_x2/x3/x4 made by `ipt corrupt`. Model `small`"
-            f" (n_feats 16, 2+2 layers, 4 heads, 48-px windows), batch {a.batch}, Adam lr {a.lr:g} halved at 2/3"
-            f" of each stage; pretrain {a.pretrain_steps} steps on x2/x3/x4 (L1 + 0.1 contrastive), finetune"
-            f" {a.finetune_steps} steps on x2 (L1). Scored with `ipt benchmark` (protocol ipt, overlap tiling).",
+            f" (n_feats 16, 2+2 layers, 4 heads, 48-px windows{', image-residual' if a.image_residual else ''}),"
+            f" batch {a.batch}, Adam halved at 2/3 of each stage; pretrain {a.pretrain_steps} steps at lr {a.lr:g}"
+            f" on x2/x3/x4 ({loss} + 0.1 contrastive), finetune {a.finetune_steps} steps at lr"
+            f" {a.finetune_lr or a.lr:g} on x2 ({loss}). Scored with `ipt benchmark` (protocol ipt, overlap tiling).",
             "",
             "| stage | wall time |",
             "|---|---:|",

@@ -18,6 +18,7 @@ from ipt.data.images import ImageReadError, list_images, read_image, write_png
 from ipt.device import PRECISIONS
 from ipt.inference import TILINGS
 from ipt.refine.cli import PARAMS_KEYS as REFINE_KEYS
+from ipt.train.cli import TRAIN_KEYS
 
 EXIT_USAGE, EXIT_PARTIAL = 2, 1
 
@@ -636,10 +637,7 @@ PARAMS_SECTIONS: dict[str, tuple[str, ...]] = {
     "corrupt": ("tasks", "clean", "out", "png_level", "executor", "workers", "dask_address", "seed", "patch_size"),
     "launch": ("nproc_per_node", "nnodes", "rdzv_endpoint", "rdzv_id", "max_restarts"),
 }
-_TRAIN_KEYS = (
-    "shards out steps batch_size lr milestones gamma grad_clip contrastive_weight temperature seed checkpoint_every "
-    "keep_checkpoints num_workers lanes shuffle_buffer stream_segment precision device patch_size"
-).split()
+_TRAIN_KEYS = (*(k for k in TRAIN_KEYS if k != "resume"), "patch_size")  # --resume stays a flag
 PARAMS_SECTIONS["pretrain"] = (*_TRAIN_KEYS, "tasks", "task_weights", "model_size", "model_config", "n_feats")
 PARAMS_SECTIONS["pretrain"] += ("num_layers", "num_heads", "image_residual")
 PARAMS_SECTIONS["finetune"] = (*_TRAIN_KEYS, "init", "init_num_heads")

@@ -109,3 +109,7 @@ def test_bad_config_is_a_training_error(pairs, tmp_path) -> None:
         PretrainConfig(model={"n_feets": 8})
     with pytest.raises(TrainingError, match="task_weights"):
         PretrainConfig(tasks=("sr_x2",), task_weights=(1.0, 2.0))
+    with pytest.raises(TrainingError, match="unknown pixel_loss 'l2'"):
+        PretrainConfig(pixel_loss="l2")
+    with pytest.raises(TrainingError, match="charbonnier_eps must be > 0"):
+        PretrainConfig(pixel_loss="charbonnier", charbonnier_eps=0.0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ipt.train.losses import ipt_objective, l1, patch_contrastive
+from ipt.train.losses import charbonnier, ipt_objective, l1, patch_contrastive
 
 
 def supcon_reference(features: torch.Tensor, temperature: float = 0.07, base_temperature: float = 0.07):
@@ -85,3 +85,24 @@ def test_objective_is_l1_plus_weighted_contrastive(tokens) -> None:
 def test_rejects_a_single_token(tokens) -> None:
     with pytest.raises(ValueError, match="N >= 2"):
         patch_contrastive(tokens[:, :1])
+
+
+def test_charbonnier_is_zero_at_a_perfect_fit_l1_far_out_and_quadratic_near_zero() -> None:
+    target = torch.rand(2, 3, 12, 12) * 255
+    assert charbonnier(target, target, eps=1.0) == 0
+    far = target + 1000.0
+    assert torch.allclose(charbonnier(far, target, eps=1.0), torch.tensor(999.0), rtol=1e-6)
+    # a pixel 0.1 grey level off pulls with ~0.1 of L1's (constant) gradient: sparse corruptions are not drowned
+    near = (target + 0.1).requires_grad_()
+    charbonnier(near, target, eps=1.0).backward()
+    per_pixel = near.grad * near.numel()
+    assert torch.allclose(per_pixel, torch.full_like(per_pixel, 0.1 / math.sqrt(1.01)), rtol=1e-4)
+
+
+def test_objective_with_charbonnier_still_reports_the_true_l1(tokens) -> None:
+    out, target = torch.rand(3, 3, 12, 12) * 255, torch.rand(3, 3, 12, 12) * 255
+    terms = ipt_objective(out, target, tokens, weight=0.1, pixel="charbonnier", eps=2.0)
+    assert torch.allclose(terms["loss"], charbonnier(out, target, 2.0) + 0.1 * patch_contrastive(tokens))
+    assert torch.equal(terms["l1"], l1(out, target))
+    with pytest.raises(ValueError, match="unknown pixel loss 'l2'"):
+        ipt_objective(out, target, tokens, pixel="l2")

@@ -36,6 +36,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=float, help="max global gradient norm (0 = off)")
     p.add_argument("--contrastive-weight", type=float, help="lambda of the patch contrastive loss (0.1 / 0)")
     p.add_argument("--temperature", type=float, help="contrastive temperature (0.07)")
+    p.add_argument("--pixel-loss", choices=("l1", "charbonnier"), help="reconstruction loss (l1, the paper's)")
+    p.add_argument("--charbonnier-eps", type=float, help="eps of the Charbonnier loss in grey levels (1.0)")
     p.add_argument("--seed", type=int, help="seeds the init, the task draws and every data stream")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (one is always written at the end)")
     p.add_argument("--keep-checkpoints", type=int, help="step checkpoints kept (newest)")
@@ -77,9 +79,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=cmd_finetune, required_from_params=("shards", "out", "init"))
 
 
-_SHARED = (
-    "shards out steps batch_size lr milestones gamma grad_clip contrastive_weight temperature seed checkpoint_every "
-    "keep_checkpoints num_workers lanes shuffle_buffer stream_segment precision device resume"
+TRAIN_KEYS = (  # the flags of both stages, also the keys their params.yaml sections may set
+    "shards out steps batch_size lr milestones gamma grad_clip contrastive_weight temperature pixel_loss "
+    "charbonnier_eps seed checkpoint_every keep_checkpoints num_workers lanes shuffle_buffer stream_segment "
+    "precision device resume"
 ).split()
 
 
@@ -179,7 +182,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from ipt.train.errors import TrainingError
 
     try:
-        data = _given(args, _SHARED + ["tasks", "task_weights"]) | {"model": _model_dict(args)}
+        data = _given(args, TRAIN_KEYS + ["tasks", "task_weights"]) | {"model": _model_dict(args)}
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -188,7 +191,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     args.out = args.out.format(task=args.task)
-    return _run("finetune", args, _given(args, _SHARED + ["init", "task", "init_num_heads"]))
+    return _run("finetune", args, _given(args, TRAIN_KEYS + ["init", "task", "init_num_heads"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec, strict_from_dict
 from ipt.train.errors import TrainingError
+from ipt.train.losses import PIXEL_LOSSES
 
 # Named model sizes (ModelSpec keyword arguments; the tasks come from the stage's config).
 MODEL_SIZES: dict[str, dict[str, Any]] = {
@@ -50,6 +51,8 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global grad norm; 0 = off (the reference does not clip)
     contrastive_weight: float = 0.1
     temperature: float = 0.07
+    pixel_loss: str = "l1"  # l1 (the paper's) | charbonnier (sqrt(d^2 + eps^2) - eps, eps in grey levels)
+    charbonnier_eps: float = 1.0
     seed: int = 20210507
     checkpoint_every: int = 500
     keep_checkpoints: int = 2  # step checkpoints kept besides the final model.pt
@@ -79,6 +82,10 @@ class TrainConfig:
             raise TrainingError(f"{type(self).__name__}: need lr > 0, temperature > 0 and 0 < gamma <= 1")
         if self.contrastive_weight < 0 or self.grad_clip < 0:
             raise TrainingError(f"{type(self).__name__}: contrastive_weight and grad_clip must be >= 0")
+        if self.pixel_loss not in PIXEL_LOSSES:
+            raise TrainingError(f"unknown pixel_loss {self.pixel_loss!r}; known: {list(PIXEL_LOSSES)}")
+        if self.charbonnier_eps <= 0:
+            raise TrainingError(f"charbonnier_eps must be > 0, got {self.charbonnier_eps}")
         if self.precision not in PRECISIONS:
             raise TrainingError(f"unknown precision {self.precision!r}; known: {list(PRECISIONS)}")
         lanes = self.lanes or self.batch_size

@@ -251,7 +251,12 @@ def _run(cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | N
         net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=len(model.spec.tasks) > 1)
     gather = functools.partial(D.gather_with_grad, env) if env.distributed else None
     objective = functools.partial(
-        ipt_objective, weight=cfg.contrastive_weight, temperature=cfg.temperature, gather=gather
+        ipt_objective,
+        weight=cfg.contrastive_weight,
+        temperature=cfg.temperature,
+        gather=gather,
+        pixel=cfg.pixel_loss,
+        eps=cfg.charbonnier_eps,
     )
 
     def on_step(step: int) -> None:

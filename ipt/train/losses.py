@@ -31,9 +31,22 @@ TEMPERATURE = 0.07
 CONTRASTIVE_WEIGHT = 0.1
 
 
+PIXEL_LOSSES = ("l1", "charbonnier")
+
+
 def l1(out: Tensor, target: Tensor) -> Tensor:
     """Mean absolute error on the [0, 255] scale the model works in (the official ``1*L1``)."""
     return F.l1_loss(out.float(), target.float())
+
+
+def charbonnier(out: Tensor, target: Tensor, eps: float) -> Tensor:
+    """mean(sqrt(d^2 + eps^2)) - eps on the [0, 255] scale: L1 for errors >> eps, quadratic below (0 at d = 0).
+
+    Unlike L1, whose gradient has the full magnitude at any error, a pixel that is already right pulls on the weights
+    in proportion to its (small) error; that matters for sparse corruptions such as rain streaks (docs/training.md).
+    """
+    d = out.float() - target.float()
+    return (d.square() + eps * eps).sqrt().mean() - eps
 
 
 def patch_contrastive(
@@ -79,12 +92,19 @@ def ipt_objective(
     weight: float = CONTRASTIVE_WEIGHT,
     temperature: float = TEMPERATURE,
     gather: Callable[[Tensor], tuple[Tensor, int]] | None = None,
+    pixel: str = "l1",
+    eps: float = 1.0,
 ) -> dict[str, Tensor]:
-    """``{"loss", "l1", "contrastive"}``: L1 + weight x patch contrastive (skipped, and reported 0, at weight 0).
+    """``{"loss", "l1", "contrastive"}``: pixel loss + weight x patch contrastive (skipped, and reported 0, at weight
+    0). ``pixel`` is ``l1`` (the paper's) or ``charbonnier`` (with ``eps``); ``l1`` is reported either way, so runs
+    with either objective compare on the same metric.
 
     ``gather(tokens) -> (all ranks' tokens, this rank's first image index)`` turns on the global contrast set.
     """
+    if pixel not in PIXEL_LOSSES:
+        raise ValueError(f"unknown pixel loss {pixel!r}; known: {list(PIXEL_LOSSES)}")
     rec = l1(out, target)
+    fit = rec if pixel == "l1" else charbonnier(out, target, eps)
     if weight == 0:
         con = torch.zeros((), device=rec.device)
     elif gather is None:
@@ -92,4 +112,4 @@ def ipt_objective(
     else:
         everything, offset = gather(tokens.float())
         con = patch_contrastive(tokens, temperature=temperature, contrast=everything, offset=offset)
-    return {"loss": rec + weight * con, "l1": rec.detach(), "contrastive": con.detach()}
+    return {"loss": fit + weight * con, "l1": rec.detach(), "contrastive": con.detach()}
