@@ -678,7 +678,8 @@ def params_section(path: Path, command: str) -> dict:
     for key in PARAMS_GLOBALS:
         if key in PARAMS_SECTIONS[command] and key not in section and data.get(key) is not None:
             section[key] = data[key]
-    return {k: ",".join(v) if isinstance(v, list) else v for k, v in section.items() if v is not None}
+    # lists go through the flags' own comma-separated parsers (argparse applies `type` to string defaults)
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in section.items() if v is not None}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

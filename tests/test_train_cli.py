@@ -76,3 +76,19 @@ def test_per_step_metrics_reach_an_mlflow_run(pairs, tmp_path, monkeypatch) -> N
     assert sorted(m.step for m in history) == [1, 2, 3]
     logged = tracker.client.get_run(tracker.run_id).data
     assert logged.params["pretrain.steps"] == "3" and logged.tags["ipt.stage"] == "pretrain"
+
+
+def test_params_file_lists_of_numbers_reach_the_config(tmp_path) -> None:
+    """params.yaml `milestones: [2, 3]` / `task_weights: [1, 0.5]` (YAML numbers, not strings) parse as the flags do."""
+    from ipt.cli import parse_args
+    from ipt.train.loop import config_for
+
+    (tmp_path / "params.yaml").write_text(
+        "finetune: {init: runs/pre, shards: data/pairs, out: runs/ft, milestones: [2, 3], pixel_loss: charbonnier}\n"
+        "pretrain: {shards: data/pairs, out: runs/pre, tasks: [sr_x2, derain], task_weights: [1, 0.5]}\n"
+    )
+    params = ["--params", str(tmp_path / "params.yaml")]
+    args = parse_args(["finetune", "--task", "derain", *params])
+    cfg = config_for("finetune", {"milestones": args.milestones, "pixel_loss": args.pixel_loss, "init": args.init})
+    assert cfg.resolved_milestones() == (2, 3) and cfg.pixel_loss == "charbonnier"
+    assert parse_args(["pretrain", *params]).task_weights == [1.0, 0.5]
