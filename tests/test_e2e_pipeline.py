@@ -1,30 +1,37 @@
-"""End to end, as a user meets it: a real Prefect server and process worker, the `ipt-pipeline` deployment of
-prefect.yaml, a real sqlite MLflow store and a local DVC remote, on a tiny configuration.
+"""End to end, as a user meets it: a real Prefect server (`prefect server start`, as `make prefect-server`, with its
+scheduler) and process worker, the deployments of prefect.yaml, a real sqlite MLflow store and a local DVC remote,
+on a tiny configuration.
 
 1. `pretrain-ipt/default` runs `pretrain` and the stale stages upstream of it, under torchrun with 2 gloo processes
    (params.yaml `launch`), the stage output streamed into the Prefect log; then `ipt-pipeline/default` runs the rest
    of the DAG (one task: sr_x2). Each stage is one Prefect task, each training stage an MLflow run that is a child
    of its flow's MLflow run. The DAG's PTG-RM branch (refine@sr_x2) registers a refiner, and so does the
    `refine-ipt/default` deployment.
-2. Run again with nothing changed: no stage runs.
+2. The next scheduled run, with nothing changed: no stage runs.
 3. The user adds a corruption type, JPEG at quality 10: one file in corruptions/, one import line, one params
-   entry. The next run shards nothing and does not redo corrupt@sr_x2; it runs corrupt@jpeg_q10, re-pretrains,
-   fine-tunes both tasks, benchmarks them and registers ipt-jpeg_q10, then pushes to the DVC remote.
+   entry. The next scheduled run shards nothing and does not redo corrupt@sr_x2; it runs corrupt@jpeg_q10,
+   re-pretrains, fine-tunes both tasks, benchmarks them and registers ipt-jpeg_q10, then pushes to the DVC remote.
 4. A fresh `git clone` + `dvc pull` restores every output and `dvc repro` there runs nothing.
 
-The schedule itself is checked on the deployment; its runs are triggered here with `run_deployment` (the same
-deployment, worker and flow the scheduler would start) so the test does not wait for the clock.
+The runs of steps 2 and 3 are made by the server's scheduler from a schedule of the deployment: the deployed one is
+yearly (so it stays out of the way), and each step adds a schedule whose next run is a few seconds away instead of
+waiting an hour; the flow run, worker and flow are what the hourly schedule starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -102,6 +109,50 @@ def _project(tmp_path: Path) -> Path:
     return repo
 
 
+@contextlib.contextmanager
+def _prefect_server(tmp_path: Path) -> Iterator[str]:
+    """`prefect server start` on 127.0.0.1 (its own sqlite database, scheduler every 2 s); yields the API URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = _env(
+        PREFECT_HOME=str(tmp_path / "prefect_server"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+    )
+    env.pop("PREFECT_API_URL", None)
+    log = open(tmp_path / "prefect_server.log", "w")  # noqa: SIM115 - closed in finally
+    server = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (tmp_path / "prefect_server.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "prefect server did not become healthy in 180 s"
+            time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=30)
+        log.close()
+
+
 def _task_names(flow_run_id) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -112,13 +163,23 @@ def _task_names(flow_run_id) -> list[str]:
     return sorted(r.name for r in runs)
 
 
-def _logs(flow_run_id) -> str:
+def _logs(flow_run_id, until: str = "", timeout: float = 60.0) -> str:
+    """The flow run's logs; with ``until``, wait (up to ``timeout``) for that text: a flow run's process ships its
+    last log lines after the run's final state is already recorded."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-    return "\n".join(x.message for x in logs)
+        mine = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        while True:
+            logs: list = []
+            while len(page := client.read_logs(log_filter=mine, limit=200, offset=len(logs))):  # the API pages by 200
+                logs += page
+            text = "\n".join(x.message for x in logs)
+            if until in text or time.monotonic() > deadline:
+                return text
+            time.sleep(1)
 
 
 def _deployment_run(parameters: dict | None = None, name: str = "ipt-pipeline/default"):
@@ -130,16 +191,54 @@ def _deployment_run(parameters: dict | None = None, name: str = "ipt-pipeline/de
     return fr, time.monotonic() - start
 
 
-def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_nothing(
-    tmp_path: Path, prefect_server, monkeypatch
-) -> None:
+def _scheduled_run(server_log: Path, parameters: dict | None = None, name: str = "ipt-pipeline/default", lead_s=5.0):
+    """Add a schedule to the deployment whose next run is ``lead_s`` from now (yearly after that), wait for the
+    flow run the server's scheduler makes from it to finish (run by the worker) and remove the schedule again.
+    Returns the flow run and the seconds from its scheduled start to its end."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.client.schemas.schedules import IntervalSchedule
+
+    anchor = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=lead_s)
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        yearly = IntervalSchedule(interval=timedelta(days=365), anchor_date=anchor)
+        (schedule,) = client.create_deployment_schedules(deployment.id, [(yearly, True)], parameters=parameters)
+        runs = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id]))
+        deadline = time.monotonic() + 600
+        try:
+            while True:
+                mine = [
+                    r
+                    for r in client.read_flow_runs(flow_run_filter=runs)
+                    if r.auto_scheduled and abs((r.expected_start_time - anchor).total_seconds()) < 1
+                ]
+                if mine and mine[0].state.is_final():
+                    break
+                if time.monotonic() > deadline:
+                    tail = server_log.read_text()[-3000:]
+                    raise AssertionError(f"no finished scheduled run of {name} in 600 s ({mine}); server log:\n{tail}")
+                time.sleep(1)
+        finally:
+            client.delete_deployment_schedule(deployment.id, schedule.id)
+    (fr,) = mine
+    assert fr.state.is_completed(), f"flow run {fr.name}: {fr.state.name} {fr.state.message}"
+    return fr, (fr.end_time - anchor).total_seconds()
+
+
+def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_nothing(tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with _prefect_server(tmp_path) as api, temporary_settings({PREFECT_API_URL: api}):
+        _pipeline_scenario(tmp_path, api)
+
+
+def _pipeline_scenario(tmp_path: Path, api: str) -> None:
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
 
     repo = _project(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    api = PREFECT_API_URL.value()
     env = {"PREFECT_API_URL": api, "IPT_PROJECT_DIR": str(repo), "MLFLOW_TRACKING_URI": uri, "IPT_TRACKING": "on"}
     _run([str(BIN / "prefect"), "work-pool", "create", "local-process", "--type", "process"], repo, **env)
     _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], repo, **env)
@@ -159,7 +258,7 @@ def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_not
         # 1. pretrain-ipt: pretrain and what it needs, under torchrun, its output in the Prefect log.
         fr0, _ = _deployment_run(name="pretrain-ipt/default")
         assert _task_names(fr0.id) == ["corrupt@sr_x2", "pretrain", "shard"]
-        logs = _logs(fr0.id)
+        logs = _logs(fr0.id, until="pretrain: loss")
         assert "Running stage 'pretrain'" in logs and "-m torch.distributed.run --nnodes=1 --nproc-per-node=2" in logs
         assert "pretrain: loss" in logs  # rank 0's own line, through torchrun, DVC and the task's log
         mlflow = MlflowClient(uri)
@@ -184,10 +283,10 @@ def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_not
         _deployment_run({"task": "sr_x2", "args": adhoc}, name="refine-ipt/default")
         assert len(mlflow.search_model_versions("name = 'ipt-sr_x2-ptgrm'")) == 2
 
-        # 2. Nothing changed: nothing runs.
-        fr2, idle_s = _deployment_run()
-        assert _task_names(fr2.id) == [] and "nothing to run" in _logs(fr2.id)
-        print(f"idle scheduled run: {idle_s:.1f} s from trigger to completion")
+        # 2. Nothing changed: the next scheduled run runs nothing, in seconds.
+        fr2, idle_s = _scheduled_run(tmp_path / "prefect_server.log")
+        assert _task_names(fr2.id) == [] and "nothing to run" in _logs(fr2.id, until="nothing to run")
+        print(f"idle scheduled run: {idle_s:.1f} s from its scheduled time to completion")
 
         # 3. A new corruption type: one file, one import line, one params entry.
         shutil.copy(ROOT / "corruptions" / "jpeg.py", repo / "corruptions" / "jpeg.py")
@@ -199,7 +298,7 @@ def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_not
         clean_manifest = (repo / "data" / "clean" / "manifest.json").read_bytes()
         pairs_mtime = (repo / "data" / "pairs" / "sr_x2" / "manifest.json").stat().st_mtime_ns
 
-        fr3, _ = _deployment_run({"push": True})
+        fr3, _ = _scheduled_run(tmp_path / "prefect_server.log", {"push": True})
         ran = _task_names(fr3.id)
         assert "shard" not in ran and "corrupt@sr_x2" not in ran
         assert ran == sorted(
@@ -207,7 +306,7 @@ def test_scheduled_pipeline_picks_up_a_new_corruption_and_a_clone_reproduces_not
             + [f"{s}@{t}" for s in ("finetune", "benchmark", "register") for t in ("sr_x2", "jpeg_q10")]
             + ["refine@sr_x2"]  # its base changed
         )
-        logs = _logs(fr3.id)
+        logs = _logs(fr3.id, until="Running stage 'finetune@jpeg_q10'")
         assert {"pretrain", "finetune@sr_x2", "finetune@jpeg_q10"} <= set(re.findall(r"Running stage '([^']+)'", logs))
         assert (repo / "data" / "clean" / "manifest.json").read_bytes() == clean_manifest
         assert (repo / "data" / "pairs" / "sr_x2" / "manifest.json").stat().st_mtime_ns == pairs_mtime
