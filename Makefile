@@ -16,7 +16,7 @@ export IPT_PROJECT_DIR ?= $(CURDIR)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv test run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui
+.PHONY: venv test test-gpu run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu and not network" --durations=15
+
+# The CUDA paths (bf16 autocast training, CUDA inference vs CPU, NCCL DDP with two GPUs); needs a GPU machine.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu -rs
 
 # The main job: the whole DVC DAG (shard -> corrupt@T -> pretrain -> finetune@T -> benchmark@T -> register@T) on the
 # embedded default (scikit-image's sample images, a tiny model) as the Prefect flow `ipt-pipeline`, then the table of

@@ -1,0 +1,84 @@
+"""The CUDA paths: bf16 autocast training, CUDA inference against the CPU, and NCCL DDP parity.
+
+Marked `gpu` and skipped without CUDA (CI has none; `make test` deselects them). On a GPU machine:
+`make test-gpu`. NCCL refuses two ranks on one device, so the DDP test needs two GPUs and says so otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from test_train_ddp import free_port
+
+from conftest import ROOT
+from helpers_pairs import make_pair_root, tiny_pretrain
+from ipt.checkpoint import load_model
+from ipt.config import ModelSpec
+from ipt.inference import restore_image
+from ipt.model.ipt import IPT
+from ipt.train.loop import pretrain
+from ipt.train.state import read_metrics
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return make_pair_root(tmp_path_factory.mktemp("pairs"), samples=8, shards=2)
+
+
+def test_bf16_autocast_training_on_cuda_learns(pairs, tmp_path) -> None:
+    cfg = tiny_pretrain(pairs, tmp_path / "bf16", steps=30, lr=1e-3, precision="auto", device="cuda")
+    result = pretrain(cfg)
+    assert result["precision"] == "bf16"  # auto = bf16 autocast on CUDA
+    rows = read_metrics(tmp_path / "bf16")
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    first, last = sum(r["l1"] for r in rows[:5]) / 5, sum(r["l1"] for r in rows[-5:]) / 5
+    assert last < first, (first, last)
+    assert load_model(tmp_path / "bf16" / "model.pt").spec.task_names == ("sr_x2", "denoise_s30")
+
+
+def test_cuda_inference_matches_the_cpu() -> None:
+    torch.manual_seed(0)
+    model = IPT(ModelSpec(n_feats=8, num_layers=1, num_heads=2, patch_size=12, tasks=(("sr_x2", 2),))).eval()
+    x = torch.rand(1, 3, 40, 52) * 255
+    with torch.no_grad():
+        cpu = restore_image(lambda w: model(w, "sr_x2"), x, 2, patch=12)
+        gpu_model = model.cuda()
+        gpu = restore_image(lambda w: gpu_model(w, "sr_x2"), x.cuda(), 2, patch=12).cpu()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = restore_image(lambda w: gpu_model(w, "sr_x2"), x.cuda(), 2, patch=12).float().cpu()
+    assert (gpu - cpu).abs().max() < 0.05  # grey levels; TF32 convolutions may differ in the last bits
+    mse = ((bf16 - cpu) ** 2).mean()
+    assert 10 * torch.log10(255**2 / mse) > 35  # bf16 is an approximation, but a close one
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL DDP needs two GPUs (one rank per device)")
+def test_two_nccl_ranks_match_a_single_cuda_process(pairs, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions in both runs
+    steps = 4
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), "-m", "ipt.train.cli", "pretrain",
+        "--shards", str(pairs), "--out", str(tmp_path / "ddp"), "--tasks", "sr_x2,denoise_s30",
+        "--model-size", "tiny", "--steps", str(steps), "--batch-size", "4", "--lr", "5e-5",
+        "--checkpoint-every", "3", "--shuffle-buffer", "8", "--stream-segment", "4", "--log-every", "0",
+        "--precision", "fp32", "--device", "cuda", "--params", "none",
+    ]  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(ROOT), "NVIDIA_TF32_OVERRIDE": "0"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = tiny_pretrain(pairs, tmp_path / "single", steps=steps, lr=5e-5, precision="fp32", device="cuda")
+    pretrain(single)
+    got, want = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")
+    for g, w in zip(got, want, strict=True):
+        assert g["task"] == w["task"]
+        for key in ("loss", "l1", "contrastive"):
+            assert g[key] == pytest.approx(w[key], rel=1e-4), (g["step"], key)
