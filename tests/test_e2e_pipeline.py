@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from helpers_data import make_sr_set
 
 pytestmark = [
@@ -110,11 +109,27 @@ def _project(tmp_path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def _background(
+    cmd: list[str], log: Path, *, env: dict[str, str], cwd: Path | None = None, stop_s: float = 30
+) -> Iterator[subprocess.Popen]:
+    """A process running beside the test, its output in ``log``; terminated (killed after ``stop_s``) on exit."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=stop_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
 def _prefect_server(tmp_path: Path) -> Iterator[str]:
     """`prefect server start` on 127.0.0.1 (its own sqlite database, scheduler every 2 s); yields the API URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = _env(
         PREFECT_HOME=str(tmp_path / "prefect_server"),
@@ -123,17 +138,12 @@ def _prefect_server(tmp_path: Path) -> Iterator[str]:
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
     )
     env.pop("PREFECT_API_URL", None)
-    log = open(tmp_path / "prefect_server.log", "w")  # noqa: SIM115 - closed in finally
-    server = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    log = tmp_path / "prefect_server.log"
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with _background(cmd, log, env=env) as server:
         deadline = time.monotonic() + 180
         while True:
-            assert server.poll() is None, (tmp_path / "prefect_server.log").read_text()
+            assert server.poll() is None, log.read_text()
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
                     if r.status == 200:
@@ -143,14 +153,6 @@ def _prefect_server(tmp_path: Path) -> Iterator[str]:
             assert time.monotonic() < deadline, "prefect server did not become healthy in 180 s"
             time.sleep(1)
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=30)
-        log.close()
 
 
 def _task_names(flow_run_id) -> list[str]:
@@ -246,15 +248,10 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         deployment = client.read_deployment_by_name("ipt-pipeline/default")
     assert [s.schedule.cron for s in deployment.schedules] == ["0 0 1 1 *"]
 
-    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed in finally
-    worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "local-process"],
-        cwd=repo,
-        env=_env(**env, PREFECT_WORKER_QUERY_SECONDS="1"),
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    worker = [str(BIN / "prefect"), "worker", "start", "--pool", "local-process"]
+    worker_env = _env(**env, PREFECT_WORKER_QUERY_SECONDS="1")
+    # on exit the worker passes SIGTERM on to its flow run processes, then exits
+    with _background(worker, tmp_path / "worker.log", env=worker_env, cwd=repo, stop_s=90):
         # 1. pretrain-ipt: pretrain and what it needs, under torchrun, its output in the Prefect log.
         fr0, _ = _deployment_run(name="pretrain-ipt/default")
         assert _task_names(fr0.id) == ["corrupt@sr_x2", "pretrain", "shard"]
@@ -315,14 +312,6 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         report = json.loads((repo / "metrics" / "benchmark" / "jpeg_q10.json").read_text())
         assert set(report["datasets"]) == {"Set5", "Set14"}
         assert len(mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pretrain").experiment_id])) == 2
-    finally:
-        worker.terminate()  # the worker passes the signal on to its flow run processes and then exits
-        try:
-            worker.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(timeout=30)
-        worker_log.close()
 
     # 4. Everything is in the remote: a fresh clone pulls every output and has nothing to reproduce.
     _run(["git", "add", "-A"], repo)

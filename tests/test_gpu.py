@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
-from test_train_ddp import free_port
+from test_train_ddp import torchrun_pretrain
 
 from conftest import ROOT
 from helpers_pairs import make_pair_root, tiny_pretrain
@@ -64,14 +63,7 @@ def test_cuda_inference_matches_the_cpu() -> None:
 def test_two_nccl_ranks_match_a_single_cuda_process(pairs, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions in both runs
     steps = 4
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "ipt.train.cli", "pretrain",
-        "--shards", str(pairs), "--out", str(tmp_path / "ddp"), "--tasks", "sr_x2,denoise_s30",
-        "--model-size", "tiny", "--steps", str(steps), "--batch-size", "4", "--lr", "5e-5",
-        "--checkpoint-every", "3", "--shuffle-buffer", "8", "--stream-segment", "4", "--log-every", "0",
-        "--precision", "fp32", "--device", "cuda", "--params", "none",
-    ]  # fmt: skip
+    cmd = torchrun_pretrain(pairs, tmp_path / "ddp", device="cuda", steps=steps)
     env = os.environ | {"PYTHONPATH": str(ROOT), "NVIDIA_TF32_OVERRIDE": "0"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

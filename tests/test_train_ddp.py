@@ -9,37 +9,35 @@ whose gradient is pure cancellation noise (~1e-8 here) moves by a noise-driven f
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from helpers_pairs import make_pair_root, tiny_pretrain
 from ipt.checkpoint import load_model
 from ipt.train.loop import pretrain
 from ipt.train.state import read_metrics
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def torchrun_pretrain(pairs, out, *, device: str, steps: int) -> list[str]:
+    """Two ranks of a tiny two-task pretraining under torchrun, batch 4, fp32: the command line."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), "-m", "ipt.train.cli", "pretrain",
+        "--shards", str(pairs), "--out", str(out), "--tasks", "sr_x2,denoise_s30",
+        "--model-size", "tiny", "--steps", str(steps), "--batch-size", "4", "--lr", "5e-5",
+        "--checkpoint-every", "3", "--shuffle-buffer", "8", "--stream-segment", "4", "--log-every", "0",
+        "--precision", "fp32", "--device", device,
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_match_a_single_process(tmp_path) -> None:
     pairs = make_pair_root(tmp_path / "pairs", samples=8, shards=1)  # one shard per task, two ranks
     steps = 4
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "ipt.train.cli", "pretrain",
-        "--shards", str(pairs), "--out", str(tmp_path / "ddp"), "--tasks", "sr_x2,denoise_s30",
-        "--model-size", "tiny", "--steps", str(steps), "--batch-size", "4", "--lr", "5e-5",
-        "--checkpoint-every", "3", "--shuffle-buffer", "8", "--stream-segment", "4", "--log-every", "0",
-        "--precision", "fp32", "--device", "cpu",
-    ]  # fmt: skip
+    cmd = torchrun_pretrain(pairs, tmp_path / "ddp", device="cpu", steps=steps)
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 from helpers_pairs import make_pair_root
 
 pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_pretrain_then_finetune_flows_log_to_mlflow(tmp_path: Path, prefect_server) -> None:
@@ -33,7 +26,7 @@ def test_pretrain_then_finetune_flows_log_to_mlflow(tmp_path: Path, prefect_serv
     pre = pretrain_ipt(
         args=[*common, *tiny, "--out", str(tmp_path / "pre")],
         nproc_per_node=2,
-        master_port=_free_port(),
+        master_port=free_port(),
         workdir=str(ROOT),
         tracking_uri=uri,
     )
@@ -46,7 +39,7 @@ def test_pretrain_then_finetune_flows_log_to_mlflow(tmp_path: Path, prefect_serv
     fine = finetune_ipt(
         task="denoise_s30",
         args=[*common, "--steps", "2", "--init", str(tmp_path / "pre"), "--out", str(tmp_path / "fine")],
-        master_port=_free_port(),
+        master_port=free_port(),
         workdir=str(ROOT),
         tracking_uri=uri,
     )
@@ -61,7 +54,7 @@ def test_training_flow_failure_is_reported_with_the_error_line(tmp_path: Path, p
     with pytest.raises(StageFailed, match="no pair shards|manifest"):
         pretrain_ipt(
             args=["--shards", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--model-size", "tiny"],
-            master_port=_free_port(),
+            master_port=free_port(),
             workdir=str(ROOT),
             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         )
