@@ -682,8 +682,45 @@ def params_section(path: Path, command: str) -> dict:
     return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in section.items() if v is not None}
 
 
+def launch_argv(argv: list[str], launch: argparse.ArgumentParser) -> list[str]:
+    """``ipt launch STAGE --nnodes 2 --dry-run -- ...``: launch's own flags may follow the stage as well as precede it.
+
+    The stage's arguments are an argparse remainder, which would swallow them; they move before the stage here.
+    Tokens after ``--`` always belong to the stage; other tokens after the stage go to it too (``--`` is added).
+    """
+    if not argv or argv[0] != "launch":
+        return argv
+    arity = {o: a.nargs != 0 for a in launch._actions for o in a.option_strings}
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head, tail = argv[1:cut], argv[cut + 1 :]
+    front: list[str] = []
+    stage_at, i = None, 0
+    while i < len(head) and stage_at is None:  # launch options, then the stage
+        tok = head[i]
+        if tok.startswith("-"):
+            takes = arity.get(tok.split("=", 1)[0], False) and "=" not in tok
+            front += head[i : i + 1 + takes]
+            i += 1 + takes
+        else:
+            stage_at, i = i, i + 1
+    if stage_at is None:
+        return argv
+    rest: list[str] = []
+    while i < len(head):
+        tok, name = head[i], head[i].split("=", 1)[0]
+        if name in arity:
+            takes = arity[name] and "=" not in tok
+            front += head[i : i + 1 + takes]
+            i += 1 + takes
+        else:
+            rest.append(tok)
+            i += 1
+    return ["launch", *front, head[stage_at], "--", *rest, *tail]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser, subs = build_parser()
+    argv = launch_argv(list(sys.argv[1:] if argv is None else argv), subs["launch"])
     args = parser.parse_args(argv)
     source = getattr(args, "params", None) or os.environ.get("IPT_PARAMS") or "params.yaml"
     if args.command in PARAMS_SECTIONS and source != "none":

@@ -52,3 +52,31 @@ def test_paper_scale_params_give_the_multi_node_command(tmp_path, capsys) -> Non
 def test_bad_launch_settings_are_one_line_errors(flags, message, capsys) -> None:
     assert main(["launch", "--dry-run", *flags, "pretrain"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pretrain", "--dry-run", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:29400", "--", "--steps", "3"],
+        ["--nnodes=2", "pretrain", "--rdzv-endpoint=127.0.0.1:29400", "--dry-run", "--steps", "3"],
+        ["--dry-run", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1:29400", "pretrain", "--", "--steps", "3"],
+    ],
+)
+def test_launch_flags_may_follow_the_stage(argv, capsys) -> None:
+    """README's `ipt launch pretrain --dry-run`: launch's flags after the stage are launch's, not the stage's."""
+    assert main(["launch", *argv]) == 0
+    cmd = shlex.split(capsys.readouterr().out.strip())
+    assert {"--nnodes=2", "--rdzv-endpoint=127.0.0.1:29400"} <= set(cmd)
+    assert cmd[-5:] == ["-m", "ipt.cli", "pretrain", "--steps", "3"]
+
+
+def test_flags_after_the_double_dash_stay_with_the_stage(capsys) -> None:
+    assert main(["launch", "pretrain", "--dry-run", "--", "--nnodes", "2"]) == 0
+    assert shlex.split(capsys.readouterr().out.strip()) == [
+        sys.executable,
+        "-m",
+        "ipt.cli",
+        "pretrain",
+        "--nnodes",
+        "2",
+    ]

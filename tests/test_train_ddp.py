@@ -1,4 +1,5 @@
-"""Two gloo processes under torchrun match one process over the same global batch (losses and weights).
+"""Two gloo processes under torchrun match one process over the same global batch (losses and weights), whether
+they are two ranks of one node or one rank on each of two nodes (c10d rendezvous, through `ipt launch`).
 
 Rank r reads rows r::2 of the globally seeded batch (ipt.train.data), DDP averages the gradients and the contrastive
 loss all-gathers the tokens, so the two runs differ only by float32 summation order. The gradient norm is compared
@@ -21,11 +22,9 @@ from ipt.train.loop import pretrain
 from ipt.train.state import read_metrics
 
 
-def torchrun_pretrain(pairs, out, *, device: str, steps: int) -> list[str]:
-    """Two ranks of a tiny two-task pretraining under torchrun, batch 4, fp32: the command line."""
+def stage_flags(pairs, out, *, device: str, steps: int) -> list[str]:
+    """A tiny two-task pretraining, global batch 4, fp32: the stage's flags (the same for every rank)."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "ipt.train.cli", "pretrain",
         "--shards", str(pairs), "--out", str(out), "--tasks", "sr_x2,denoise_s30",
         "--model-size", "tiny", "--steps", str(steps), "--batch-size", "4", "--lr", "5e-5",
         "--checkpoint-every", "3", "--shuffle-buffer", "8", "--stream-segment", "4", "--log-every", "0",
@@ -33,14 +32,49 @@ def torchrun_pretrain(pairs, out, *, device: str, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
+def torchrun_pretrain(pairs, out, *, device: str, steps: int) -> list[str]:
+    """Two ranks on one node under torchrun: the command line."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), "-m", "ipt.train.cli", "pretrain",
+        *stage_flags(pairs, out, device=device, steps=steps),
+    ]  # fmt: skip
+
+
+def two_node_launch(pairs, out, *, steps: int) -> list[str]:
+    """One rank on each of two "nodes" (two `ipt launch` processes, c10d rendezvous on 127.0.0.1): the command line
+    that both nodes run, as params.yaml ``launch: {nnodes: 2, rdzv_endpoint: ...}`` makes the DVC stage run it."""
+    return [
+        sys.executable, "-m", "ipt.cli", "launch", "pretrain", "--nnodes", "2", "--nproc-per-node", "1",
+        "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "test-two-nodes", "--params", "none",
+        "--", *stage_flags(pairs, out, device="cpu", steps=steps),
+    ]  # fmt: skip
+
+
+def _run_together(cmds: list[list[str]], cwd) -> None:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds
+    ]
+    try:
+        outs = [p.communicate(timeout=180)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+
+
 @pytest.mark.slow
-def test_two_gloo_ranks_match_a_single_process(tmp_path) -> None:
+@pytest.mark.parametrize("topology", ["one node, two ranks", "two nodes, one rank each"])
+def test_two_gloo_ranks_match_a_single_process(tmp_path, topology) -> None:
     pairs = make_pair_root(tmp_path / "pairs", samples=8, shards=1)  # one shard per task, two ranks
     steps = 4
-    cmd = torchrun_pretrain(pairs, tmp_path / "ddp", device="cpu", steps=steps)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if topology == "one node, two ranks":
+        _run_together([torchrun_pretrain(pairs, tmp_path / "ddp", device="cpu", steps=steps)], ROOT)
+    else:  # both "nodes" run the same command; the c10d store hands out the ranks. No params.yaml in cwd.
+        _run_together([two_node_launch(pairs, tmp_path / "ddp", steps=steps)] * 2, tmp_path)
 
     single = tiny_pretrain(pairs, tmp_path / "single", steps=steps, lr=5e-5, precision="fp32", device="cpu")
     pretrain(single)
