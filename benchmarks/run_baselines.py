@@ -19,7 +19,7 @@ from typing import Any
 
 from bench_inference import write_section  # benchmarks/ is on sys.path when this file runs as a script
 
-from ipt.benchmark import bicubic_fn, identity_fn, run_benchmark, write_json
+from ipt.benchmark import PUBLISHED_BICUBIC, PUBLISHED_INPUT, bicubic_fn, identity_fn, run_benchmark, write_json
 from ipt.data.benchmarks import DEFAULT_NOISE_SEED, load_benchmark, resolve_datasets, task_kind
 from ipt.device import describe
 
@@ -27,22 +27,6 @@ SECTION = "baselines"
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("matlab", "ipt")
 SR_TASKS, X1_TASKS = ("sr_x2", "sr_x3", "sr_x4"), ("denoise_s30", "denoise_s50", "derain")
-# Bicubic rows of the SR literature (PSNR / SSIM, Y channel, crop = scale), as tabulated by VDSR/EDSR/RCAN and others.
-PUBLISHED_BICUBIC = {
-    ("Set5", 2): (33.66, 0.9299),
-    ("Set5", 3): (30.39, 0.8682),
-    ("Set5", 4): (28.42, 0.8104),
-    ("Set14", 2): (30.24, 0.8688),
-    ("Set14", 3): (27.55, 0.7742),
-    ("Set14", 4): (26.00, 0.7027),
-    ("B100", 2): (29.56, 0.8431),
-    ("B100", 3): (27.21, 0.7385),
-    ("B100", 4): (25.96, 0.6675),
-    ("Urban100", 2): (26.88, 0.8403),
-    ("Urban100", 3): (24.46, 0.7349),
-    ("Urban100", 4): (23.14, 0.6577),
-}
-PUBLISHED_INPUT = {("derain", "Rain100L"): (26.90, 0.8384)}  # IPT paper Table 3 "Input" column (IPT_REFERENCE 6.3)
 
 
 def _cached(fn):

@@ -32,6 +32,25 @@ OnOutput = Callable[[str, Any, Tensor], None]
 BASELINES = ("bicubic", "identity")
 MODEL_URI_PREFIX = "models:/"
 
+# Published reference rows (PSNR dB / SSIM, Y channel, border crop = scale) the baselines are checked against.
+# Bicubic: the rows the SR literature tabulates (VDSR, EDSR, RCAN, the IPT paper). Input: the IPT paper's Table 3
+# "Input" column for Rain100L (IPT_REFERENCE 6.3).
+PUBLISHED_BICUBIC: dict[tuple[str, int], tuple[float, float]] = {
+    ("Set5", 2): (33.66, 0.9299),
+    ("Set5", 3): (30.39, 0.8682),
+    ("Set5", 4): (28.42, 0.8104),
+    ("Set14", 2): (30.24, 0.8688),
+    ("Set14", 3): (27.55, 0.7742),
+    ("Set14", 4): (26.00, 0.7027),
+    ("B100", 2): (29.56, 0.8431),
+    ("B100", 3): (27.21, 0.7385),
+    ("B100", 4): (25.96, 0.6675),
+    ("Urban100", 2): (26.88, 0.8403),
+    ("Urban100", 3): (24.46, 0.7349),
+    ("Urban100", 4): (23.14, 0.6577),
+}
+PUBLISHED_INPUT: dict[tuple[str, str], tuple[float, float]] = {("derain", "Rain100L"): (26.90, 0.8384)}
+
 
 class BenchmarkModelError(ValueError):
     """The ``--model`` argument cannot be turned into a restore function for the task."""

@@ -12,7 +12,7 @@ import torch
 from scipy.ndimage import correlate
 
 from conftest import ROOT
-from ipt.benchmark import bicubic_fn, evaluate
+from ipt.benchmark import PUBLISHED_BICUBIC, bicubic_fn, evaluate
 from ipt.data.benchmarks import load_benchmark
 from ipt.metrics import (
     PROTOCOLS,
@@ -176,21 +176,6 @@ def test_metrics_module_is_pure() -> None:
 
 # ------------------------------------------------------------------------------------------------ published rows
 
-# Bicubic rows of the SR literature (PSNR / SSIM on Y, crop = scale), e.g. the RCAN/EDSR/IPT tables.
-PUBLISHED_BICUBIC = {
-    ("Set5", 2): (33.66, 0.9299),
-    ("Set5", 3): (30.39, 0.8682),
-    ("Set5", 4): (28.42, 0.8104),
-    ("Set14", 2): (30.24, 0.8688),
-    ("Set14", 3): (27.55, 0.7742),
-    ("Set14", 4): (26.00, 0.7027),
-    ("B100", 2): (29.56, 0.8431),
-    ("B100", 3): (27.21, 0.7385),
-    ("B100", 4): (25.96, 0.6675),
-    ("Urban100", 2): (26.88, 0.8403),
-    ("Urban100", 3): (24.46, 0.7349),
-    ("Urban100", 4): (23.14, 0.6577),
-}
 # All-RGB sets (Set5, B100) score the same under both protocols (checked here on Set5; B100 only under matlab to keep
 # the run short). Set14 holds a grayscale image (bridge.png) that only the matlab protocol scores as the literature
 # does (ipt replicates it to RGB, as the official code: +0.09 dB on the set mean).
