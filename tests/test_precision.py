@@ -1,0 +1,68 @@
+"""Precision chosen from the hardware, and the bf16 autocast paths on the CPU (`--precision bf16`).
+
+The CUDA side lives in tests/test_gpu.py. Here: `auto` follows the CPU's flags (never assumed), an explicit bf16
+trains and restores on any CPU (slowly without native bf16, but correctly), and fp32 stays the exact path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import ipt.device
+from helpers_pairs import make_pair_root, tiny_pretrain
+from ipt.checkpoint import load_model
+from ipt.config import ModelSpec
+from ipt.model.ipt import IPT
+from ipt.restore import Restorer
+from ipt.train.loop import pretrain
+from ipt.train.state import read_metrics
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (frozenset({"avx2", "fma"}), "fp32"),  # AMD EPYC / older Xeon: bf16 would be emulated, ~10x slower
+        (frozenset({"avx2", "avx512f", "avx512_bf16"}), "bf16"),
+        (frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"}), "bf16"),  # Sapphire Rapids and later
+    ],
+)
+def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, expected) -> None:
+    monkeypatch.setattr(ipt.device, "cpu_flags", lambda: flags)
+    cpu = torch.device("cpu")
+    assert ipt.device.resolve_precision("auto", cpu) == expected
+    assert ipt.device.resolve_precision("fp32", cpu) == "fp32"  # asked for: never overridden
+    assert ipt.device.resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_unknown_precision_is_an_error_naming_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"unknown precision 'fp16'.*'auto', 'fp32', 'bf16'"):
+        ipt.device.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_bf16_autocast_training_on_cpu_learns_and_keeps_fp32_weights(tmp_path) -> None:
+    pairs = make_pair_root(tmp_path / "pairs", samples=8, shards=1)
+    cfg = tiny_pretrain(pairs, tmp_path / "bf16", steps=12, lr=2e-3, precision="bf16", device="cpu")
+    result = pretrain(cfg)
+    assert result["precision"] == "bf16"
+    rows = read_metrics(tmp_path / "bf16")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert all(np.isfinite(r["loss"]) and r["contrastive"] > 0 for r in rows)
+    first, last = np.mean([r["l1"] for r in rows[:3]]), np.mean([r["l1"] for r in rows[-3:]])
+    assert last < 0.9 * first, (first, last)
+    model = load_model(tmp_path / "bf16" / "model.pt")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # autocast: bf16 compute, fp32 master weights
+
+
+def test_bf16_restore_on_cpu_is_close_to_the_exact_fp32_path() -> None:
+    torch.manual_seed(0)
+    model = IPT(ModelSpec(n_feats=16, num_layers=1, num_heads=2, patch_size=12, tasks=(("sr_x2", 2),)))
+    img = np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    exact = Restorer(model, "sr_x2", precision="fp32", device="cpu")
+    approx = Restorer(model, "sr_x2", precision="bf16", device="cpu")
+    assert (exact.precision_used, approx.precision_used) == ("fp32", "bf16")
+    a, b = exact(img).astype(np.float64), approx(img).astype(np.float64)
+    assert a.shape == b.shape == (60, 82, 3)
+    psnr = 10 * np.log10(255**2 / max(np.mean((a - b) ** 2), 1e-12))
+    assert 30 < psnr < 99, psnr  # an approximation (not the exact path), but a close one
