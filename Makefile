@@ -16,7 +16,7 @@ export IPT_PROJECT_DIR ?= $(CURDIR)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv test test-gpu run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui
+.PHONY: venv test test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui
 
 venv: $(STAMP)
 
@@ -36,6 +36,12 @@ test: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu -rs
 
+# The pure-Python packages a bare CUDA + PyTorch machine lacks (webdataset, braceexpand), as wheels in .whl/, for
+# benchmarks/gpu_check.sh there (the lent device machine has no package index).
+gpu-wheels: $(STAMP)
+	rm -rf .whl && $(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl \
+		$$($(PY) -m pip freeze | grep -iE '^(webdataset|braceexpand)==')
+
 # The main job: the whole DVC DAG (shard -> corrupt@T -> pretrain -> finetune@T -> benchmark@T -> register@T) on the
 # embedded default (scikit-image's sample images, a tiny model) as the Prefect flow `ipt-pipeline`, then the table of
 # model vs baseline per task and the commands that open the MLflow and Prefect UIs. A second run does only what changed.
@@ -48,7 +54,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py --out docs/BENCHMARKS.md
 
-# Local services on 127.0.0.1 (docs/operations.md). PREFECT_API_URL / MLFLOW_TRACKING_URI are honoured when set.
+# Local services on 127.0.0.1 (README: The pipeline, four ways in). PREFECT_API_URL / MLFLOW_TRACKING_URI are honoured when set.
 PREFECT_PORT ?= 4200
 MLFLOW_PORT  ?= 5000
 prefect-deploy prefect-worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api

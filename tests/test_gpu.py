@@ -1,11 +1,13 @@
 """The CUDA paths: bf16 autocast training, CUDA inference against the CPU, and NCCL DDP parity.
 
 Marked `gpu` and skipped without CUDA (CI has none; `make test` deselects them). On a GPU machine:
-`make test-gpu`. NCCL refuses two ranks on one device, so the DDP test needs two GPUs and says so otherwise.
+`make test-gpu`. The NCCL test runs one rank on one GPU (torchrun joins a process group of one, so DDP and the
+collectives run on NCCL); NCCL refuses two ranks on one device, so its two-rank case needs two GPUs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -59,14 +61,25 @@ def test_cuda_inference_matches_the_cpu() -> None:
     assert 10 * torch.log10(255**2 / mse) > 35  # bf16 is an approximation, but a close one
 
 
-@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL DDP needs two GPUs (one rank per device)")
-def test_two_nccl_ranks_match_a_single_cuda_process(pairs, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "nproc",
+    [
+        1,  # a process group of one on one GPU: DDP and every collective of the loop go through NCCL
+        pytest.param(
+            2,
+            marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="two NCCL ranks need two GPUs"),
+        ),
+    ],
+)
+def test_nccl_ranks_match_a_single_cuda_process(pairs, tmp_path, monkeypatch, nproc) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions in both runs
     steps = 4
-    cmd = torchrun_pretrain(pairs, tmp_path / "ddp", device="cuda", steps=steps)
+    cmd = torchrun_pretrain(pairs, tmp_path / "ddp", device="cuda", steps=steps, nproc=nproc)
     env = os.environ | {"PYTHONPATH": str(ROOT), "NVIDIA_TF32_OVERRIDE": "0"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith('{"run_dir"')))
+    assert (summary["backend"], summary["world_size"]) == ("nccl", nproc)
     single = tiny_pretrain(pairs, tmp_path / "single", steps=steps, lr=5e-5, precision="fp32", device="cuda")
     pretrain(single)
     got, want = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")

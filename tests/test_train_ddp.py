@@ -9,6 +9,7 @@ whose gradient is pure cancellation noise (~1e-8 here) moves by a noise-driven f
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,10 +33,10 @@ def stage_flags(pairs, out, *, device: str, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
-def torchrun_pretrain(pairs, out, *, device: str, steps: int) -> list[str]:
-    """Two ranks on one node under torchrun: the command line."""
+def torchrun_pretrain(pairs, out, *, device: str, steps: int, nproc: int = 2) -> list[str]:
+    """``nproc`` ranks on one node under torchrun: the command line."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), "-m", "ipt.train.cli", "pretrain",
         *stage_flags(pairs, out, device=device, steps=steps),
     ]  # fmt: skip
@@ -51,7 +52,8 @@ def two_node_launch(pairs, out, *, steps: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _run_together(cmds: list[list[str]], cwd) -> None:
+def _run_together(cmds: list[list[str]], cwd) -> list[dict]:
+    """Run the commands at once; the result lines they print (rank 0's JSON summary)."""
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds
@@ -64,17 +66,22 @@ def _run_together(cmds: list[list[str]], cwd) -> None:
                 p.kill()
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
+    return [json.loads(x) for out in outs for x in out.splitlines() if x.startswith('{"run_dir"')]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("topology", ["one node, two ranks", "two nodes, one rank each"])
-def test_two_gloo_ranks_match_a_single_process(tmp_path, topology) -> None:
+@pytest.mark.parametrize("topology", ["one rank under torchrun", "one node, two ranks", "two nodes, one rank each"])
+def test_gloo_ranks_match_a_single_process(tmp_path, topology) -> None:
     pairs = make_pair_root(tmp_path / "pairs", samples=8, shards=1)  # one shard per task, two ranks
     steps = 4
-    if topology == "one node, two ranks":
-        _run_together([torchrun_pretrain(pairs, tmp_path / "ddp", device="cpu", steps=steps)], ROOT)
+    if topology == "one rank under torchrun":  # a process group of one: DDP and the collectives, world size 1
+        results = _run_together([torchrun_pretrain(pairs, tmp_path / "ddp", device="cpu", steps=steps, nproc=1)], ROOT)
+    elif topology == "one node, two ranks":
+        results = _run_together([torchrun_pretrain(pairs, tmp_path / "ddp", device="cpu", steps=steps)], ROOT)
     else:  # both "nodes" run the same command; the c10d store hands out the ranks. No params.yaml in cwd.
-        _run_together([two_node_launch(pairs, tmp_path / "ddp", steps=steps)] * 2, tmp_path)
+        results = _run_together([two_node_launch(pairs, tmp_path / "ddp", steps=steps)] * 2, tmp_path)
+    world = 1 if topology == "one rank under torchrun" else 2
+    assert [(r["backend"], r["world_size"]) for r in results] == [("gloo", world)]  # rank 0's summary, once
 
     single = tiny_pretrain(pairs, tmp_path / "single", steps=steps, lr=5e-5, precision="fp32", device="cpu")
     pretrain(single)

@@ -29,7 +29,8 @@ class DistEnv:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        """In a process group: DDP, the contrastive all-gather and the rank reductions are on (also for one rank)."""
+        return self.loss_group is not None
 
 
 def _device(name: str, local_rank: int) -> torch.device:
@@ -45,20 +46,33 @@ def _device(name: str, local_rank: int) -> torch.device:
     return dev
 
 
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it for every worker, also for a single one
+
+
 def setup(device: str = "auto") -> DistEnv:
-    """Join the job ``torchrun`` describes in RANK/WORLD_SIZE/LOCAL_RANK (a single process when they are unset)."""
+    """Join the job ``torchrun`` describes in RANK/WORLD_SIZE/LOCAL_RANK; a plain process when not under torchrun.
+
+    Under torchrun the process group is joined whatever the world size, so one rank runs the same code as many
+    (DDP, the collectives on NCCL or gloo): a one-GPU machine exercises the NCCL path.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _device(device, local_rank)
     env = DistEnv(rank=rank, world=world, local_rank=local_rank, device=dev)
-    if world > 1:
+    if world > 1 or launched_by_torchrun():
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
             env.owns_group = True
         env.rank, env.world = dist.get_rank(), dist.get_world_size()
         env.loss_group = dist.new_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return env
+
+
+def backend(env: DistEnv) -> str:
+    """'nccl' / 'gloo' in a process group, else 'none' (a plain process)."""
+    return str(dist.get_backend()) if env.distributed else "none"
 
 
 def teardown(env: DistEnv) -> None:

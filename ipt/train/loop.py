@@ -327,6 +327,7 @@ def _finish(
 ) -> dict[str, Any]:
     run = Path(cfg.out)
     out = {"run_dir": str(run), "steps": cfg.steps, "resumed_from": start, "precision": precision, "last": last}
+    out["world_size"], out["backend"] = env.world, D.backend(env)
     out["model"] = str(run / S.FINAL)
     if env.is_main:
         meta = {"stage": cfg.stage, "steps": cfg.steps, "tasks": list(cfg.train_tasks), "seed": cfg.seed}
