@@ -35,19 +35,41 @@ def _warn(msg: str) -> None:
 
 
 def _pairs(inp: Path, out: Path) -> list[tuple[Path, Path]]:
+    """(input, output) per image. Outputs are PNG; an output named without a suffix (or ending in /) is a folder."""
     if inp.is_dir():
         if out.exists() and not out.is_dir():
             raise UserError(f"{out}: output must be a folder when the input {inp} is a folder")
+        src, dst = inp.resolve(), out.resolve()
+        if dst == src or src in dst.parents:
+            raise UserError(f"{out}: the output folder is the input folder {inp} or inside it; choose another")
         files = list_images(inp)
         if not files:
             raise UserError(f"{inp}: no images found (looked for .png, .jpg, .jpeg, .bmp, .tif, .webp)")
-        return [(f, out / f.relative_to(inp).with_suffix(".png")) for f in files]
+        pairs = [(f, out / f.relative_to(inp).with_suffix(".png")) for f in files]
+        seen: dict[Path, Path] = {}
+        for f, o in pairs:
+            if o in seen:
+                raise UserError(f"{seen[o]} and {f} would both be written to {o}; rename one of them")
+            seen[o] = f
+        return pairs
     if not inp.exists():
         raise UserError(f"{inp}: no such file or folder")
-    target = out / f"{inp.stem}.png" if out.is_dir() or str(out).endswith("/") else out
+    folder = out.is_dir() or str(out).endswith("/") or (not out.suffix and not out.exists())
+    target = out / f"{inp.stem}.png" if folder else out
+    if target.suffix.lower() != ".png":
+        raise UserError(f"{out}: outputs are PNG (lossless, as the official evaluation); name it .png or a folder")
     if target.resolve() == inp.resolve():
         raise UserError(f"{inp}: output would overwrite the input")
     return [(inp, target)]
+
+
+def _check_restore_flags(args: argparse.Namespace) -> None:
+    if args.batch < 1:
+        raise UserError(f"--batch must be >= 1, not {args.batch}")
+    if args.num_heads < 1:
+        raise UserError(f"--num-heads must be >= 1, not {args.num_heads}")
+    if args.overlap is not None and args.overlap < 0:
+        raise UserError(f"--overlap must be >= 0, not {args.overlap}")
 
 
 def _restore_all(restorer, pairs: list[tuple[Path, Path]], progress: bool) -> list[tuple[Path, str]]:
@@ -59,11 +81,18 @@ def _restore_all(restorer, pairs: list[tuple[Path, Path]], progress: bool) -> li
             img, notes = read_image(src)
             for n in notes:
                 _warn(f"{src}: {n}")
-            write_png(dst, restorer(img))
-        except ImageReadError as e:
-            failed.append((src, str(e)))
+            out = restorer(img)
+        except (ImageReadError, ValueError) as e:  # ValueError: this image does not fit the tiling, say
+            why = str(e) if isinstance(e, ImageReadError) else f"{src}: {e}"
+            failed.append((src, why))
             if len(pairs) == 1:
-                raise UserError(str(e)) from None
+                raise UserError(why) from None
+            continue
+        try:
+            write_png(dst, out)
+        except OSError as e:  # every later write would fail the same way; what was written stays
+            where = f": {e.filename}" if e.filename and str(e.filename) != str(dst) else ""
+            raise UserError(f"{dst}: cannot write ({e.strerror or e}{where})") from None
     return failed
 
 
@@ -71,6 +100,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ipt.checkpoint import load_model
     from ipt.restore import Restorer, refined_restorer
 
+    _check_restore_flags(args)
     pairs = _pairs(Path(args.input), Path(args.output))
     weights = args.weights
     if weights.startswith("models:/"):
@@ -102,7 +132,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if len(model.spec.task_names) != 1:
                 raise UserError(f"{args.weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")
             args.task = model.spec.task_names[0]
-        restorer = Restorer(model, args.task, precision=args.precision, **options)
+        try:
+            restorer = Restorer(model, args.task, precision=args.precision, **options)
+        except (ValueError, RuntimeError) as e:  # a device that is not there, an overlap the window cannot take
+            raise UserError(f"{args.weights}: {str(e).splitlines()[0]}") from None
     t0 = time.perf_counter()
     failed = _restore_all(restorer, pairs, progress=not args.quiet)
     done = len(pairs) - len(failed)

@@ -27,6 +27,11 @@ class Restorer:
 
     def __post_init__(self) -> None:
         self.model.spec.index_of(self.task)  # KeyError naming the model's tasks
+        patch = self.model.spec.patch_size
+        if self.overlap is not None and not 0 <= self.overlap < patch:
+            raise ValueError(f"overlap must be in [0, {patch}) for this model's {patch}-px windows, not {self.overlap}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, not {self.batch}")
         self._device = resolve_device(self.device)
         self._precision = resolve_precision(self.precision, self._device)
         self.model = self.model.to(self._device).eval()

@@ -131,3 +131,93 @@ def test_demo_runs_restore_in_both_tilings(tmp_path) -> None:
     for tiling in ("overlap", "official"):
         out = np.asarray(Image.open(tmp_path / tiling / "testcard_x2.png"))
         assert out.shape == (96, 128, 3)
+
+
+def _restore(*argv: str) -> int:
+    return main(["restore", *map(str, argv), "--quiet"])
+
+
+def test_a_folder_is_never_restored_into_itself(tmp_path, weights, images, capsys) -> None:
+    before = {p: p.read_bytes() for p in images.rglob("*") if p.is_file()}
+    for out in (images, images / "restored"):
+        assert _restore(images, out, "--weights", weights, "--task", "denoise_s30") == 2
+        err = capsys.readouterr().err.strip()
+        assert "is the input folder" in err and len(err.splitlines()) == 1
+    assert {p: p.read_bytes() for p in images.rglob("*") if p.is_file()} == before  # nothing written, nothing lost
+
+
+def test_two_inputs_with_one_output_name_are_refused(tmp_path, weights, images, capsys) -> None:
+    Image.open(images / "a.png").save(images / "a.jpg", quality=95)
+    assert _restore(images, tmp_path / "out", "--weights", weights, "--task", "denoise_s30") == 2
+    err = capsys.readouterr().err
+    assert "a.jpg and" in err and "a.png would both be written to" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_the_tiling_cannot_take_fails_alone(tmp_path, weights, images, capsys) -> None:
+    rc = _restore(images, tmp_path / "out", "--weights", weights, "--task", "denoise_s30", "--tiling", "official")
+    err = capsys.readouterr().err
+    assert rc == 1  # small.jpg (30x20) is below the official 48-px window; the others are restored
+    assert "sub/small.jpg: official tiling needs H, W >= 48" in err and "restored 4/6" in err
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.png")) == ["a.png", "alpha.png", "deep16.png", "gray.png"]
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--batch", "0"], "--batch must be >= 1"),
+        (["--overlap", "-3"], "--overlap must be >= 0"),
+        (["--overlap", "100"], "overlap must be in [0, 48)"),
+        (["--num-heads", "0"], "--num-heads must be >= 1"),
+        (["--device", "gpu"], "gpu"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "cuda"),
+    ],
+)
+def test_bad_flag_values_are_one_line_errors(tmp_path, weights, images, capsys, flags, message) -> None:
+    assert _restore(images / "a.png", tmp_path / "o.png", "--weights", weights, "--task", "sr_x2", *flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_outputs_are_png_files_or_folders(tmp_path, weights, images, capsys) -> None:
+    assert _restore(images / "a.png", tmp_path / "o.jpg", "--weights", weights, "--task", "denoise_s30") == 2
+    assert "o.jpg: outputs are PNG" in capsys.readouterr().err
+    assert _restore(images / "a.png", tmp_path / "restored", "--weights", weights, "--task", "denoise_s30") == 0
+    assert (tmp_path / "restored" / "a.png").is_file()  # no suffix: a folder, as a trailing slash
+    capsys.readouterr()
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    assert _restore(images / "a.png", blocker / "x.png", "--weights", weights, "--task", "denoise_s30") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {blocker / 'x.png'}: cannot write") and len(err.splitlines()) == 1
+
+
+def test_exif_orientation_and_16_bit_colour(tmp_path, weights, capsys) -> None:
+    rng = np.random.default_rng(1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape 40x20, shown rotated 90 degrees: portrait 20 wide, 40 high
+    Image.fromarray(rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    assert _restore(tmp_path / "phone.jpg", tmp_path / "o.png", "--weights", weights, "--task", "sr_x2") == 0
+    assert np.asarray(Image.open(tmp_path / "o.png")).shape == (80, 40, 3)
+    assert "phone.jpg: EXIF orientation 6 applied" in capsys.readouterr().err
+    # 16-bit RGB, which Pillow reads as each sample's high byte: said, not silent
+    deep = rng.integers(0, 65536, (24, 30, 3)).astype(">u2")
+    (tmp_path / "deep.png").write_bytes(_png16_rgb(deep))
+    assert _restore(tmp_path / "deep.png", tmp_path / "d.png", "--weights", weights, "--task", "denoise_s30") == 0
+    assert "deep.png: 16-bit colour read at 8 bits" in capsys.readouterr().err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "d.png")).shape, (24, 30, 3))
+
+
+def _png16_rgb(a: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2, unfiltered rows."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = a.shape
+    rows = b"".join(b"\0" + a[i].astype(">u2").tobytes() for i in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")

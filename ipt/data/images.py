@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -39,19 +39,37 @@ def _to_rgb8(img: Image.Image) -> tuple[np.ndarray, list[str]]:
     return np.asarray(rgb, dtype=np.uint8).copy(), notes
 
 
+def _sixteen_bit_colour(img: Image.Image) -> bool:
+    """A 16-bit-per-channel colour file, which Pillow decodes to 8 bits by keeping each sample's high byte."""
+    raw = img.tile[0].args if img.tile else None  # the decoder's raw mode, e.g. 'RGB;16B' (known before load())
+    return img.mode in ("RGB", "RGBA") and ";16" in str(raw)
+
+
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
-    """Decode ``path`` fully into an (H, W, 3) uint8 array; also return notes on the conversions made."""
+    """Decode ``path`` fully into an (H, W, 3) uint8 array; also return notes on the conversions made.
+
+    An EXIF orientation (phones' JPEGs) is applied, so the array is the picture as viewers show it.
+    """
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(f"{p}: no such file")
     try:
         with Image.open(p) as img:
+            sixteen = _sixteen_bit_colour(img)
             img.load()  # force full decode: truncated files fail here, not later
-            arr, notes = _to_rgb8(img)
+            orientation = img.getexif().get(0x0112, 1)
+            upright = ImageOps.exif_transpose(img) if orientation not in (1, None) else img
+            arr, notes = _to_rgb8(upright)
     except ImageReadError as e:
         raise ImageReadError(f"{p}: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{p}: refused, too many pixels ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{p}: cannot decode image ({e})") from None
+    if sixteen:
+        notes.insert(0, "16-bit colour read at 8 bits (each sample's high byte: at most 1 level below rounding)")
+    if orientation not in (1, None):
+        notes.append(f"EXIF orientation {orientation} applied")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageReadError(f"{p}: empty image")
     return arr, notes
