@@ -81,18 +81,19 @@ def evaluate(
     seconds = 0.0
     for pair in dataset.pairs:
         t0 = time.perf_counter()
-        out = restore_fn(pair.lq)
-        dt = time.perf_counter() - t0
-        seconds += dt
-        sr = as_chw(out)
         h, w = _shape(pair.lq)
-        if tuple(sr.shape[-2:]) != (h * scale, w * scale):
-            raise ValueError(
-                f"{dataset.name}/{pair.name}: output is {tuple(sr.shape[-2:])} for a {h}x{w} input at x{scale}; "
-                f"expected {(h * scale, w * scale)}"
-            )
-        H, W = pair.hr.shape[:2]
-        record = {"name": pair.name, **score(sr[:, :H, :W], pair.hr, crop_border=border, protocol=protocol)}
+        try:  # an image too small for the tiling or for the crop border: name it
+            out = restore_fn(pair.lq)
+            dt = time.perf_counter() - t0
+            sr = as_chw(out)
+            if tuple(sr.shape[-2:]) != (h * scale, w * scale):
+                got, want = tuple(sr.shape[-2:]), (h * scale, w * scale)
+                raise ValueError(f"output is {got} for a {h}x{w} input at x{scale}; expected {want}")
+            H, W = pair.hr.shape[:2]
+            record = {"name": pair.name, **score(sr[:, :H, :W], pair.hr, crop_border=border, protocol=protocol)}
+        except ValueError as e:
+            raise ValueError(f"{dataset.name}/{pair.name} in {dataset.folder} ({h}x{w} input): {e}") from None
+        seconds += dt
         per_image.append(record)
         if on_output is not None:
             on_output(dataset.name, pair, sr)

@@ -229,6 +229,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     root = Path(args.root)
     args.out = args.out.format(task=args.task)
+    for target in (args.out, args.markdown):  # before minutes of evaluation, not after
+        if target:
+            _check_writable(Path(target))
     requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     corruption = _benchmark_corruption(args)  # None for sr_xN / denoise_sNN / derain
     try:
@@ -280,21 +283,36 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             on_output=keep_first,
             corruption=corruption,
         )
-    except ValueError as e:  # e.g. an image smaller than the official tiling's 48-px window
+        write_json(args.out, report)
+        if tracker is not None:
+            log_report(tracker, report, samples, args.out)
+        table = markdown_table(report)
+        if args.markdown:
+            Path(args.markdown).write_text(table)
+    except BaseException as e:  # the MLflow run this command owns ends FAILED, never stays RUNNING
         if owned:
             tracker.finish("FAILED")
-        raise UserError(str(e)) from None
-    write_json(args.out, report)
-    if tracker is not None:
-        log_report(tracker, report, samples, args.out)
+        if isinstance(e, ValueError):  # e.g. an image smaller than the official tiling's 48-px window
+            raise UserError(str(e)) from None
+        if isinstance(e, OSError):
+            raise UserError(f"{e.filename or args.out}: cannot write ({e.strerror or e})") from None
+        raise
     if owned:
         tracker.finish()
-    table = markdown_table(report)
     print(table, end="")
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table)
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Create ``path``'s folder and a scratch file in it, or a one-line error naming ``path``."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as e:
+        raise UserError(f"{path}: cannot write there ({e.strerror or e})") from None
 
 
 def add_benchmark(sub: argparse._SubParsersAction) -> None:

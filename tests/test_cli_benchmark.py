@@ -152,7 +152,7 @@ def test_evaluate_calls_on_result_and_caps_identical_images() -> None:
 
 def test_evaluate_rejects_wrong_output_sizes() -> None:
     img = _smooth(24, 24, 0)
-    with pytest.raises(ValueError, match="Tiny/a: output is"):
+    with pytest.raises(ValueError, match="Tiny/a in .*: output is"):
         evaluate(lambda lq: lq[:20], _set([BenchmarkPair("a", img, img)]), scale=1)
 
 
@@ -169,3 +169,52 @@ def test_restorer_fn_passes_float_inputs_unquantized() -> None:
     out = restorer_fn(rec)(u8)
     assert out.shape == (1, 3, 8, 8) and out.dtype == torch.float32
     np.testing.assert_array_equal(out[0].permute(1, 2, 0).numpy(), u8)
+
+
+def test_bad_set_files_and_outputs_are_one_line_errors(sr_root: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """A corrupt image and an image the tiling cannot take are named; an unwritable --out is refused before the
+    evaluation starts; the benchmark's own MLflow run ends FAILED, not RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("IPT_TRACKING", "on")
+    base = ["benchmark", "--task", "sr_x2", "--root", str(sr_root), "--datasets", "Set5", "--tracking-uri", uri]
+    base.append("--quiet")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main([*base, "--model", "bicubic", "--out", str(blocker / "r.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {blocker / 'r.json'}: cannot write there") and len(err.splitlines()) == 1, err
+
+    small = _smooth(40, 40, 3)  # a 20x20 LR file: below the official tiling's 48-px window
+    Image.fromarray(small).save(sr_root / "Set5" / "HR" / "zebra.png")
+    Image.fromarray(imresize_uint8(small, 0.5)).save(sr_root / "Set5" / "LR_bicubic" / "X2" / "zebrax2.png")
+    out = tmp_path / "w.json"
+    argv = [*base, "--model", str(_weights_sr_x2(tmp_path)), "--tiling", "official", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Set5/zebra in" in err and "official tiling needs H, W >= 48" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+    (sr_root / "Set5" / "HR" / "zebra.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert main([*base, "--model", "bicubic", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "zebra.png: cannot decode image" in err and len(err.splitlines()) == 1, err
+    statuses = {
+        r.info.status
+        for r in MlflowClient(uri).search_runs(
+            MlflowClient(uri).search_experiments()[0:1]
+            and [e.experiment_id for e in MlflowClient(uri).search_experiments()]
+        )
+    }
+    assert "RUNNING" not in statuses and "FAILED" in statuses, statuses
+
+
+def _weights_sr_x2(tmp_path: Path) -> Path:
+    from ipt.config import ModelSpec
+    from ipt.model import build_ipt
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny_sr_x2.pt"
+    torch.save(build_ipt(ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=2)).state_dict(), path)
+    return path

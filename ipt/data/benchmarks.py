@@ -186,9 +186,9 @@ def _check_paired(a_dir: Path, a: Iterable[str], b_dir: Path, b: Iterable[str], 
 
 def _read(path: Path) -> tuple[np.ndarray, bool]:
     """(H, W, 3) uint8 RGB and whether the file is single-channel."""
+    rgb, _notes = read_image(path)  # an ImageReadError naming the file when it cannot be decoded
     with Image.open(path) as im:
         gray = im.mode in GRAY_MODES
-    rgb, _notes = read_image(path)
     return rgb, gray
 
 
