@@ -660,7 +660,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="restore a sample image with a tiny random IPT (what `make run` does for now)")
+    p = sub.add_parser(
+        "demo", help="restore a sample image with a tiny random-weight IPT (a smoke run of `ipt restore`)"
+    )
     p.add_argument("--out", default="outputs/demo")
     p.set_defaults(func=cmd_demo)
 
@@ -769,6 +771,26 @@ def launch_argv(argv: list[str], launch: argparse.ArgumentParser) -> list[str]:
     return ["launch", *front, head[stage_at], "--", *rest, *tail]
 
 
+def _check_param_values(path: Path, command: str, section: dict, sub: argparse.ArgumentParser) -> None:
+    """Each value goes through its flag's type and choices here, so a bad one is reported against the params file
+    and key (argparse would blame a flag the user never typed)."""
+    actions = {a.dest: a for a in sub._actions}
+    for key, value in section.items():
+        action = actions.get(key)
+        if action is None:
+            continue
+        if isinstance(value, bool) and action.type not in (None, bool) and action.nargs != 0:
+            raise UserError(f"{path}: {command}.{key}: expected a value for --{key.replace('_', '-')}, not {value}")
+        try:
+            if action.type is not None and isinstance(value, (str, int, float)):
+                value = action.type(str(value))  # 1.5 for an integer flag is an error, as on the command line
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise UserError(f"{path}: {command}.{key}: invalid value {value!r} ({e})") from None
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise UserError(f"{path}: {command}.{key}: {value!r} is not one of {choices}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser, subs = build_parser()
     argv = launch_argv(list(sys.argv[1:] if argv is None else argv), subs["launch"])
@@ -778,7 +800,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         path = Path(source)
         explicit = source != "params.yaml" or getattr(args, "params", None) is not None
         if explicit or path.is_file():
-            subs[args.command].set_defaults(**params_section(path, args.command))
+            section = params_section(path, args.command)
+            _check_param_values(path, args.command, section, subs[args.command])
+            subs[args.command].set_defaults(**section)
             args = parser.parse_args(argv)
     for name in getattr(args, "required_from_params", ()):
         if getattr(args, name) is None:

@@ -92,3 +92,27 @@ def test_params_file_lists_of_numbers_reach_the_config(tmp_path) -> None:
     cfg = config_for("finetune", {"milestones": args.milestones, "pixel_loss": args.pixel_loss, "init": args.init})
     assert cfg.resolved_milestones() == (2, 3) and cfg.pixel_loss == "charbonnier"
     assert parse_args(["pretrain", *params]).task_weights == [1.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("pretrain:\n  lr: fast\n", "pretrain.lr: invalid value 'fast'"),
+        ("pretrain:\n  steps: 1.5\n", "pretrain.steps: invalid value 1.5"),
+        ("pretrain:\n  precision: fp16\n", "pretrain.precision: 'fp16' is not one of auto, fp32, bf16"),
+        ("benchmark:\n  tiling: overlapp\n", "benchmark.tiling: 'overlapp' is not one of overlap, official"),
+    ],
+)
+def test_bad_params_values_name_the_file_and_key(tmp_path, capsys, section, message) -> None:
+    """A wrong value in params.yaml is reported against the file and key, not a flag the user never typed."""
+    from ipt.cli import main
+
+    (tmp_path / "p.yaml").write_text(section)
+    command = section.split(":")[0]
+    argv = [command, "--params", str(tmp_path / "p.yaml"), *(["--task", "sr_x2"] if command == "benchmark" else [])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'p.yaml'}: {message}" or err.startswith(
+        f"error: {tmp_path / 'p.yaml'}: {message}"
+    )
+    assert len(err.splitlines()) == 1
