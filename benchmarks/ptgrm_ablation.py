@@ -268,9 +268,23 @@ def verdict(table: list[dict]) -> tuple[str, dict[str, float]]:
     return (
         f"the pretrained ImageNet prior {word} the random control here: {diff:+.3f} dB mean over "
         f"{len(pairs)} task/dataset rows (more than {margin} dB better on {wins} of {len(pairs)}); the paper "
-        "reports +0.2 to +0.35 dB for strong bases with a CLIP prior (against no PTG-RM, not against a random prior)",
+        "reports +0.2 to +0.35 dB for strong bases with a CLIP prior (against no PTG-RM, not against a random prior)"
+        + _none_clause(mean, margin),
         mean,
     )
+
+
+def _none_clause(mean: dict[str, float], margin: float) -> str:
+    """The zero prior (`none`, g = 0) separates "a prior helps" from PTG-RM's image path alone: say where it stands."""
+    if "none" not in mean:
+        return ""
+    diff = mean["mobilenet_v2_imagenet"] - mean["none"]
+    if abs(diff) <= margin:
+        return (
+            f"; it also ties with the zero prior `none` ({diff:+.3f} dB mean), so the gain at this budget comes from "
+            "PTG-RM's image path, not from any prior"
+        )
+    return f"; against the zero prior `none` it is {diff:+.3f} dB (mean)"
 
 
 def markdown(
