@@ -179,17 +179,19 @@ def make_restore_fn(
         return identity_fn, {"tiling": None, "precision": None}
     if model.startswith(MODEL_URI_PREFIX):
         model = str(resolve_model_uri(model, tracking_uri))
-    from ipt.checkpoint import load_model
+    from ipt.checkpoint import file_sha256, load_model
     from ipt.restore import Restorer, refined_restorer
 
     options = {"tiling": tiling, "batch": batch, "device": device, "precision": precision}
     refined = refined_restorer(model, task, tracking_uri=tracking_uri, num_heads=num_heads, **options)
     if refined is not None:  # a PTG-RM refiner checkpoint: its base, then the refiner (ipt/refine)
-        return restorer_fn(refined), {"tiling": tiling, "precision": refined.precision_used, "refiner": "ptgrm"}
+        info = {"tiling": tiling, "precision": refined.precision_used, "refiner": "ptgrm"}
+        return restorer_fn(refined), info | {"model_sha256": file_sha256(model)}
 
     net = load_model(model, task, num_heads=num_heads)
     restorer = Restorer(net, task, tiling=tiling, batch=batch, device=device, precision=precision)
-    return restorer_fn(restorer), {"tiling": tiling, "precision": restorer.precision_used}
+    info = {"tiling": tiling, "precision": restorer.precision_used, "model_sha256": file_sha256(model)}
+    return restorer_fn(restorer), info
 
 
 def run_benchmark(
@@ -204,9 +206,15 @@ def run_benchmark(
     on_result: OnResult | None = None,
     on_output: OnOutput | None = None,
     corruption: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """The full report: run metadata, the protocol id and one :func:`evaluate` block per dataset. A custom task
-    (``corruption`` given) also records the corruption that made its inputs (name, params, scale, seed)."""
+    (``corruption`` given) also records the corruption that made its inputs (name, params, scale, seed).
+
+    ``model_sha256`` (from ``info``; None for a baseline) says which weights were scored, so ``ipt register`` can
+    check the report against a checkpoint; ``seed`` (the denoising noise seed) and ``limit`` (images per set, None
+    for all) say what was scored."""
     kind, param = task_kind(task, corruption)
     scale = int(param) if kind in ("sr", "custom") else 1
     report: dict[str, Any] = {
@@ -214,8 +222,11 @@ def run_benchmark(
         "model": model,
         "protocol": protocol,
         "protocol_id": PROTOCOLS[check_protocol(protocol)],
+        "model_sha256": info.get("model_sha256"),
         "tiling": info.get("tiling"),
         "precision": info.get("precision"),
+        "seed": seed,
+        "limit": limit,
         "hardware": hardware,
     }
     if kind == "custom":

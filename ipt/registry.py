@@ -6,10 +6,21 @@
   ``head.pt`` and ``tail.pt`` as separate artifacts (state dicts with their official key names), plus the
   benchmark report it was scored with.
 - ``ipt-pretrained``: the multi-task model; ``model.pt`` only.
+- The report must be of this checkpoint: its ``model_sha256`` (when it records one) must be the checkpoint file's;
+  a report without it is matched by path (its ``model``, resolved against the current directory, must be the
+  checkpoint) or, for a ``models:/`` URI, not checked; both with a :class:`RegistryWarning`. A baseline report
+  (``bicubic`` / ``identity`` / ``baseline``) is refused. These are :class:`RegistryError`\\ s naming the report.
 - Alias ``champion`` moves to a new version only when its score (mean ``psnr_y`` over the report's datasets, or
-  one dataset's) beats the current champion's, scored with the same protocol and datasets. The newest version is
-  ``models:/<name>/latest`` (MLflow reserves that name). The decision and its reason are returned (and written
-  by ``ipt register --out``).
+  one dataset's) beats the current champion's *and the two are comparable*: they have the same score key
+  (:func:`score_key`): task, protocol, metric, datasets with their image counts, a hash of the image names scored
+  (so a ``--limit 1`` score never meets a full-set one) and what made the inputs (the noise seed of a denoising
+  task, the corruption spec of a custom one). Tiling and precision are not in the key: they change how the model
+  is run, not the test; they are tagged (``score_tiling``, ``score_precision``) and a difference from the
+  champion's is noted in the reason. A score under another key keeps the champion (nothing is rescored; the
+  version is registered all the same) unless ``allow_new_key=True``, which lets it take over with its key, the way
+  to move a champion scored under an older key format. The newest version is ``models:/<name>/latest`` (MLflow
+  reserves that name). The decision, its reason and any warnings are returned (and written by ``ipt register
+  --out``).
 
 No mlflow import here: the client calls are in :mod:`ipt.tracking`.
 """
@@ -18,26 +29,72 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ipt import tracking
-from ipt.checkpoint import extract_task, load_model, official_state_dict, save_checkpoint
+from ipt.benchmark import BASELINES, MODEL_URI_PREFIX
+from ipt.checkpoint import extract_task, file_sha256, load_model, official_state_dict, save_checkpoint
 
 CHAMPION = "champion"
+BASELINE_MODELS = (*BASELINES, "baseline")  # what a baseline report records as its model (`--model baseline`)
+_SEEDED = re.compile(r"^denoise_s")  # tasks whose benchmark inputs are drawn from the noise seed
 
 
 class RegistryError(ValueError):
     """A registration request that cannot be carried out; the message names the file or model."""
 
 
+class RegistryWarning(UserWarning):
+    """A registration that went ahead on weaker evidence (e.g. a report matched to its checkpoint by path only)."""
+
+
+def _short_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def score_key(report: dict[str, Any], metric: str, names: list[str]) -> str:
+    """What makes two scores comparable, as ``name=value`` parts joined by ``|``.
+
+    ``task``, ``protocol``, ``metric``, ``sets`` (each dataset with its image count), ``images`` (a hash of the image
+    names per dataset, when the report lists them in ``per_image``) and what made the inputs: ``inputs`` (the name
+    and a hash of a custom task's corruption spec, seed included) or ``seed`` (a denoising task's noise seed;
+    ``unrecorded`` in reports that predate it). Tiling and precision are left out (see the module docstring).
+    """
+    datasets = report["datasets"]
+    sets, images = [], {}
+    for n in names:
+        block = datasets[n]
+        per_image = block.get("per_image")
+        count = block.get("images", len(per_image) if per_image is not None else None)
+        if count is None:
+            raise RegistryError(f"benchmark report does not say how many images of {n} it scored")
+        if per_image is not None:
+            if len(per_image) != count:
+                raise RegistryError(f"benchmark report: {n} says {count} images but lists {len(per_image)}")
+            images[n] = sorted(str(r.get("name")) for r in per_image)
+        sets.append(f"{n}:{count}")
+    parts = [f"task={report.get('task', '?')}", f"protocol={report.get('protocol', '?')}", f"metric={metric}"]
+    parts.append(f"sets={','.join(sets)}")
+    if images:
+        parts.append(f"images={_short_hash(images)}")
+    if report.get("corruption"):
+        parts.append(f"inputs={report['corruption'].get('name', '?')}#{_short_hash(report['corruption'])}")
+    elif _SEEDED.match(str(report.get("task") or "")):
+        parts.append(f"seed={report.get('seed', 'unrecorded')}")
+    return "|".join(parts)
+
+
 def score_of(report: dict[str, Any], metric: str = "psnr_y", dataset: str | None = None) -> tuple[float, str]:
     """(score, score key) from an ``ipt benchmark`` report: one dataset's ``metric`` or the mean over datasets.
 
-    The key (protocol, metric, datasets) says what the number means; scores with different keys do not compare.
+    The key (:func:`score_key`: task, protocol, metric, datasets, the images scored and what made the inputs) says
+    what the number means; scores with different keys do not compare.
     """
     datasets = report.get("datasets") or {}
     if not datasets:
@@ -47,11 +104,47 @@ def score_of(report: dict[str, Any], metric: str = "psnr_y", dataset: str | None
     if missing:
         raise RegistryError(f"benchmark report lacks {metric} for {missing}; it has {sorted(datasets)}")
     score = sum(float(datasets[n][metric]) for n in names) / len(names)
-    return score, f"{report.get('protocol', '?')}:{metric}:{','.join(names)}"
+    return score, score_key(report, metric, names)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def check_report_model(
+    report: dict[str, Any], checkpoint: Path, checkpoint_sha256: str, report_path: str | Path | None = None
+) -> tuple[str, list[str]]:
+    """Is ``report`` a score of ``checkpoint``? Returns (how it was checked, warnings); raises :class:`RegistryError`.
+
+    ``sha256``: the report's ``model_sha256`` is the checkpoint file's. Reports without that field (written before
+    ``ipt benchmark`` recorded it): ``path`` when their ``model`` path, resolved against the current directory, is
+    the checkpoint; ``unchecked`` for a ``models:/`` URI; both with a warning. A baseline report is refused.
+    """
+    where = str(report_path) if report_path else "benchmark report"
+    model = report.get("model")
+    if model in BASELINE_MODELS:
+        raise RegistryError(
+            f"{where}: scores the {model!r} baseline, not {checkpoint}; benchmark the checkpoint "
+            f"(ipt benchmark --model {checkpoint}) and register that report"
+        )
+    recorded = report.get("model_sha256")
+    if recorded:
+        if str(recorded).lower() != checkpoint_sha256:
+            raise RegistryError(
+                f"{where}: scored weights with sha256 {str(recorded)[:12]}..., but {checkpoint} has sha256 "
+                f"{checkpoint_sha256[:12]}...; it is not a score of this checkpoint"
+            )
+        return "sha256", []
+    if not model:
+        raise RegistryError(f"{where}: records neither model nor model_sha256; cannot tell what it scored")
+    if str(model).startswith(MODEL_URI_PREFIX):
+        return "unchecked", [f"{where} records no model_sha256 and scored {model}; not checked against {checkpoint}"]
+    scored, ours = Path(model).expanduser().resolve(), checkpoint.expanduser().resolve()
+    if scored != ours:
+        raise RegistryError(
+            f"{where}: scored {model!r} ({scored}), not {checkpoint} ({ours}); the report records no "
+            f"model_sha256, so the paths were compared (relative ones against the current directory)"
+        )
+    return "path", [
+        f"{where} records no model_sha256: matched to {checkpoint} by path only (the file may have changed since "
+        f"it was scored)"
+    ]
 
 
 def register(
@@ -63,19 +156,36 @@ def register(
     report_path: str | Path | None = None,
     metric: str = "psnr_y",
     dataset: str | None = None,
+    allow_new_key: bool = False,
     tracker: tracking.MlflowTracker,
 ) -> dict[str, Any]:
-    """Register ``checkpoint`` (for ``task``, or the whole multi-task model) and decide the champion alias."""
+    """Register ``checkpoint`` (for ``task``, or the whole multi-task model) and decide the champion alias.
+
+    ``allow_new_key``: a score that is not comparable with the champion's (another score key) takes the alias
+    anyway; without it the champion stays. Either way nothing is rescored.
+    """
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint, task)
     name = name or (f"ipt-{task}" if task else "ipt-pretrained")
-    tags = {"checkpoint_sha256": _sha256(checkpoint), "source": str(checkpoint)}
+    sha = file_sha256(checkpoint)
+    tags = {"checkpoint_sha256": sha, "source": str(checkpoint)}
     score = key = None
+    notes: list[str] = []
+    setup: dict[str, str] = {}
     if report is not None:
-        score, key = score_of(report, metric, dataset)
-        tags.update(score=f"{score:.6f}", score_key=key)
         if task and report.get("task") not in (None, task):
             raise RegistryError(f"{report_path or 'report'}: scores task {report.get('task')!r}, not {task!r}")
+        check, notes = check_report_model(report, checkpoint, sha, report_path)
+        score, key = score_of(report, metric, dataset)
+        if "|seed=unrecorded" in key:
+            notes.append(
+                f"{report_path or 'benchmark report'} records no noise seed; its score compares only with others "
+                f"that record none"
+            )
+        setup = {f"score_{k}": str(report[k]) for k in ("tiling", "precision") if report.get(k)}
+        tags.update(score=f"{score:.6f}", score_key=key, report_check=check, **setup)
+        for note in notes:
+            warnings.warn(note, RegistryWarning, stacklevel=2)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         files: dict[str, Path] = {}
@@ -100,7 +210,7 @@ def register(
         version = tracking.register_files(tracker, files, name, tags=tags)
     uri = tracker.tracking_uri
     before = tracking.alias_version(name, CHAMPION, uri)
-    promoted, reason = _decide(score, key, before)
+    promoted, reason = decide(score, key, before, allow_new_key=allow_new_key, setup=setup)
     if promoted:
         tracking.set_alias(name, CHAMPION, version, uri)
     return {
@@ -108,6 +218,8 @@ def register(
         "version": version,
         "score": score,
         "score_key": key,
+        "report_check": tags.get("report_check"),
+        "warnings": notes,
         "champion_before": before,
         "champion": version if promoted else (before or {}).get("version"),
         "promoted": promoted,
@@ -116,17 +228,52 @@ def register(
     }
 
 
-def _decide(score: float | None, key: str | None, champion: dict[str, Any] | None) -> tuple[bool, str]:
+def _key_parts(key: str) -> dict[str, str] | None:
+    parts = key.split("|")
+    if not all("=" in p for p in parts):
+        return None  # a key in the format before image sets were recorded ("protocol:metric:datasets")
+    return dict(p.split("=", 1) for p in parts)
+
+
+def _key_difference(old: str, new: str) -> str:
+    a, b = _key_parts(old), _key_parts(new)
+    if a is None or b is None:
+        return "the champion's key predates keys that record the images scored"
+    diff = [f"{k} {a.get(k, '-')} vs {b.get(k, '-')}" for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    return "; ".join(diff)
+
+
+def decide(
+    score: float | None,
+    key: str | None,
+    champion: dict[str, Any] | None,
+    *,
+    allow_new_key: bool = False,
+    setup: dict[str, str] | None = None,
+) -> tuple[bool, str]:
     if score is None:
         return (champion is None, "first version (no score given)" if champion is None else "no score given")
     if champion is None:
         return True, "no champion yet"
+    v = champion["version"]
     tags = champion["tags"]
     if "score" not in tags:
-        return True, f"champion v{champion['version']} has no score"
-    if tags.get("score_key") != key:
-        return True, f"champion v{champion['version']} was scored as {tags.get('score_key')!r}, not {key!r}; rescored"
+        return True, f"champion v{v} has no score"
     old = float(tags["score"])
+    if tags.get("score_key") != key:
+        why = (
+            f"champion v{v} ({old:.4f}) and this version ({score:.4f}) have different score keys, not comparable "
+            f"({_key_difference(str(tags.get('score_key')), str(key))}); nothing was rescored"
+        )
+        if allow_new_key:
+            return True, f"{why}; replaces the champion because a new score key was allowed"
+        return False, f"{why}; champion kept (score both the same way, or allow a new score key)"
+    differs = [
+        f"{k[len('score_') :]} {tags[k]!r} (champion) vs {val!r}"
+        for k, val in (setup or {}).items()
+        if k in tags and tags[k] != val
+    ]
+    note = f"; note: scored with a different {', '.join(differs)}" if differs else ""
     if score > old:
-        return True, f"{score:.4f} beats champion v{champion['version']} ({old:.4f})"
-    return False, f"{score:.4f} does not beat champion v{champion['version']} ({old:.4f})"
+        return True, f"{score:.4f} beats champion v{v} ({old:.4f}){note}"
+    return False, f"{score:.4f} does not beat champion v{v} ({old:.4f}){note}"

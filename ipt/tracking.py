@@ -242,14 +242,45 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
         raise TrackingError(
             f"{uri}: no such registered model version at {tracking} ({str(e).splitlines()[0]})"
         ) from None
-    from mlflow.artifacts import download_artifacts
-
-    dst = Path(tempfile.mkdtemp(prefix="ipt-model-"))
-    local = Path(download_artifacts(artifact_uri=version.source, dst_path=str(dst), tracking_uri=tracking))
-    found = [local] if local.is_file() else sorted(local.rglob(CHECKPOINT_NAME))
+    folder = _cached_version(tracking, name, str(version.version), version.source)
+    found = sorted(folder.rglob(CHECKPOINT_NAME))
     if not found:
         raise TrackingError(f"{uri}: version {version.version} ({version.source}) holds no {CHECKPOINT_NAME}")
     return found[0]
+
+
+MODEL_CACHE_ENV = "IPT_MODEL_CACHE"
+
+
+def model_cache_root() -> Path:
+    """Where registered versions are kept once downloaded: ``$IPT_MODEL_CACHE``, else ``~/.cache/ipt/models``."""
+    return Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "ipt" / "models")
+
+
+def _cached_version(tracking: str, name: str, version: str, source: str) -> Path:
+    """The artifact folder of one registered version, downloaded once per store and version (a version's files never
+    change) into the cache; a download lands in a scratch folder renamed into place, so a reader never sees half."""
+    import hashlib
+    import shutil
+
+    from mlflow.artifacts import download_artifacts
+
+    store = hashlib.sha256(tracking.encode()).hexdigest()[:12]
+    final = model_cache_root() / store / name / version
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
+    try:
+        download_artifacts(artifact_uri=source, dst_path=str(scratch), tracking_uri=tracking)
+        try:
+            os.rename(scratch, final)
+        except OSError:  # another process put it there first: use theirs
+            if not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final
 
 
 def register_files(

@@ -32,6 +32,7 @@ def _isolated_environment(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("IPT_PARAMS", "none")
     monkeypatch.setenv("IPT_TRACKING", "off")  # stages start no MLflow run of their own (tests that want one: "on")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'autouse-mlflow.db'}")
+    monkeypatch.setenv("IPT_MODEL_CACHE", str(tmp_path / "model-cache"))  # models:/ downloads, never ~/.cache
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from test_cli_benchmark import TOP_KEYS  # the one report schema
 
 from corruptions import sample_generator
 from corruptions.bicubic_down import quantize_uint8
 from ipt.cli import main
 from ipt.data.benchmarks import BenchmarkDataError, load_benchmark, resolve_datasets, task_kind
 
-TOP_KEYS = {"task", "model", "protocol", "protocol_id", "tiling", "precision", "hardware", "datasets"}
 SET_KEYS = {"images", "psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image", "per_image"}
 JPEG_Q10 = {"name": "jpeg", "quality": 10}
 SEED = 20210507

@@ -17,7 +17,8 @@ from ipt.cli import main
 from ipt.data.benchmarks import BenchmarkPair, BenchmarkSet
 from ipt.metrics import PROTOCOLS, PSNR_CAP_DB
 
-TOP_KEYS = {"task", "model", "protocol", "protocol_id", "tiling", "precision", "hardware", "datasets"}
+TOP_KEYS = {"task", "model", "model_sha256", "protocol", "protocol_id", "tiling", "precision", "seed", "limit"}
+TOP_KEYS |= {"hardware", "datasets"}
 SET_KEYS = {"images", "psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image", "per_image"}
 
 

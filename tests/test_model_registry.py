@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +26,22 @@ def uri(tmp_path, monkeypatch) -> str:
     return uri
 
 
-def _report(task: str, set5: float, set14: float, protocol: str = "ipt") -> dict:
+def _report(
+    task: str, set5: float, set14: float, ckpt: Path, protocol: str = "ipt", counts: tuple[int, int] = (5, 14), **extra
+) -> dict:
+    """A report of ``ckpt`` (by its sha256) as ``ipt benchmark`` writes it: per-dataset means, counts and images."""
+    import hashlib
+
+    def block(psnr: float, n: int) -> dict:
+        return {"psnr_y": psnr, "images": n, "per_image": [{"name": f"{i:03d}", "psnr_y": psnr} for i in range(n)]}
+
     return {
         "task": task,
-        "model": "x",
+        "model": str(ckpt),
+        "model_sha256": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
         "protocol": protocol,
-        "datasets": {"Set5": {"psnr_y": set5, "images": 5}, "Set14": {"psnr_y": set14, "images": 14}},
+        **extra,
+        "datasets": {"Set5": block(set5, counts[0]), "Set14": block(set14, counts[1])},
     }
 
 
@@ -53,21 +64,23 @@ def test_task_versions_hold_model_head_tail_and_champion_moves_only_up(tmp_path:
     model = build_ipt(spec)
     ckpt = save_checkpoint(tmp_path / "pretrained.pt", model)
 
-    d1 = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 30.0, 28.0), 1)
+    d1 = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 30.0, 28.0, ckpt), 1)
     assert d1["version"] == "1" and d1["promoted"] and d1["reason"] == "no champion yet"
-    d2 = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 29.0, 28.5), 2)  # mean 28.75 < 29.0
+    d2 = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 29.0, 28.5, ckpt), 2)  # mean 28.75 < 29.0
     assert not d2["promoted"] and d2["champion"] == "1" and "does not beat" in d2["reason"]
-    d3 = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 30.5, 28.0), 3)
+    d3 = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 30.5, 28.0, ckpt), 3)
     assert d3["promoted"] and d3["champion"] == "3"
 
     client = MlflowClient(uri)
     assert str(client.get_model_version_by_alias("ipt-sr_x2", "champion").version) == "3"
     from ipt.tracking import resolve_model_uri
 
-    assert (
-        resolve_model_uri("models:/ipt-sr_x2/latest").read_bytes()
-        == resolve_model_uri("models:/ipt-sr_x2/3").read_bytes()
-    )
+    latest, three = resolve_model_uri("models:/ipt-sr_x2/latest"), resolve_model_uri("models:/ipt-sr_x2/3")
+    assert latest == three  # the same cached download, not a fresh temp copy per call
+    cache = Path(os.environ["IPT_MODEL_CACHE"])
+    assert cache in three.parents and resolve_model_uri("models:/ipt-sr_x2@champion") == three
+    assert [p.name for p in three.parents if p.parent.parent == cache] == ["ipt-sr_x2"]
+    assert sorted(p.name for p in (cache / three.relative_to(cache).parts[0] / "ipt-sr_x2").iterdir()) == ["3"]
     mv = client.get_model_version("ipt-sr_x2", "2")
     assert mv.tags["task"] == "sr_x2" and float(mv.tags["score"]) == pytest.approx(28.75)
     files = sorted(a.path.split("/")[-1] for a in client.list_artifacts(mv.run_id, "ipt-sr_x2"))
@@ -97,18 +110,97 @@ def test_pretrained_and_rescoring_rules(tmp_path: Path, uri: str) -> None:
     d = _register(tmp_path, ckpt, None, None, 1)
     assert d["name"] == "ipt-pretrained" and d["promoted"] and d["score"] is None
     assert not _register(tmp_path, ckpt, None, None, 2)["promoted"]  # without a score, the first stays champion
-    _register(tmp_path, ckpt, "denoise_s30", _report("denoise_s30", 30.0, 30.0), 3)
-    d = _register(tmp_path, ckpt, "denoise_s30", _report("denoise_s30", 20.0, 20.0, protocol="matlab"), 4)
-    assert d["promoted"] and "scored as" in d["reason"]  # a different protocol is not comparable: rescored
+    _register(tmp_path, ckpt, "denoise_s30", _report("denoise_s30", 30.0, 30.0, ckpt, seed=1), 3)
+    d = _register(tmp_path, ckpt, "denoise_s30", _report("denoise_s30", 40.0, 40.0, ckpt, "matlab", seed=1), 4)
+    # another protocol is not comparable: the champion stays, the version is registered, no rescore is claimed
+    assert not d["promoted"] and d["champion"] == "1" and d["version"] == "2"
+    assert "not comparable" in d["reason"] and "protocol ipt vs matlab" in d["reason"]
+    assert "champion kept" in d["reason"] and d["reason"].count("rescored") == d["reason"].count("nothing was rescored")
+
+    from ipt import registry, tracking
+
+    tracker, _ = tracking.stage_run("ipt-register", "register", required=True)
+    report = _report("denoise_s30", 20.0, 20.0, ckpt, "matlab", seed=1)
+    kept = registry.register(ckpt, task="denoise_s30", report=report, tracker=tracker)
+    assert not kept["promoted"] and kept["champion"] == "1"
+    moved = registry.register(ckpt, task="denoise_s30", report=report, tracker=tracker, allow_new_key=True)
+    assert moved["promoted"] and moved["champion"] == moved["version"] == "4"
+    assert "nothing was rescored" in moved["reason"] and "a new score key was allowed" in moved["reason"]
+    # from then on, matlab-protocol scores compare with the new champion's
+    assert not registry.register(ckpt, task="denoise_s30", report=report, tracker=tracker)["promoted"]
+    tracker.finish()
 
 
 def test_register_errors_are_one_line(tmp_path: Path, uri: str, capsys) -> None:
     model = build_ipt(ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=2))
     ckpt = save_checkpoint(tmp_path / "m.pt", model)
-    (tmp_path / "r.json").write_text(json.dumps(_report("sr_x3", 1, 1)))
+    (tmp_path / "r.json").write_text(json.dumps(_report("sr_x3", 1, 1, ckpt)))
     assert main(["register", "--checkpoint", str(ckpt), "--task", "sr_x2", "--report", str(tmp_path / "r.json")]) == 2
     assert "scores task 'sr_x3', not 'sr_x2'" in capsys.readouterr().err
     assert main(["register", "--checkpoint", str(ckpt), "--task", "sr_x4"]) == 2
     assert "task 'sr_x4' is not in this checkpoint" in capsys.readouterr().err
     assert main(["register", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_a_score_on_fewer_or_other_images_does_not_compare(tmp_path: Path, uri: str) -> None:
+    """QA: a `--limit 1` report (one image, 37.33 dB) beat the full-set champion (34.00) and locked it in."""
+    from ipt.registry import score_of
+
+    torch.manual_seed(0)
+    model = build_ipt(ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=2))
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    full = _report("sr_x2", 34.0, 34.0, ckpt, tiling="official")
+    d1 = _register(tmp_path, ckpt, "sr_x2", full, 1)
+    d2 = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 37.33, 37.33, ckpt, counts=(1, 1)), 2)
+    assert d1["promoted"] and not d2["promoted"] and d2["champion"] == "1"
+    assert "sets Set14:14,Set5:5 vs Set14:1,Set5:1" in d2["reason"]
+    d3 = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 34.5, 34.0, ckpt, tiling="overlap"), 3)
+    assert d3["promoted"] and "note: scored with a different tiling 'official' (champion) vs 'overlap'" in d3["reason"]
+
+    # the same counts of other images, another noise seed, another corruption: other keys; tiling: the same key
+    key = score_of(full)[1]
+    other_names = json.loads(json.dumps(full))
+    other_names["datasets"]["Set5"]["per_image"][0]["name"] = "zebra"
+    assert score_of(other_names)[1] != key
+    assert score_of(_report("sr_x2", 1.0, 1.0, ckpt, tiling="overlap", precision="bf16"))[1] == key
+    noise = [score_of(_report("denoise_s30", 30.0, 30.0, ckpt, seed=s))[1] for s in (1, 2)]
+    assert noise[0] != noise[1] and "seed=1" in noise[0]
+    jpeg = [
+        score_of(_report("jpeg_q10", 30.0, 30.0, ckpt, corruption={"name": "jpeg", "params": {"quality": q}}))[1]
+        for q in (10, 20)
+    ]
+    assert jpeg[0] != jpeg[1] and "inputs=jpeg#" in jpeg[0]
+
+
+def test_c_report_must_be_of_the_checkpoint(tmp_path: Path, uri: str, capsys) -> None:
+    """QA: a `--model bicubic` report was attached to a fine-tuned checkpoint and made it champion."""
+    torch.manual_seed(0)
+    model = build_ipt(ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=2))
+    ckpt = save_checkpoint(tmp_path / "m.pt", model)
+    other = save_checkpoint(tmp_path / "other.pt", build_ipt(ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1)))
+    argv = ["register", "--checkpoint", str(ckpt), "--task", "sr_x2", "--report", str(tmp_path / "r.json")]
+
+    def refused(report: dict) -> str:
+        (tmp_path / "r.json").write_text(json.dumps(report))
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    bicubic = _report("sr_x2", 40.0, 40.0, ckpt) | {"model": "bicubic"}
+    del bicubic["model_sha256"]
+    err = refused(bicubic)
+    assert str(tmp_path / "r.json") in err and "'bicubic' baseline" in err
+    err = refused(_report("sr_x2", 40.0, 40.0, other))  # the other file's sha256
+    assert str(tmp_path / "r.json") in err and "not a score of this checkpoint" in err
+    old = _report("sr_x2", 40.0, 40.0, other)
+    del old["model_sha256"]  # a report from before model_sha256: compared by path
+    err = refused(old)
+    assert "other.pt" in err and "paths were compared" in err
+
+    old["model"] = str(ckpt)
+    d = _register(tmp_path, ckpt, "sr_x2", old, 1)
+    assert d["promoted"] and d["report_check"] == "path" and d["warnings"]
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "by path only" in err  # one warning: line, no Python warnings noise
+    d = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 41.0, 40.0, ckpt), 2)
+    assert d["promoted"] and d["report_check"] == "sha256" and not d["warnings"]

@@ -30,8 +30,11 @@ def uri(tmp_path: Path, monkeypatch) -> str:
     return uri
 
 
-def _report(task: str, psnr: float) -> dict:
-    return {"task": task, "model": "x", "protocol": "ipt", "datasets": {"Set5": {"psnr_y": psnr, "images": 5}}}
+def _report(task: str, psnr: float, model: Path) -> dict:
+    from ipt.checkpoint import file_sha256
+
+    sets = {"Set5": {"psnr_y": psnr, "images": 5}}
+    return {"task": task, "model": str(model), "model_sha256": file_sha256(model), "protocol": "ipt", "datasets": sets}
 
 
 def test_refiner_version_links_to_its_base_version_and_restores_from_the_registry(tmp_path: Path, uri: str) -> None:
@@ -49,7 +52,10 @@ def test_refiner_version_links_to_its_base_version_and_restores_from_the_registr
     argv += ["--calibration", "4", "--shuffle-buffer", "4", "--log-every", "0", "--register"]
     assert main(argv) == 0  # trains, logs to a new run of experiment ipt-refine, registers version 1
 
-    (tmp_path / "r.json").write_text(json.dumps(_report("sr_x2", 30.0)))
+    (tmp_path / "r.json").write_text(json.dumps(_report("sr_x2", 30.0, run / "model.pt")))
+    (tmp_path / "base_r.json").write_text(json.dumps(_report("sr_x2", 30.0, base)))  # the base's score, not this one's
+    wrong = ["refine-register", "--checkpoint", str(run / "model.pt"), "--report", str(tmp_path / "base_r.json")]
+    assert main(wrong) == 2
     reg = ["refine-register", "--checkpoint", str(run / "model.pt"), "--report", str(tmp_path / "r.json")]
     assert main([*reg, "--out", str(tmp_path / "decision.json")]) == 0
     decision = json.loads((tmp_path / "decision.json").read_text())

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from helpers_pairs import make_pair_root
+from ipt.checkpoint import file_sha256
 from ipt.cli import main
 
 pytest.importorskip("mlflow")
@@ -46,7 +47,14 @@ def test_training_benchmark_and_register_runs_link_up(tmp_path, monkeypatch, cap
     recorded = json.loads((tmp_path / "ft" / "mlflow_run.json").read_text())
     assert recorded["run_id"] == runs["finetune"].info.run_id
 
-    report = {"task": "sr_x2", "protocol": "ipt", "datasets": {"Set5": {"psnr_y": 30.0}}}
+    model = tmp_path / "ft" / "model.pt"
+    report = {
+        "task": "sr_x2",
+        "model": str(model),
+        "protocol": "ipt",
+        "datasets": {"Set5": {"psnr_y": 30.0, "images": 5}},
+    }
+    report["model_sha256"] = file_sha256(model)
     (tmp_path / "r.json").write_text(json.dumps(report))
     argv = ["register", "--task", "sr_x2", "--checkpoint", str(tmp_path / "ft" / "model.pt")]
     assert main([*argv, "--report", str(tmp_path / "r.json")]) == 0

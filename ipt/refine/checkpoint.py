@@ -18,7 +18,6 @@ Everything loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ipt.checkpoint import CheckpointError, extract_task, load_model
+from ipt.checkpoint import CheckpointError, extract_task, file_sha256, load_model
 from ipt.model import IPT
 from ipt.refine.config import RefineError
 from ipt.refine.model import RefinedIPT
@@ -39,14 +38,6 @@ FORMAT_VERSION = 1
 KIND = "ipt-ptgrm"
 BASE_FILE = "base.pt"
 MODEL_URI_PREFIX = "models:/"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_refiner_checkpoint(path: str | os.PathLike) -> bool:

@@ -79,6 +79,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--metric", default="psnr_y")
     r.add_argument("--dataset", default=None, help="score on this dataset only (default: mean over the report's)")
     r.add_argument("--name", default=None, help="registered model name (default ipt-<task>-ptgrm)")
+    r.add_argument("--allow-new-key", action="store_true", help="a score under another score key may take the champion")
     r.add_argument("--experiment", default="ipt-refine")
     r.add_argument("--mlflow-run-id", default=None, help="log into this run instead of a new one")
     r.add_argument("--tracking-uri", default=None)
@@ -178,7 +179,14 @@ def cmd_refine_register(args: argparse.Namespace) -> int:
                 raise RefineError(f"{args.report}: cannot read the benchmark report ({e})") from None
         tracker, owned = _tracker(args, start=True, run_name=f"register {Path(args.checkpoint).parent.name} refiner")
         result = register_refiner(
-            args.checkpoint, tracker=tracker, report=report, metric=args.metric, dataset=args.dataset, name=args.name
+            args.checkpoint,
+            tracker=tracker,
+            report=report,
+            metric=args.metric,
+            dataset=args.dataset,
+            name=args.name,
+            report_path=args.report,
+            allow_new_key=args.allow_new_key,
         )
     except (RefineError, RegistryError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)

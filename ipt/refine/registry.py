@@ -4,20 +4,22 @@ A version holds ``model.pt`` (the refiner checkpoint: what ``models:/ipt-derain-
 ``base.pt`` (the exact base it was trained on, so the version restores on its own) and, when given, the benchmark
 report. Tags link it to its base: ``base_uri`` (as given to ``ipt refine``), ``base_sha256``, and for a registry
 base ``base_model`` / ``base_version``; plus ``prior`` and ``prior_sha256``. The ``champion`` alias moves only on a
-better score under the same protocol and datasets (``ipt.registry.score_of``), as for ``ipt-<task>``.
+better, comparable score (``ipt.registry.score_of``, ``decide``), and a report must score this very checkpoint
+(``ipt.registry.check_report_model``), as for ``ipt-<task>``.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ipt import tracking
 from ipt.refine.checkpoint import BASE_FILE, file_sha256, find_base, read_refined
 from ipt.refine.config import RefineError
-from ipt.registry import CHAMPION, RegistryError, score_of
+from ipt.registry import CHAMPION, RegistryError, RegistryWarning, check_report_model, decide, score_of
 
 
 def refiner_name(task: str) -> str:
@@ -42,20 +44,6 @@ def refiner_tags(obj: dict[str, Any], checkpoint: Path) -> dict[str, str]:
     return tags
 
 
-def _decide(score: float | None, key: str | None, champion: dict[str, Any] | None) -> tuple[bool, str]:
-    if champion is None:
-        return True, "no champion yet"
-    if score is None:
-        return False, "no score given"
-    tags = champion["tags"]
-    if "score" not in tags or tags.get("score_key") != key:
-        return True, f"champion v{champion['version']} has no comparable score"
-    old = float(tags["score"])
-    if score > old:
-        return True, f"{score:.4f} beats champion v{champion['version']} ({old:.4f})"
-    return False, f"{score:.4f} does not beat champion v{champion['version']} ({old:.4f})"
-
-
 def register_refiner(
     checkpoint: str | Path,
     *,
@@ -64,8 +52,11 @@ def register_refiner(
     metric: str = "psnr_y",
     dataset: str | None = None,
     name: str | None = None,
+    report_path: str | Path | None = None,
+    allow_new_key: bool = False,
 ) -> dict[str, Any]:
-    """Register a refiner checkpoint (with its base file) as a new version of ``ipt-<task>-ptgrm``."""
+    """Register a refiner checkpoint (with its base file) as a new version of ``ipt-<task>-ptgrm``; the report must
+    score this checkpoint and the champion moves as for ``ipt-<task>`` (:func:`ipt.registry.decide`)."""
     checkpoint = Path(checkpoint)
     obj = read_refined(checkpoint)
     task = obj["task"]
@@ -75,8 +66,11 @@ def register_refiner(
     if report is not None:
         if report.get("task") not in (None, task):
             raise RegistryError(f"report scores task {report.get('task')!r}, the refiner is for {task!r}")
+        check, notes = check_report_model(report, checkpoint, tags["checkpoint_sha256"], report_path)
+        for note in notes:
+            warnings.warn(note, RegistryWarning, stacklevel=2)
         score, key = score_of(report, metric, dataset)
-        tags |= {"score": f"{score:.6f}", "score_key": key}
+        tags |= {"score": f"{score:.6f}", "score_key": key, "report_check": check}
     base_file = find_base(checkpoint, obj["base"], tracker.tracking_uri)
     files: dict[str, Path] = {tracking.CHECKPOINT_NAME: checkpoint, BASE_FILE: base_file}
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +79,7 @@ def register_refiner(
             files["benchmark.json"].write_text(json.dumps(report, indent=1))
         version = tracking.register_files(tracker, files, name, tags=tags)
     before = tracking.alias_version(name, CHAMPION, tracker.tracking_uri)
-    promoted, reason = _decide(score, key, before)
+    promoted, reason = decide(score, key, before, allow_new_key=allow_new_key)
     if promoted:
         tracking.set_alias(name, CHAMPION, version, tracker.tracking_uri)
     return {
