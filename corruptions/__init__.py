@@ -13,13 +13,15 @@ from . import (  # noqa: F401
 )
 from ._imresize import imresize_float, imresize_uint8, round_half_away_uint8
 from ._rng import sample_generator, seed_from
-from .registry import REGISTRY, Entry, Registry, apply, get, register, validate_params
+from .registry import REGISTRY, Entry, ParamsError, Registry, apply, check_params, get, register, validate_params
 
 __all__ = [
     "REGISTRY",
     "Entry",
+    "ParamsError",
     "Registry",
     "apply",
+    "check_params",
     "get",
     "imresize_float",
     "imresize_uint8",

@@ -7,13 +7,21 @@ import torch
 from torch import Generator, Tensor
 
 from ._imresize import imresize_uint8
-from .registry import register
+from .registry import is_finite_number, register
 
-__all__ = ["bicubic_down", "bicubic_down_size", "quantize_uint8"]
+__all__ = ["bicubic_down", "bicubic_down_size", "check_scale", "quantize_uint8"]
+
+
+def check_scale(*, scale: int) -> int:
+    """``scale`` as an int; ``ValueError`` unless it is a positive integer (2.0 is accepted, 2.5, 0, "2" are not)."""
+    if not is_finite_number(scale) or int(scale) != scale or scale < 1:
+        raise ValueError(f"scale must be a positive integer (the SR factor), got {scale!r}")
+    return int(scale)
 
 
 def bicubic_down_size(h: int, w: int, *, scale: int) -> tuple[int, int]:
     """MATLAB's output size ``ceil(h / scale), ceil(w / scale)`` (exact integer arithmetic)."""
+    scale = check_scale(scale=scale)
     return -(-h // scale), -(-w // scale)
 
 
@@ -22,12 +30,10 @@ def quantize_uint8(x: Tensor) -> Tensor:
     return torch.floor(x.detach() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
-@register("bicubic_down", out_size=bicubic_down_size, deterministic=True)
+@register("bicubic_down", out_size=bicubic_down_size, deterministic=True, check=check_scale)
 def bicubic_down(x: Tensor, *, generator: Generator, scale: int) -> Tensor:
     """Quantize to uint8, MATLAB-bicubic downscale by ``scale``, back to float; output in [0, 1] on k/255 levels."""
-    if isinstance(scale, bool) or int(scale) != scale or scale < 1:
-        raise ValueError(f"scale must be a positive integer, got {scale!r}")
-    scale = int(scale)
+    scale = check_scale(scale=scale)
     b, c, h, w = x.shape
     levels = quantize_uint8(x).cpu().numpy()  # (B, C, H, W)
     stacked = np.ascontiguousarray(levels.reshape(b * c, h, w).transpose(1, 2, 0))  # (H, W, B*C)

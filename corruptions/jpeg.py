@@ -13,7 +13,7 @@ from torch import Generator, Tensor
 
 from .registry import register
 
-__all__ = ["MAX_QUALITY", "MIN_QUALITY", "jpeg", "jpeg_roundtrip_uint8"]
+__all__ = ["MAX_QUALITY", "MIN_QUALITY", "check_quality", "jpeg", "jpeg_roundtrip_uint8"]
 
 MIN_QUALITY, MAX_QUALITY = 1, 95  # Pillow: above 95 disables parts of the compression and bloats files
 _MODES = {1: "L", 3: "RGB"}
@@ -25,6 +25,11 @@ def _check_quality(quality: int) -> int:
     if not MIN_QUALITY <= int(quality) <= MAX_QUALITY:
         raise ValueError(f"jpeg quality must be in {MIN_QUALITY}..{MAX_QUALITY}, got {quality}")
     return int(quality)
+
+
+def check_quality(*, quality: int) -> int:
+    """The registry's ``check`` hook: ``quality`` as an int, ``ValueError`` unless an integer in 1..95."""
+    return _check_quality(quality)
 
 
 def jpeg_roundtrip_uint8(img: np.ndarray, quality: int) -> np.ndarray:
@@ -45,7 +50,7 @@ def jpeg_roundtrip_uint8(img: np.ndarray, quality: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-@register("jpeg", deterministic=True)
+@register("jpeg", deterministic=True, check=check_quality)
 def jpeg(x: Tensor, *, generator: Generator, quality: int) -> Tensor:
     """Quantize to uint8, JPEG-encode at ``quality`` (1..95, 4:2:0) and decode; output in [0, 1] on k/255 levels.
 

@@ -22,17 +22,46 @@ import torch
 import torch.nn.functional as F
 from torch import Generator, Tensor
 
-from .registry import register
+from .registry import is_finite_number, register
 
-__all__ = ["rain_layer", "rain_streaks", "streak_kernel"]
+__all__ = ["check_rain_params", "rain_layer", "rain_streaks", "streak_kernel"]
 
 Range = Sequence[float]
 
 
 def _check_range(name: str, value: Range, lo: float, hi: float) -> tuple[float, float]:
-    if len(value) != 2 or not lo <= value[0] <= value[1] <= hi:
-        raise ValueError(f"{name} must be [lo, hi] with {lo} <= lo <= hi <= {hi}, got {value!r}")
+    bounds = f"{lo} <= lo <= hi" + (f" <= {hi}" if math.isfinite(hi) else "")
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(is_finite_number(v) for v in value)
+        or not lo <= value[0] <= value[1] <= hi
+    ):
+        raise ValueError(f"{name} must be a range [lo, hi] of two finite numbers with {bounds}, got {value!r}")
     return float(value[0]), float(value[1])
+
+
+def check_rain_params(
+    *,
+    density: float = 0.0027,
+    length: Range = (15, 35),
+    angle: Range = (-20, 20),
+    intensity: Range = (0.3, 0.6),
+    width: float = 0.6,
+) -> dict[str, float | tuple[float, float]]:
+    """The registry's ``check`` hook and the function's own validation: the params as floats, ``ValueError``
+    naming the first bad one."""
+    if not is_finite_number(density) or not 0.0 <= density <= 1.0:
+        raise ValueError(f"density must be a number in [0, 1], got {density!r}")
+    if not is_finite_number(width) or width <= 0:
+        raise ValueError(f"width must be a finite number > 0 (pixels), got {width!r}")
+    return {
+        "density": float(density),
+        "width": float(width),
+        "length": _check_range("length", length, 0.0, math.inf),
+        "angle": _check_range("angle", angle, -90.0, 90.0),
+        "intensity": _check_range("intensity", intensity, 0.0, math.inf),
+    }
 
 
 def streak_kernel(length: float, angle_deg: float, width: float, *, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -78,7 +107,7 @@ def rain_layer(
     return layer * peak
 
 
-@register("rain_streaks")
+@register("rain_streaks", check=check_rain_params)
 def rain_streaks(
     x: Tensor,
     *,
@@ -98,20 +127,10 @@ def rain_streaks(
         intensity: [lo, hi] peak brightness added by the brightest isolated streak; one per item.
         width: std in pixels of the streak's Gaussian cross profile.
     """
-    if not 0.0 <= density <= 1.0:
-        raise ValueError(f"density must be in [0, 1], got {density!r}")
-    if width <= 0:
-        raise ValueError(f"width must be > 0, got {width!r}")
-    ranges = {
-        "length": _check_range("length", length, 0.0, math.inf),
-        "angle": _check_range("angle", angle, -90.0, 90.0),
-        "intensity": _check_range("intensity", intensity, 0.0, math.inf),
-    }
+    checked = check_rain_params(density=density, length=length, angle=angle, intensity=intensity, width=width)
     b, _, h, w = x.shape
     out = torch.empty_like(x)
     for i in range(b):
-        layer = rain_layer(
-            h, w, generator=generator, density=density, width=width, dtype=x.dtype, device=x.device, **ranges
-        )
+        layer = rain_layer(h, w, generator=generator, dtype=x.dtype, device=x.device, **checked)
         out[i] = (x[i] + layer).clamp(0.0, 1.0)
     return out

@@ -2,21 +2,83 @@
 
 Entries are added by the ``@register(name)`` decorator when their module is imported; ``corruptions/__init__.py``
 imports every module explicitly (no file scanning). Registered names are the ``name`` values in ``params.yaml``.
+
+``validate_params`` checks parameter *names* (cheap, used by ``apply``); ``check_params`` checks a params-file entry
+completely before a stage writes anything: names, plain finite values, the entry's optional ``check`` hook, and a
+trial run on a tiny image. Every problem is a :class:`ParamsError` whose message names the parameter.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Generator, Tensor
 
 CorruptionFn = Callable[..., Tensor]
 OutSizeFn = Callable[..., tuple[int, int]]
+CheckFn = Callable[..., object]
 
-__all__ = ["REGISTRY", "Entry", "Registry", "apply", "get", "register", "validate_params"]
+__all__ = [
+    "REGISTRY",
+    "Entry",
+    "ParamsError",
+    "Registry",
+    "apply",
+    "check_params",
+    "get",
+    "register",
+    "validate_params",
+]
+
+TRIAL_SHAPE = (1, 3, 16, 16)  # check_params' trial image: (B, C, H, W)
+# What a bad value makes a corruption (or its out_size / check) raise; check_params turns these into ParamsError.
+_BAD_VALUE_ERRORS = (TypeError, ValueError, ArithmeticError, IndexError, KeyError, RuntimeError)
+
+
+class ParamsError(ValueError):
+    """Bad parameters for a corruption; the message names the parameter and what is expected."""
+
+
+def is_finite_number(value: Any) -> bool:
+    """True for a finite int or float (numpy scalars included); False for booleans, NaN, infinities, anything else."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return False
+    return math.isfinite(value)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return (text.strip().splitlines() or [type(e).__name__])[0]
+
+
+def _check_plain(key: str, value: Any) -> None:
+    """Params-file values: numbers (finite), strings, booleans, null, and lists/mappings of them (JSON-encodable,
+    since they are hashed into the plan digest and stored in every sample's meta.json)."""
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ParamsError(f"{key} must be a finite number, got {value!r}")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(f"{key}[{i}]", v)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ParamsError(f"{key} must have string keys, got {k!r}")
+            _check_plain(f"{key}.{k}", v)
+        return
+    raise ParamsError(
+        f"{key} must be a number, string, boolean or a list of them, got {value!r} ({type(value).__name__})"
+    )
 
 
 def identity_size(h: int, w: int, **params: Any) -> tuple[int, int]:
@@ -32,6 +94,7 @@ class Entry:
     fn: CorruptionFn
     out_size: OutSizeFn = identity_size
     deterministic: bool = False
+    check: CheckFn | None = None  # optional: check(**params) raises ValueError/TypeError naming a bad parameter
 
     def param_names(self) -> tuple[set[str], set[str]]:
         """(all keyword-only parameter names except ``generator``, the subset without a default)."""
@@ -52,9 +115,18 @@ class Registry(Mapping[str, Entry]):
         self._entries: dict[str, Entry] = {}
 
     def register(
-        self, name: str, *, out_size: OutSizeFn | None = None, deterministic: bool = False
+        self,
+        name: str,
+        *,
+        out_size: OutSizeFn | None = None,
+        deterministic: bool = False,
+        check: CheckFn | None = None,
     ) -> Callable[[CorruptionFn], CorruptionFn]:
-        """Decorator: register ``fn`` under ``name``; the function itself is returned unchanged."""
+        """Decorator: register ``fn`` under ``name``; the function itself is returned unchanged.
+
+        ``check``, optional, is called as ``check(**params)`` by :meth:`check_params` before a stage runs; it raises
+        ``ValueError`` (or ``TypeError``) with a message that names the bad parameter and what it expects.
+        """
 
         def decorator(fn: CorruptionFn) -> CorruptionFn:
             if name in self._entries:
@@ -63,7 +135,7 @@ class Registry(Mapping[str, Entry]):
             param = inspect.signature(fn).parameters.get("generator")
             if param is None or param.kind is not inspect.Parameter.KEYWORD_ONLY:
                 raise TypeError(f"{self._kind} {name!r} must take a keyword-only `generator` argument")
-            self._entries[name] = Entry(name, fn, out_size or identity_size, deterministic)
+            self._entries[name] = Entry(name, fn, out_size or identity_size, deterministic, check)
             return fn
 
         return decorator
@@ -95,11 +167,54 @@ class Registry(Mapping[str, Entry]):
                 f"accepted: {sorted(names)} (required: {sorted(required)})"
             )
 
+    def check_params(
+        self, name: str, params: Mapping[str, Any], *, trial_shape: tuple[int, int, int, int] = TRIAL_SHAPE
+    ) -> None:
+        """Check ``params`` of corruption ``name`` fully, before anything is written; :class:`ParamsError` if bad.
+
+        In order: the names (as :meth:`validate_params`), plain finite values (no NaN/inf, nothing YAML-exotic), the
+        entry's ``check`` hook, its ``out_size``, and a trial run on a ``trial_shape`` random image whose output must
+        have the declared size and finite values. ``TypeError``, ``ValueError``, ``ZeroDivisionError`` and the like
+        raised by the corruption become ``ParamsError`` with the corruption's own message. ``KeyError`` for an
+        unknown name.
+        """
+        entry = self.get(name)
+        try:
+            self.validate_params(name, params)
+        except TypeError as e:
+            raise ParamsError(str(e)) from None
+        for key, value in params.items():
+            _check_plain(key, value)
+        what = f"bad parameters for {self._kind} {name!r}"
+        if entry.check is not None:
+            try:
+                entry.check(**params)
+            except _BAD_VALUE_ERRORS as e:
+                raise ParamsError(f"{_first_line(e)} ({what})") from None
+        b, c, h, w = trial_shape
+        try:
+            size = tuple(entry.out_size(h, w, **params))
+        except _BAD_VALUE_ERRORS as e:
+            raise ParamsError(f"{what}: its output size fails ({type(e).__name__}: {_first_line(e)})") from None
+        x = torch.rand(trial_shape, generator=torch.Generator().manual_seed(0))
+        try:
+            y = entry.fn(x, generator=torch.Generator().manual_seed(0), **params)
+        except _BAD_VALUE_ERRORS as e:
+            raise ParamsError(
+                f"{what}: a trial run on a {h}x{w} image fails ({type(e).__name__}: {_first_line(e)})"
+            ) from None
+        if not isinstance(y, Tensor) or tuple(y.shape) != (b, c, *size):
+            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ParamsError(f"{what}: a trial run on a {h}x{w} image gives {got}, expected {(b, c, *size)}")
+        if not torch.isfinite(y).all():
+            raise ParamsError(f"{what}: a trial run gives NaN or infinite values with {dict(params)}")
+
 
 REGISTRY = Registry("corruption")
 register = REGISTRY.register
 get = REGISTRY.get
 validate_params = REGISTRY.validate_params
+check_params = REGISTRY.check_params
 
 
 def apply(name: str, x: Tensor, *, generator: Generator, **params: Any) -> Tensor:

@@ -134,13 +134,12 @@ def corrupt_ipt(
     specs: dict[str, dict] = p.get("tasks") or {}
     summary: dict[str, int] = {}
     for t in tasks or list(specs):
-        if t not in specs:
-            raise ValueError(f"task {t!r} is not in corrupt.tasks of {params_file}; known: {sorted(specs)}")
-        spec = dict(specs[t])
+        name, spec = stages.task_spec(specs, t, params_file)  # an error naming the file and the task
         cfg = stages.CorruptConfig(
             task=t,
-            corruption=spec.pop("name"),
+            corruption=name,
             params=spec,
+            params_file=params_file,
             clean=clean or p.get("clean", "data/clean"),
             out=out or p.get("out", "data/pairs/{task}"),
             patch_size=int(p.get("patch_size", 48)),

@@ -282,6 +282,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             on_result=progress,
             on_output=keep_first,
             corruption=corruption,
+            seed=args.seed,
+            limit=args.limit or None,
         )
         write_json(args.out, report)
         if tracker is not None:
@@ -463,15 +465,10 @@ def add_shard(sub: argparse._SubParsersAction) -> None:
 def cmd_corrupt(args: argparse.Namespace) -> int:
     from ipt.data import stages
 
-    tasks = getattr(args, "tasks", None) or {}
-    if args.task not in tasks:
-        where = "params.yaml corrupt.tasks" if tasks else "the params file (no corrupt.tasks found)"
-        raise UserError(f"task {args.task!r} is not in {where}; known: {sorted(tasks)}")
-    spec = dict(tasks[args.task])
-    if "name" not in spec:
-        raise UserError(f"corrupt.tasks.{args.task}: needs a 'name' (the corruption's registry name)")
-    name = spec.pop("name")
+    source = getattr(args, "params", None) or os.environ.get("IPT_PARAMS") or "params.yaml"
+    params_file = None if source == "none" else source
     try:
+        name, spec = stages.task_spec(getattr(args, "tasks", None), args.task, params_file)
         cfg = stages.CorruptConfig(
             task=args.task,
             corruption=name,
@@ -481,6 +478,7 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
             patch_size=args.patch_size,
             png_level=args.png_level,
             seed=args.seed,
+            params_file=params_file,
         )
         plan = stages.plan_corrupt(cfg)
         manifest = _run_plan(args, plan, f"corrupt {args.task}")
@@ -538,20 +536,25 @@ def cmd_register(args: argparse.Namespace) -> int:
                 tags={"ipt.stage": "register"} | ({"ipt.task": args.task} if args.task else {}),
                 required=True,  # registering needs a run, $IPT_TRACKING=off or not
             )
-        result = registry.register(
-            args.checkpoint,
-            task=args.task,
-            name=args.name,
-            report=report,
-            report_path=args.report,
-            metric=args.metric,
-            dataset=args.dataset,
-            tracker=tracker,
-        )
+        with warnings.catch_warnings():  # said once below, as warning: lines
+            warnings.simplefilter("ignore", registry.RegistryWarning)
+            result = registry.register(
+                args.checkpoint,
+                task=args.task,
+                name=args.name,
+                report=report,
+                report_path=args.report,
+                metric=args.metric,
+                dataset=args.dataset,
+                allow_new_key=args.allow_new_key,
+                tracker=tracker,
+            )
     except (registry.RegistryError, tracking.TrackingError) as e:
         raise UserError(str(e)) from None
     if owned:
         tracker.finish()
+    for note in result["warnings"]:
+        _warn(note)
     print(f"register: {result['uri']} ({'champion' if result['promoted'] else 'not champion'}: {result['reason']})")
     if args.out:
         out = Path(args.out.format(task=args.task or "pretrained"))
@@ -568,6 +571,11 @@ def add_register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", default=None, help="`ipt benchmark` JSON that scores this checkpoint")
     p.add_argument("--metric", default="psnr_y")
     p.add_argument("--dataset", default=None, help="score on this dataset only (default: mean over the report's)")
+    p.add_argument(
+        "--allow-new-key",
+        action="store_true",
+        help="a score under another score key (protocol, sets, images, seed) may take the champion (no rescoring)",
+    )
     p.add_argument("--experiment", default="ipt-register")
     p.add_argument("--mlflow-run-id", default=None, help="log into this run instead of a new one")
     p.add_argument("--tracking-uri", default=None)

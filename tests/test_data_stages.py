@@ -270,3 +270,105 @@ def test_plan_digest_depends_on_the_task_params_only(tmp_path: Path, clean: Path
         return stages.plan_corrupt(cfg).digest
 
     assert digest(sigma=30) == digest(sigma=30) != digest(sigma=50)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"name": "gaussian_noise", "sigma": float("nan")}, "sigma must be a finite number, got nan"),
+        ({"name": "gaussian_noise", "sigma": "thirty"}, "sigma must be a finite number >= 0"),
+        ({"name": "rain_streaks", "length": 20}, "length must be a range [lo, hi]"),
+        ({"name": "bicubic_down", "scale": 0}, "scale must be a positive integer"),
+        ({"name": "jpeg", "quality": 10, "qualty": 9}, "unknown ['qualty']"),
+    ],
+    ids=["nan", "string", "scalar-range", "scale-0", "typo"],
+)
+def test_bad_task_params_are_one_line_before_anything_is_written(
+    tmp_path: Path, clean: Path, capsys, spec: dict, message: str
+) -> None:
+    params = _params(tmp_path, {"t1": spec})
+    assert _corrupt(tmp_path, clean, "t1", params) == 2
+    err = _one_error_line(capsys)
+    assert "corrupt.tasks.t1: " in err and message in err, err
+    assert not (tmp_path / "pairs").exists()  # refused before the lock or any shard
+    cfg = stages.CorruptConfig("t1", spec["name"], {k: v for k, v in spec.items() if k != "name"}, clean=str(clean))
+    with pytest.raises(stages.TaskError, match=f"^{params}: corrupt.tasks.t1: "):  # the CLI passes its params file
+        stages.plan_corrupt(stages.CorruptConfig(**{**cfg.__dict__, "params_file": str(params)}))
+
+
+def test_task_entry_that_is_not_a_mapping_names_file_and_task(tmp_path: Path) -> None:
+    tasks = {"jpeg_q10": "jpeg", "nameless": {"quality": 10}, "ok": {"name": "jpeg", "quality": 10}}
+    with pytest.raises(stages.TaskError, match=r"^p.yaml: corrupt.tasks.jpeg_q10 must be a mapping like .*'jpeg'"):
+        stages.task_spec(tasks, "jpeg_q10", "p.yaml")
+    with pytest.raises(stages.TaskError, match=r"^p.yaml: corrupt.tasks.nameless: needs a 'name'"):
+        stages.task_spec(tasks, "nameless", "p.yaml")
+    with pytest.raises(stages.TaskError, match=r"task 'x' is not in p.yaml corrupt.tasks; known: \['jpeg_q10'"):
+        stages.task_spec(tasks, "x", "p.yaml")
+    with pytest.raises(stages.TaskError, match=r"task 'x' is not in p.yaml \(corrupt.tasks is a str"):
+        stages.task_spec("a,b", "x", "p.yaml")
+    assert stages.task_spec(tasks, "ok", "p.yaml") == ("jpeg", {"quality": 10})
+
+
+@pytest.mark.parametrize("task", ["sr_x2", "jpeg_q10", "derain", "a.b-c_1", "_x"])
+def test_safe_task_names_are_accepted(task: str) -> None:
+    assert stages.check_task_name(task) == task
+
+
+@pytest.mark.parametrize("task", ["../evil", "..", ".", "a/b", "/abs", "a..b", "", ".hidden", "-x", "a b", "é"])
+def test_unsafe_task_names_are_refused(task: str) -> None:
+    with pytest.raises(stages.TaskError, match="bad task name"):
+        stages.check_task_name(task, "p.yaml")
+    with pytest.raises(ValueError, match="bad task name"):
+        stages.CorruptConfig(task, "gaussian_noise", {"sigma": 30})
+
+
+def test_task_name_cannot_escape_the_output_root(tmp_path: Path, clean: Path, capsys) -> None:
+    params = _params(tmp_path, {"../evil": {"name": "gaussian_noise", "sigma": 30}})
+    root = tmp_path / "out" / "pairs"
+    assert _corrupt(tmp_path, clean, "../evil", params, out=str(root / "{task}")) == 2
+    assert "bad task name '../evil'" in _one_error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_is_one_line_naming_the_path(tmp_path: Path, clean: Path, capsys) -> None:
+    src = photo_folder(tmp_path / "train", PHOTOS[:1])
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    out = tmp_path / "afile" / "clean"
+    assert _shard(src, out) == 2
+    assert f"{out}: cannot write here ({tmp_path / 'afile'}: not a folder)" in _one_error_line(capsys)
+    params = _params(tmp_path, {"sr_x2": {"name": "bicubic_down", "scale": 2}})
+    assert _corrupt(tmp_path, clean, "sr_x2", params, out=str(tmp_path / "afile" / "{task}")) == 2
+    assert f"{tmp_path / 'afile' / 'sr_x2'}: cannot write here" in _one_error_line(capsys)
+    if Path("/proc/self").is_dir():  # not writable even for root
+        assert _shard(src, Path("/proc/ipt-s4")) == 2
+        assert "/proc/ipt-s4: cannot write here (/proc/.ipt-s4.lock: " in _one_error_line(capsys)
+    assert (tmp_path / "afile").read_text() == "a file, not a folder\n"
+
+
+def test_source_with_every_file_skipped_is_an_error_naming_it(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_text("not a JPEG\n")
+    (src / "b.png").write_bytes(b"")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(src / "c.png")  # too small
+    out = tmp_path / "clean"
+    for _ in range(2):  # the rerun (same plan, manifest present) fails the same way
+        assert _shard(src, out) == 2
+        err = _one_error_line(capsys)
+        assert f"error: {src}: all 3 file(s) were skipped, no samples" in err, err
+        assert f"{out / 'manifest.json'}" in err
+        m = _manifest(out)  # kept for diagnosis
+        assert m["samples"] == 0 and sorted(s["path"] for s in m["skipped"]) == ["a.jpg", "b.png", "c.png"]
+    params = _params(tmp_path, {"sr_x2": {"name": "bicubic_down", "scale": 2}})
+    assert _corrupt(tmp_path, out, "sr_x2", params) == 2
+    assert f"{out}: holds no clean samples" in _one_error_line(capsys)
+    assert not (tmp_path / "pairs").exists()

@@ -200,18 +200,28 @@ class FolderLock:
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
+        self._fd: int | None = None
         if storage.is_local(folder):  # a sibling, so the folder (a DVC output) holds only data
             target = Path(storage.local_path(folder)).absolute()
-            target.parent.mkdir(parents=True, exist_ok=True)
             self.path = target.parent / f".{target.name}.lock"
         else:
             cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ipt" / "locks"
-            cache.mkdir(parents=True, exist_ok=True)
             self.path = cache / (hashlib.sha256(folder.encode()).hexdigest()[:16] + ".lock")
-        self._fd: int | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._cannot(e) from None
+
+    def _cannot(self, e: OSError) -> ShardError:
+        """A one-line error naming the output folder and the path that could not be made (unwritable, not a folder)."""
+        why = "not a folder" if isinstance(e, FileExistsError | NotADirectoryError) else e.strerror or type(e).__name__
+        return ShardError(f"{self.folder}: cannot write here ({e.filename or self.path}: {why})")
 
     def __enter__(self) -> FolderLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise self._cannot(e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

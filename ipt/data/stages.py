@@ -12,7 +12,8 @@ import hashlib
 import inspect
 import io
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,55 @@ def run_clean_job(job: CleanJob) -> shards.ShardResult:
 
 # ------------------------------------------------------------------------------------------------ pair shards
 
+# A task name becomes a folder name (``out``'s ``{task}``), an MLflow and DVC key: no separators, no "..", no
+# leading dot or dash.
+TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+class TaskError(ValueError):
+    """A ``corrupt.tasks`` entry that cannot be used; the message names the params file, the task and the problem."""
+
+
+def _where(task: str, params_file: str | None) -> str:
+    return f"{params_file}: corrupt.tasks.{task}" if params_file else f"corrupt.tasks.{task}"
+
+
+def check_task_name(task: Any, params_file: str | None = None) -> str:
+    """``task`` if it is a safe name (letters, digits, ``_``, ``-``, ``.``; no ``..``; not starting with ``.`` or
+    ``-``), else :class:`TaskError`: the name is substituted into output paths."""
+    if not isinstance(task, str) or not TASK_NAME_RE.match(task) or ".." in task:
+        where = f"{params_file}: " if params_file else ""
+        raise TaskError(
+            f"{where}bad task name {task!r}: use letters, digits, '_', '-' and '.' (no '/', no '..', "
+            "not starting with '.' or '-')"
+        )
+    return task
+
+
+def task_spec(tasks: Any, task: str, params_file: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``(corruption name, params)`` of ``task`` in a params file's ``corrupt.tasks`` mapping; :class:`TaskError`
+    naming the file and the task for a missing task, an entry that is not ``{name: <corruption>, <param>: ...}``,
+    or an unsafe task name. The params themselves are checked by :func:`plan_corrupt`."""
+    src = params_file or "the params file"
+    if not isinstance(tasks, Mapping) or not tasks:
+        got = "no corrupt.tasks found" if not tasks else f"corrupt.tasks is a {type(tasks).__name__}, not a mapping"
+        raise TaskError(f"task {task!r} is not in {src} ({got})")
+    if task not in tasks:
+        raise TaskError(f"task {task!r} is not in {src} corrupt.tasks; known: {sorted(map(str, tasks))}")
+    check_task_name(task, params_file)
+    where, spec = _where(task, params_file), tasks[task]
+    if not isinstance(spec, Mapping):
+        raise TaskError(f"{where} must be a mapping like {{name: <corruption>, <param>: <value>}}, got {spec!r}")
+    params = dict(spec)
+    name = params.pop("name", None)
+    if not isinstance(name, str) or not name:
+        got = "none" if name is None else repr(name)
+        raise TaskError(f"{where}: needs a 'name' (the corruption's registry name), got {got}")
+    bad_keys = [k for k in params if not isinstance(k, str)]
+    if bad_keys:
+        raise TaskError(f"{where}: parameter names must be strings, got {bad_keys}")
+    return name, params
+
 
 @dataclass(frozen=True)
 class CorruptConfig:
@@ -194,6 +244,15 @@ class CorruptConfig:
     patch_size: int = 48
     png_level: int = 0
     seed: int = DEFAULT_SEED
+    params_file: str | None = None  # only for messages: which file the task came from
+
+    def __post_init__(self) -> None:
+        check_task_name(self.task, self.params_file)
+
+    @property
+    def where(self) -> str:
+        """``<params file>: corrupt.tasks.<task>``, the prefix of every message about this task."""
+        return _where(self.task, self.params_file)
 
     @property
     def folder(self) -> str:
@@ -219,26 +278,50 @@ class PairJob:
     png_level: int
 
 
-def plan_corrupt(cfg: CorruptConfig) -> Plan:
+def check_corruption(cfg: CorruptConfig) -> Any:
+    """The corruption's registry entry once ``cfg.params`` passed ``corruptions.check_params`` (names, finite plain
+    values, the entry's check hook, a trial run) and give the LQ patch size; :class:`TaskError` naming the params
+    file, the task and the bad parameter otherwise. Runs before anything is written."""
     import corruptions
 
-    entry = corruptions.get(cfg.corruption)
+    if not isinstance(cfg.params, Mapping):
+        raise TaskError(f"{cfg.where}: params must be a mapping, got {cfg.params!r}")
     try:
-        corruptions.validate_params(cfg.corruption, cfg.params)
-    except TypeError as e:
-        raise ValueError(f"task {cfg.task}: {e}") from None
-    hr = cfg.patch_size * cfg.scale
-    if tuple(entry.out_size(hr, hr, **cfg.params)) != (cfg.patch_size, cfg.patch_size):
-        raise ValueError(
-            f"task {cfg.task}: {cfg.corruption} maps {hr}x{hr} to {entry.out_size(hr, hr, **cfg.params)}, "
-            f"not the {cfg.patch_size}x{cfg.patch_size} LQ patch (is its scale param {cfg.scale}?)"
+        entry = corruptions.get(cfg.corruption)
+    except KeyError as e:
+        raise TaskError(f"{cfg.where}: {e.args[0]}") from None
+    try:
+        corruptions.check_params(cfg.corruption, cfg.params)
+        scale = cfg.scale
+    except corruptions.ParamsError as e:
+        raise TaskError(f"{cfg.where}: {e}") from None
+    except (TypeError, ValueError):
+        raise TaskError(f"{cfg.where}: scale must be a positive integer, got {cfg.params.get('scale')!r}") from None
+    if scale < 1:
+        raise TaskError(f"{cfg.where}: scale must be a positive integer, got {cfg.params.get('scale')!r}")
+    hr = cfg.patch_size * scale
+    size = tuple(entry.out_size(hr, hr, **cfg.params))
+    if size != (cfg.patch_size, cfg.patch_size):
+        raise TaskError(
+            f"{cfg.where}: {cfg.corruption} maps {hr}x{hr} to {size}, "
+            f"not the {cfg.patch_size}x{cfg.patch_size} LQ patch (is its scale param {scale}?)"
         )
+    return entry
+
+
+def plan_corrupt(cfg: CorruptConfig) -> Plan:
+    entry = check_corruption(cfg)
+    hr = cfg.patch_size * cfg.scale
     clean = shards.read_manifest(cfg.clean, shards.FORMAT_CLEAN)
     crop = int(clean["params"]["crop_size"])
     if hr > crop:
         raise ValueError(
             f"task {cfg.task} needs {hr}x{hr} HR patches but {cfg.clean} holds {crop}x{crop} crops "
             f"(raise shard.max_scale to {-(-hr // cfg.patch_size)} and rerun the shard stage)"
+        )
+    if not clean.get("samples"):
+        raise shards.ShardError(
+            f"{cfg.clean}: holds no clean samples (every source file was skipped; see its {shards.MANIFEST})"
         )
     params = {
         "task": cfg.task,
@@ -336,17 +419,39 @@ def run_job(job: CleanJob | PairJob) -> shards.ShardResult:
 ProgressFn = Callable[[int, int, shards.ShardResult | None], None]
 
 
+def check_not_empty(plan: Plan, manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` if it has samples; else :class:`~ipt.data.shards.ShardError` naming the source and how many
+    files were skipped (the manifest, with every skip reason, stays for diagnosis)."""
+    if manifest.get("samples"):
+        return manifest
+    skipped = manifest.get("skipped") or []
+    first = f"; first: {skipped[0]['path']}: {skipped[0]['reason']}" if skipped else ""
+    where = f"reasons in {storage.join(plan.folder, shards.MANIFEST)}"
+    if plan.format == shards.FORMAT_CLEAN:
+        n = plan.params.get("images", len(skipped))
+        raise shards.ShardError(
+            f"{plan.params.get('source', plan.folder)}: all {n} file(s) were skipped, no samples ({where}{first})"
+        )
+    raise shards.ShardError(
+        f"{plan.params.get('clean', plan.folder)}: all {len(skipped)} clean sample(s) were skipped, no pairs "
+        f"({where}{first})"
+    )
+
+
 def start(plan: Plan) -> tuple[dict[str, Any] | None, list[Any]]:
-    """Under the caller's lock: (the manifest if already complete, else None; the jobs still to run)."""
+    """Under the caller's lock: (the manifest if already complete, else None; the jobs still to run). A complete
+    folder without a single sample is an error (:func:`check_not_empty`)."""
     manifest = shards.prepare_folder(plan.folder, plan.digest)
     if manifest is not None:
-        return manifest, []
+        return check_not_empty(plan, manifest), []
     done = shards.completed(plan.folder, plan.digest, plan.names)
     return None, [j for j in plan.jobs if j.name not in done]
 
 
 def finish(plan: Plan) -> dict[str, Any]:
-    return shards.finalize(plan.folder, plan.digest, plan.format, plan.names, plan.params, plan.skipped)
+    """Write the manifest; an error (after writing it) if no sample was made (:func:`check_not_empty`)."""
+    manifest = shards.finalize(plan.folder, plan.digest, plan.format, plan.names, plan.params, plan.skipped)
+    return check_not_empty(plan, manifest)
 
 
 def execute(
