@@ -153,6 +153,13 @@ def _name_tasks(scales: list[int], task: str | None, source: str) -> tuple[str, 
         raise CheckpointError(f"{source}: a x1 single-task file (denoise or derain); say which with --task")
     if task_scale(task) != s:
         raise CheckpointError(f"{source}: task {task!r} needs a x{task_scale(task)} tail but this file's tail is x{s}")
+    if s == 1 and task not in OFFICIAL_PRETRAIN_TASKS:
+        known = ", ".join(t for t in OFFICIAL_PRETRAIN_TASKS if task_scale(t) == 1)
+        warnings.warn(
+            f"{source}: task {task!r} is not one of the paper's x1 tasks ({known}); this file does not name its "
+            f"task, so {task!r} is taken as given",
+            stacklevel=3,
+        )
     return (task,)
 
 

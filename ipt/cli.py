@@ -125,9 +125,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if restorer is not None:
         args.task = restorer.task
     else:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model = load_model(weights, args.task, num_heads=args.num_heads)
+        for w in caught:  # one `warning:` line each, like the image notes
+            _warn(str(w.message))
         if args.task is None:
             if len(model.spec.task_names) != 1:
                 raise UserError(f"{args.weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")

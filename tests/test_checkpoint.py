@@ -64,6 +64,8 @@ def test_x1_files_take_the_task_from_the_user_or_the_file_name(tmp_path) -> None
     assert load_model(path, "derain").tasks == ("derain",)
     named, _ = _official_file(tmp_path, ["denoise_s30"], name="IPT_denoise50.pt")
     assert load_model(named).tasks == ("denoise_s50",)
+    with pytest.warns(UserWarning, match="'denoise_30' is not one of the paper's x1 tasks"):  # a typo is said
+        assert load_model(path, "denoise_30").tasks == ("denoise_30",)
 
 
 def test_prefixes_are_stripped(tmp_path) -> None:
