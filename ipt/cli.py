@@ -27,6 +27,11 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line."""
 
 
+def params_source(args: argparse.Namespace) -> str:
+    """The params file a command reads: ``--params``, else ``$IPT_PARAMS``, else ``params.yaml`` ('none': no file)."""
+    return getattr(args, "params", None) or os.environ.get("IPT_PARAMS") or "params.yaml"
+
+
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
@@ -206,7 +211,7 @@ def _benchmark_corruption(args: argparse.Namespace) -> dict | None:
         return None
     except BenchmarkDataError:
         pass
-    source = getattr(args, "params", None) or os.environ.get("IPT_PARAMS") or "params.yaml"
+    source = params_source(args)
     tasks: dict = {}
     if source != "none" and Path(source).is_file():
         try:
@@ -467,7 +472,7 @@ def add_shard(sub: argparse._SubParsersAction) -> None:
 def cmd_corrupt(args: argparse.Namespace) -> int:
     from ipt.data import stages
 
-    source = getattr(args, "params", None) or os.environ.get("IPT_PARAMS") or "params.yaml"
+    source = params_source(args)
     params_file = None if source == "none" else source
     try:
         name, spec = stages.task_spec(getattr(args, "tasks", None), args.task, params_file)
@@ -805,7 +810,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser, subs = build_parser()
     argv = launch_argv(list(sys.argv[1:] if argv is None else argv), subs["launch"])
     args = parser.parse_args(argv)
-    source = getattr(args, "params", None) or os.environ.get("IPT_PARAMS") or "params.yaml"
+    source = params_source(args)
     if args.command in PARAMS_SECTIONS and source != "none":
         path = Path(source)
         explicit = source != "params.yaml" or getattr(args, "params", None) is not None
