@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tempfile
 import warnings
@@ -42,6 +43,7 @@ from ipt.benchmark import BASELINES, MODEL_URI_PREFIX
 from ipt.checkpoint import extract_task, file_sha256, load_model, official_state_dict, save_checkpoint
 
 CHAMPION = "champion"
+TIE_DB = 1e-6  # scores within this of the champion's tie (older versions stored 6 decimals)
 BASELINE_MODELS = (*BASELINES, "baseline")  # what a baseline report records as its model (`--model baseline`)
 _SEEDED = re.compile(r"^denoise_s")  # tasks whose benchmark inputs are drawn from the noise seed
 
@@ -104,6 +106,9 @@ def score_of(report: dict[str, Any], metric: str = "psnr_y", dataset: str | None
     if missing:
         raise RegistryError(f"benchmark report lacks {metric} for {missing}; it has {sorted(datasets)}")
     score = sum(float(datasets[n][metric]) for n in names) / len(names)
+    if not math.isfinite(score):
+        bad = [n for n in names if not math.isfinite(float(datasets[n][metric]))]
+        raise RegistryError(f"benchmark report: {metric} is not a finite number for {bad}; a NaN score never competes")
     return score, score_key(report, metric, names)
 
 
@@ -183,7 +188,7 @@ def register(
                 f"that record none"
             )
         setup = {f"score_{k}": str(report[k]) for k in ("tiling", "precision") if report.get(k)}
-        tags.update(score=f"{score:.6f}", score_key=key, report_check=check, **setup)
+        tags.update(score=repr(score), score_key=key, report_check=check, **setup)  # full precision: ties stay ties
         for note in notes:
             warnings.warn(note, RegistryWarning, stacklevel=2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +215,7 @@ def register(
         version = tracking.register_files(tracker, files, name, tags=tags)
     uri = tracker.tracking_uri
     before = tracking.alias_version(name, CHAMPION, uri)
-    promoted, reason = decide(score, key, before, allow_new_key=allow_new_key, setup=setup)
+    promoted, reason = decide(score, key, before, allow_new_key=allow_new_key, setup=setup, checkpoint_sha256=sha)
     if promoted:
         tracking.set_alias(name, CHAMPION, version, uri)
     return {
@@ -250,7 +255,12 @@ def decide(
     *,
     allow_new_key: bool = False,
     setup: dict[str, str] | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> tuple[bool, str]:
+    """(promote?, why). A new version takes the alias only with a score that beats the champion's, under the same
+    score key, by more than :data:`TIE_DB`: a tie (the champion's own checkpoint and report registered again, say)
+    never moves it.
+    """
     if score is None:
         return (champion is None, "first version (no score given)" if champion is None else "no score given")
     if champion is None:
@@ -274,6 +284,8 @@ def decide(
         if k in tags and tags[k] != val
     ]
     note = f"; note: scored with a different {', '.join(differs)}" if differs else ""
-    if score > old:
+    if checkpoint_sha256 and tags.get("checkpoint_sha256") == checkpoint_sha256:
+        note += "; this is the champion's own checkpoint again"
+    if score > old + TIE_DB:
         return True, f"{score:.4f} beats champion v{v} ({old:.4f}){note}"
     return False, f"{score:.4f} does not beat champion v{v} ({old:.4f}){note}"

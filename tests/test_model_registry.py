@@ -204,3 +204,29 @@ def test_c_report_must_be_of_the_checkpoint(tmp_path: Path, uri: str, capsys) ->
     assert err.startswith("warning: ") and "by path only" in err  # one warning: line, no Python warnings noise
     d = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", 41.0, 40.0, ckpt), 2)
     assert d["promoted"] and d["report_check"] == "sha256" and not d["warnings"]
+
+
+def test_nan_scores_ties_and_the_same_checkpoint_never_move_the_champion(tmp_path: Path, uri: str, capsys) -> None:
+    """QA round 2: a NaN report became champion for good; the same checkpoint registered again beat itself (its
+    stored score was rounded to 6 decimals)."""
+    torch.manual_seed(0)
+    spec = ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=2)
+    ckpt = save_checkpoint(tmp_path / "a.pt", build_ipt(spec))
+    twin = save_checkpoint(tmp_path / "b.pt", build_ipt(spec))  # other bytes (other init), same task
+    argv = ["register", "--task", "sr_x2", "--checkpoint", str(ckpt), "--report", str(tmp_path / "nan.json")]
+    (tmp_path / "nan.json").write_text(json.dumps(_report("sr_x2", float("nan"), 30.0, ckpt)))
+    assert main(argv) == 2
+    assert "psnr_y is not a finite number for ['Set5']" in capsys.readouterr().err
+    (tmp_path / "nan.json").write_text(json.dumps([1, 2]))
+    assert main(argv) == 2
+    assert "not an `ipt benchmark` report" in capsys.readouterr().err
+
+    score = 32.1234564  # stored as 32.123456 with 6 decimals, which the same score then "beat"
+    first = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", score, score, ckpt), 1)
+    assert first["promoted"]
+    again = _register(tmp_path, ckpt, "sr_x2", _report("sr_x2", score, score, ckpt), 2)
+    assert not again["promoted"] and again["reason"].endswith("this is the champion's own checkpoint again")
+    tie = _register(tmp_path, twin, "sr_x2", _report("sr_x2", score, score, twin), 3)
+    assert not tie["promoted"] and "does not beat champion v1" in tie["reason"]
+    better = _register(tmp_path, twin, "sr_x2", _report("sr_x2", score + 0.01, score, twin), 4)
+    assert better["promoted"] and better["champion"] == "4"

@@ -177,6 +177,8 @@ def cmd_refine_register(args: argparse.Namespace) -> int:
                 report = json.loads(Path(args.report).read_text())
             except (OSError, ValueError) as e:
                 raise RefineError(f"{args.report}: cannot read the benchmark report ({e})") from None
+            if not isinstance(report, dict) or not isinstance(report.get("datasets"), dict):
+                raise RefineError(f"{args.report}: not an `ipt benchmark` report (a JSON object with 'datasets')")
         tracker, owned = _tracker(args, start=True, run_name=f"register {Path(args.checkpoint).parent.name} refiner")
         result = register_refiner(
             args.checkpoint,

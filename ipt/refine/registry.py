@@ -70,7 +70,7 @@ def register_refiner(
         for note in notes:
             warnings.warn(note, RegistryWarning, stacklevel=2)
         score, key = score_of(report, metric, dataset)
-        tags |= {"score": f"{score:.6f}", "score_key": key, "report_check": check}
+        tags |= {"score": repr(score), "score_key": key, "report_check": check}
     base_file = find_base(checkpoint, obj["base"], tracker.tracking_uri)
     files: dict[str, Path] = {tracking.CHECKPOINT_NAME: checkpoint, BASE_FILE: base_file}
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +79,9 @@ def register_refiner(
             files["benchmark.json"].write_text(json.dumps(report, indent=1))
         version = tracking.register_files(tracker, files, name, tags=tags)
     before = tracking.alias_version(name, CHAMPION, tracker.tracking_uri)
-    promoted, reason = decide(score, key, before, allow_new_key=allow_new_key)
+    promoted, reason = decide(
+        score, key, before, allow_new_key=allow_new_key, checkpoint_sha256=tags["checkpoint_sha256"]
+    )
     if promoted:
         tracking.set_alias(name, CHAMPION, version, tracker.tracking_uri)
     return {
