@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch import Tensor
 
 from corruptions import imresize_uint8
 from ipt.data.benchmarks import BenchmarkSet, check_corruption, task_kind
+from ipt.fileio import atomic_write
 from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
 
 RestoreFn = Callable[[np.ndarray | Tensor], np.ndarray | Tensor]
@@ -265,16 +265,7 @@ def write_json(path: str | os.PathLike, report: dict[str, Any]) -> Path:
     """Write ``report`` atomically; strict JSON (a NaN or infinity raises instead of writing a bad token)."""
     p = Path(path)
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write(p, lambda f: f.write(text.encode()))
 
 
 def markdown_table(report: dict[str, Any]) -> str:

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec, task_scale
+from ipt.fileio import atomic_write
 from ipt.model import IPT, build_ipt
 from ipt.model.heads import RGB_MEAN
 
@@ -240,17 +240,7 @@ def save_checkpoint(path: str | os.PathLike, model: IPT, meta: dict[str, Any] | 
         "meta": dict(meta or {}),
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write(p, lambda f: torch.save(obj, f))
 
 
 def _spec_from_project(obj: dict[str, Any], source: str) -> ModelSpec:

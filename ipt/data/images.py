@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ipt.fileio import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -80,16 +81,7 @@ def write_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
     p = Path(path)
     if arr.dtype != np.uint8:
         raise TypeError(f"write_png needs uint8, got {arr.dtype}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(arr).save(f, format="PNG")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write(p, lambda f: Image.fromarray(arr).save(f, format="PNG"), fsync=False)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

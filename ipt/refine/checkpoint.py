@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 
 from ipt.checkpoint import CheckpointError, extract_task, file_sha256, load_model
+from ipt.fileio import atomic_write
 from ipt.model import IPT
 from ipt.refine.config import RefineError
 from ipt.refine.model import RefinedIPT
@@ -148,15 +148,7 @@ def save_refined(
     }
     if joint:
         obj["base_state_dict"] = {k: v.detach().cpu() for k, v in model.base.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write(p, lambda f: torch.save(obj, f))
 
 
 def read_refined(path: str | os.PathLike) -> dict[str, Any]:

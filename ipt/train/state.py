@@ -18,18 +18,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from ipt.checkpoint import CheckpointError, read_state, save_checkpoint
+from ipt.fileio import atomic_write
 from ipt.model import IPT
 from ipt.train.errors import TrainingError
 
@@ -41,20 +39,6 @@ METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 COLUMNS = ("step", "task", "loss", "l1", "contrastive", "lr", "grad_norm", "samples_per_s")
 _STEP_RE = re.compile(r"^step-(\d{8})\.pt$")
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -1,0 +1,32 @@
+"""Atomic file writes: a temporary beside the target, then a rename, so a reader never sees half a file.
+
+The temporary is created with mode 0o666 minus the umask (``tempfile.mkstemp`` would make it 0600, and that mode
+survives the rename: checkpoints, reports and restored images unreadable by the rest of a group).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object], *, fsync: bool = True) -> Path:
+    """Create ``path``'s folder, call ``write(f)`` on a binary temporary beside it, then rename it over ``path``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name[:100]}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return p
