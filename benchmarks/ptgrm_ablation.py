@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -161,6 +162,7 @@ def refine_one(a: argparse.Namespace, run: Runner, task: str, prior: str, parent
     run_id = child.run_id if child else None
     if not _refine_done(out, _refine_wanted(a)):
         scored.unlink(missing_ok=True)  # its score belongs to the model being replaced
+        shutil.rmtree(out, ignore_errors=True)  # `ipt refine` never overwrites a finished run
         args = ["refine", "--task", task, "--base", str(a.work / "finetune" / task / "model.pt"), "--prior", prior]
         args += ["--shards", str(a.work / "pairs"), "--out", str(out), "--steps", str(a.steps)]
         args += ["--batch-size", str(a.batch), "--crop", str(a.crop), "--threads", str(a.threads), "--params", "none"]

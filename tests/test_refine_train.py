@@ -124,6 +124,12 @@ def test_zero_init_flag_and_params_key(setup: dict, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "b" / "config.json").read_text())["zero_init"] is True
     assert torch.load(tmp_path / "b" / "model.pt", weights_only=True)["meta"]["zero_init"] is True
     assert RefineConfig(base="x").zero_init is True
+    before = (tmp_path / "b" / "model.pt").read_bytes()
+    assert main([*argv, "--out", str(tmp_path / "b"), "--params", str(params)]) == 2  # QA: it overwrote the run
+    assert (tmp_path / "b" / "model.pt").read_bytes() == before
+    for betas in ("0.9", "0.9,1.5"):
+        assert main([*argv, "--out", str(tmp_path / "c"), "--params", "none", "--betas", betas]) == 2
+    assert not (tmp_path / "c").exists()
 
 
 def test_joint_mode_trains_the_base_but_never_the_prior(setup: dict) -> None:

@@ -91,6 +91,27 @@ def test_a_finished_run_is_not_overwritten_and_resumes_only_with_the_same_config
         pretrain(tiny_pretrain(pairs, tmp_path / "run", steps=3, lr=1e-4, resume=True))
     again = pretrain(tiny_pretrain(pairs, tmp_path / "run", steps=3, resume=True))
     assert again["resumed_from"] == 3 and len(read_metrics(tmp_path / "run")) == 3
+    model = (tmp_path / "run" / "model.pt").read_bytes()
+    with pytest.raises(TrainingError, match="already at step 3, past steps 2"):  # QA: it relabelled the model
+        pretrain(tiny_pretrain(pairs, tmp_path / "run", steps=2, resume=True))
+    assert (tmp_path / "run" / "model.pt").read_bytes() == model
+
+
+@pytest.mark.parametrize("bad", [{"lr": float("nan")}, {"lr": float("inf")}, {"grad_clip": float("nan")}])
+def test_non_finite_hyperparameters_are_refused(pairs, tmp_path, bad) -> None:
+    with pytest.raises(TrainingError, match="must be a finite number"):
+        tiny_pretrain(pairs, tmp_path / "run", **bad)
+
+
+def test_a_truncated_shard_is_named(tmp_path) -> None:
+    """QA: a truncated pair shard gave a tarfile.ReadError traceback (with DataLoader workers, wrapped in another)."""
+    pairs = make_pair_root(tmp_path / "pairs", samples=8, shards=1)
+    shard = pairs / "sr_x2" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    for workers in (0, 2):
+        with pytest.raises(TrainingError) as e:
+            pretrain(tiny_pretrain(pairs, tmp_path / f"run{workers}", steps=4, num_workers=workers))
+        assert str(e.value).startswith(f"{shard}: unreadable pair shard") and "\n" not in str(e.value)
 
 
 def test_step_decay_by_global_step() -> None:

@@ -9,6 +9,7 @@ L1(base) + L1(refined)). Steps, batch and crop are CPU-sized.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,14 @@ class RefineConfig:
                 raise RefineError(f"refine.{name} must be >= 0, got {getattr(self, name)}")
         if self.crop and self.crop % 4:
             raise RefineError(f"refine.crop must be a multiple of 4 (PTG-RM works at 1/4 size), got {self.crop}")
+        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
+            raise RefineError(
+                f"refine.betas must be two numbers in [0, 1) (Adam's beta1, beta2), got {list(self.betas)}"
+            )
+        if not all(math.isfinite(v) for v in (self.lr, self.min_lr, self.grad_clip)):
+            raise RefineError(
+                f"refine: lr, min_lr and grad_clip must be finite, got {self.lr}, {self.min_lr}, {self.grad_clip}"
+            )
         if not 0 < self.min_lr <= self.lr:
             raise RefineError(f"refine: need 0 < min_lr <= lr, got lr {self.lr}, min_lr {self.min_lr}")
         if self.grad_clip < 0:

@@ -197,6 +197,9 @@ def refine(
 ) -> dict[str, Any]:
     """Train PTG-RM for ``cfg`` into ``cfg.out_dir``; returns the last step's metrics, the paths and the sizes."""
     tracker = tracker or NullTracker()
+    done = Path(cfg.out_dir) / "model.pt"
+    if done.exists():  # as pretrain/finetune: a finished run is never overwritten by accident
+        raise RefineError(f"{cfg.out_dir}: holds a refine run ({done.name}); choose another out or remove it first")
     device = resolve_device(cfg.device)
     base = resolve_base(cfg.base, cfg.task, tracking_uri=tracking_uri)
     scale = base.model.scale(cfg.task)

@@ -9,6 +9,7 @@ one task. Step counts replace epochs (WebDataset streams have no length), and th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -78,6 +79,10 @@ class TrainConfig:
         for name in ("lanes", "num_workers", "keep_checkpoints", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise TrainingError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)}")
+        numbers = ("lr", "temperature", "gamma", "contrastive_weight", "grad_clip", "charbonnier_eps")
+        for name in numbers:
+            if not math.isfinite(getattr(self, name)):
+                raise TrainingError(f"{type(self).__name__}.{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0 or self.temperature <= 0 or not 0 < self.gamma <= 1:
             raise TrainingError(f"{type(self).__name__}: need lr > 0, temperature > 0 and 0 < gamma <= 1")
         if self.contrastive_weight < 0 or self.grad_clip < 0:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,14 @@ class _Lane:
             self.segment, self.iters = segment, {}
         if task not in self.iters:
             self.iters[task] = iter(self._pipeline(task, segment))
-        return next(self.iters[task])
+        try:
+            return next(self.iters[task])
+        except (tarfile.TarError, OSError, EOFError) as e:  # a truncated or corrupt tar: name it, not a traceback
+            url = next((a for a in reversed(e.args) if isinstance(a, str) and a.endswith(".tar")), "a pair shard")
+            why = str(e.args[0]).split(" @ ")[0] if e.args else type(e).__name__
+            raise TrainingError(
+                f"{url}: unreadable pair shard ({why}); rebuild it (ipt corrupt --task {task})"
+            ) from None
 
     def _pipeline(self, task: str, segment: int) -> wds.DataPipeline:
         s = self.spec
@@ -254,7 +262,10 @@ def pair_batches(
         )
         parts = iter(loader)  # in-order: worker 0, 1, ..., workers-1 for step start, then the next step, ...
     for step in range(start, stop):
-        got = [next(parts) for _ in range(max(1, workers))]
+        try:
+            got = [next(parts) for _ in range(max(1, workers))]
+        except TrainingError as e:  # from a worker, wrapped in its traceback: keep the one-line diagnosis
+            raise TrainingError(str(e).strip().splitlines()[-1].split("TrainingError: ", 1)[-1]) from None
         if any(p.step != step for p in got):
             raise RuntimeError(f"data stream out of order: expected step {step}, got {[p.step for p in got]}")
         lq, hr = _assemble(got, spec.rows_per_lane)

@@ -167,6 +167,11 @@ def _restore(ckpt: dict[str, Any], cfg: TrainConfig, env: D.DistEnv, path: Path)
     diffs = cfg.differences(ckpt["train"]["config"])
     if diffs:
         raise TrainingError(f"{path}: cannot resume with a different configuration: {'; '.join(diffs)}")
+    if int(ckpt["train"]["step"]) > cfg.steps:
+        raise TrainingError(
+            f"{path}: the run is already at step {ckpt['train']['step']}, past steps {cfg.steps}; "
+            f"resume with steps >= {ckpt['train']['step']} (nothing was changed)"
+        )
     states = ckpt["train"]["rng"]
     if len(states) == env.world:
         S.set_rng_state(states[env.rank], env.device)
