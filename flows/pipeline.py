@@ -41,6 +41,10 @@ class PipelineBusy(RuntimeError):
     """Another pipeline run holds this workspace."""
 
 
+class UnknownStage(ValueError):
+    """A target that names no stage of dvc.yaml."""
+
+
 def project_dir(workdir: str | None = None) -> Path:
     """The workspace: ``workdir``, else ``$IPT_PROJECT_DIR``, else the current directory. It must hold dvc.yaml."""
     d = Path(workdir or os.environ.get("IPT_PROJECT_DIR") or ".").resolve()
@@ -114,10 +118,42 @@ def stale_stages(workdir: Path, targets: Sequence[str] = ()) -> list[str]:
     return [name.split(":")[-1] for name in status]  # "dvc.yaml:stage" when several dvc.yaml files exist
 
 
+def stage_names(workdir: Path) -> list[str]:
+    """Every stage of dvc.yaml, foreach stages expanded (``finetune@sr_x2``), from ``dvc stage list``."""
+    out = _dvc(["stage", "list", "--name-only"], workdir)
+    return [line.strip().split(":")[-1] for line in out.splitlines() if line.strip()]
+
+
+def _known(names: Sequence[str]) -> str:
+    """``shard, corrupt@{sr_x2,sr_x3}, pretrain``: the stage names, foreach groups folded."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        base, _, key = n.partition("@")
+        groups.setdefault(base, []).extend([key] if key else [])
+    return ", ".join(f"{b}@{{{','.join(keys)}}}" if keys else b for b, keys in groups.items())
+
+
+def check_targets(workdir: Path, targets: Sequence[str]) -> None:
+    """Raise :class:`UnknownStage` naming every target that is no stage (nor foreach group) of dvc.yaml."""
+    if not targets:
+        return
+    names = stage_names(workdir)
+    bad = [t for t in targets if not _expand([t], names)]
+    if bad:
+        raise UnknownStage(
+            f"unknown stage{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))} in {workdir / 'dvc.yaml'};"
+            f" known stages: {_known(names)}"
+        )
+
+
 def plan(workdir: Path, targets: Sequence[str] = ()) -> list[str]:
     """The stages to visit, in topological order: the stale ones and everything downstream of them, limited to
     ``targets`` and their upstream when targets are given. Empty when DVC says nothing is stale."""
-    stale = set(stale_stages(workdir, targets))
+    try:
+        stale = set(stale_stages(workdir, targets))
+    except RuntimeError:
+        check_targets(workdir, targets)  # a bad target: say so, not DVC's traceback
+        raise
     if not stale:
         return []
     nodes, edges = dag(workdir)
@@ -334,14 +370,23 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m flows.pipeline` (what `make run` calls): run the flow here, print the table and the UI commands."""
     import argparse
 
-    p = argparse.ArgumentParser(description="Run the ipt-pipeline flow in this process ($PREFECT_API_URL if set).")
+    p = argparse.ArgumentParser(
+        prog="python -m flows.pipeline",
+        description="Run the ipt-pipeline flow in this process ($PREFECT_API_URL if set).",
+    )
     p.add_argument("targets", nargs="*", help="stages (default: the whole DAG)")
     p.add_argument("--workdir", default=None, help="project root (default: $IPT_PROJECT_DIR or .)")
     p.add_argument("--push", action="store_true", help="dvc push when done")
     p.add_argument("--dry-run", action="store_true", help="print the stages DVC would run and their commands; run none")
     a = p.parse_args(argv)
-    if a.dry_run:
+    try:  # bad arguments: one line and exit 2, before any flow run starts
         root = project_dir(a.workdir)
+        check_targets(root, a.targets)
+    except (FileNotFoundError, UnknownStage, RuntimeError) as e:
+        msg = str(e).replace("pass workdir=", "pass --workdir")
+        print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
+    if a.dry_run:
         stages = plan(root, a.targets)
         print(f"{len(stages)} stage(s) to run in {root}" + (":" if stages else " (everything is up to date)"))
         for stage, lines in stage_commands(root, stages).items():

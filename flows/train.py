@@ -14,7 +14,9 @@ For several nodes, run the same deployment on each node with its ``node_rank`` (
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 
 from prefect import flow, get_run_logger
 
@@ -123,3 +125,51 @@ def finetune_ipt(
         tracking_uri,
         f"finetune {task}",
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flows.train {pretrain,finetune}`: run the flow in this process ($PREFECT_API_URL if set)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stage_args = None
+    if "--" in argv:  # everything after `--` goes to the stage: a direct torchrun run, outside DVC
+        stage_args, argv = argv[argv.index("--") + 1 :], argv[: argv.index("--")]
+    p = argparse.ArgumentParser(
+        prog="python -m flows.train",
+        description="Run the pretrain-ipt / finetune-ipt flow: the DVC stage pretrain / finetune@TASK (and stale "
+        "upstream stages) by default; with `-- ARGS`, `ipt pretrain|finetune ARGS` under torchrun directly.",
+        epilog="example: python -m flows.train finetune --task sr_x2 -- --steps 10",
+    )
+    sub = p.add_subparsers(dest="flow", required=True, metavar="{pretrain,finetune}")
+    for name in ("pretrain", "finetune"):
+        q = sub.add_parser(name, help=f"the {name}-ipt flow", description=f"The {name}-ipt flow. Stage flags: -- ARGS")
+        if name == "finetune":
+            q.add_argument("--task", required=True, help="the task to fine-tune (finetune@TASK)")
+        q.add_argument("--workdir", default=None, help="project root (default: $IPT_PROJECT_DIR or .)")
+        q.add_argument("--nproc-per-node", type=int, default=1, help="torchrun processes per node (with -- ARGS)")
+        q.add_argument("--nnodes", type=int, default=1, help="torchrun nodes (with -- ARGS)")
+        q.add_argument("--node-rank", type=int, default=0, help="this node's rank (with -- ARGS)")
+        q.add_argument("--master-addr", default="127.0.0.1", help="torchrun master address (with -- ARGS)")
+        q.add_argument("--master-port", type=int, default=29500, help="torchrun master port (with -- ARGS)")
+        q.add_argument("--experiment", default=f"ipt-{name}", help="MLflow experiment (with -- ARGS)")
+        q.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+        q.add_argument("--lock-timeout", type=float, default=3600.0, help="seconds to wait for the workspace lock")
+    a = p.parse_args(argv)
+    common = dict(
+        args=stage_args,
+        nproc_per_node=a.nproc_per_node,
+        nnodes=a.nnodes,
+        node_rank=a.node_rank,
+        master_addr=a.master_addr,
+        master_port=a.master_port,
+        workdir=a.workdir,
+        experiment=a.experiment,
+        tracking_uri=a.tracking_uri,
+        lock_timeout=a.lock_timeout,
+    )
+    result = pretrain_ipt(**common) if a.flow == "pretrain" else finetune_ipt(task=a.task, **common)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

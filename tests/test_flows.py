@@ -58,3 +58,27 @@ def test_benchmark_flow_fails_loudly_on_bad_data(tmp_path, prefect_server) -> No
             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
             workdir=str(ROOT),
         )
+
+
+def test_ad_hoc_benchmark_writes_outside_the_dvc_metrics_by_default(tmp_path, prefect_server) -> None:
+    """QA: an ad-hoc run (model=...) with no out_dir overwrote the DVC-tracked metrics/benchmark/sr_x2.json."""
+    from flows.benchmark import benchmark_ipt
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    summary = benchmark_ipt(
+        tasks=["sr_x2"],
+        model="baseline",
+        root=str(make_sr_set(tmp_path / "bench", scales=(2,))),
+        datasets="Set5",
+        limit=1,
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        workdir=str(work),
+    )
+    assert summary["sr_x2"]["Set5"] > 10
+    assert json.loads((work / "outputs" / "benchmark" / "baseline" / "sr_x2.json").read_text())["model"] == "baseline"
+    assert not (work / "metrics").exists()
+    with pytest.raises(ValueError, match="DVC stage output"):
+        benchmark_ipt(tasks=["sr_x2"], model="baseline", limit=1, out_dir="metrics/benchmark", workdir=str(work))
+    assert not (work / "metrics").exists()
