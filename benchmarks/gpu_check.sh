@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh OUTDIR   # there: tests/test_gpu.py, then the CUDA training throughput
 #
 # OUTDIR gets nvidia.txt, test_gpu.log, bench_train_cuda.log, BENCHMARKS.md and bench_train_cuda.json. The exit
-# status is pytest's. Time on an H200: about 3 minutes (set by the timeouts below: 300 s + 240 s at most).
+# status is pytest's. Not yet timed on a GPU; the timeouts below cap it at 300 s + 240 s.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR}
 py=${PYTHON:-python3}
