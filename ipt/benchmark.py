@@ -23,7 +23,7 @@ from torch import Tensor
 
 from corruptions import imresize_uint8
 from ipt.data.benchmarks import BenchmarkSet, check_corruption, task_kind
-from ipt.fileio import atomic_write
+from ipt.fileio import atomic_write, file_sha256
 from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
 
 RestoreFn = Callable[[np.ndarray | Tensor], np.ndarray | Tensor]
@@ -179,19 +179,17 @@ def make_restore_fn(
         return identity_fn, {"tiling": None, "precision": None}
     if model.startswith(MODEL_URI_PREFIX):
         model = str(resolve_model_uri(model, tracking_uri))
-    from ipt.checkpoint import file_sha256, load_model
+    from ipt.checkpoint import load_model
     from ipt.restore import Restorer, refined_restorer
 
     options = {"tiling": tiling, "batch": batch, "device": device, "precision": precision}
     refined = refined_restorer(model, task, tracking_uri=tracking_uri, num_heads=num_heads, **options)
     if refined is not None:  # a PTG-RM refiner checkpoint: its base, then the refiner (ipt/refine)
-        info = {"tiling": tiling, "precision": refined.precision_used, "refiner": "ptgrm"}
-        return restorer_fn(refined), info | {"model_sha256": file_sha256(model)}
-
-    net = load_model(model, task, num_heads=num_heads)
-    restorer = Restorer(net, task, tiling=tiling, batch=batch, device=device, precision=precision)
-    info = {"tiling": tiling, "precision": restorer.precision_used, "model_sha256": file_sha256(model)}
-    return restorer_fn(restorer), info
+        runner = refined
+    else:
+        runner = Restorer(load_model(model, task, num_heads=num_heads), task, **options)
+    info = {"tiling": tiling, "precision": runner.precision_used, "model_sha256": file_sha256(model)}  # the weights
+    return restorer_fn(runner), info | ({"refiner": "ptgrm"} if refined is not None else {})
 
 
 def run_benchmark(

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import warnings
@@ -24,16 +23,6 @@ from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec, task_scale
 from ipt.fileio import atomic_write
 from ipt.model import IPT, build_ipt
 from ipt.model.heads import RGB_MEAN
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (read in 1 MiB chunks): what registry tags and benchmark reports record."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 FORMAT_VERSION = 1
 _PREFIXES = ("module.", "_orig_mod.", "model.")

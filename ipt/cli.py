@@ -545,19 +545,17 @@ def cmd_register(args: argparse.Namespace) -> int:
                 tags={"ipt.stage": "register"} | ({"ipt.task": args.task} if args.task else {}),
                 required=True,  # registering needs a run, $IPT_TRACKING=off or not
             )
-        with warnings.catch_warnings():  # said once below, as warning: lines
-            warnings.simplefilter("ignore", registry.RegistryWarning)
-            result = registry.register(
-                args.checkpoint,
-                task=args.task,
-                name=args.name,
-                report=report,
-                report_path=args.report,
-                metric=args.metric,
-                dataset=args.dataset,
-                allow_new_key=args.allow_new_key,
-                tracker=tracker,
-            )
+        result = registry.register(
+            args.checkpoint,
+            task=args.task,
+            name=args.name,
+            report=report,
+            report_path=args.report,
+            metric=args.metric,
+            dataset=args.dataset,
+            allow_new_key=args.allow_new_key,
+            tracker=tracker,
+        )
     except (registry.RegistryError, tracking.TrackingError) as e:
         raise UserError(str(e)) from None
     if owned:
@@ -763,29 +761,25 @@ def launch_argv(argv: list[str], launch: argparse.ArgumentParser) -> list[str]:
     arity = {o: a.nargs != 0 for a in launch._actions for o in a.option_strings}
     cut = argv.index("--") if "--" in argv else len(argv)
     head, tail = argv[1:cut], argv[cut + 1 :]
-    front: list[str] = []
-    stage_at, i = None, 0
-    while i < len(head) and stage_at is None:  # launch options, then the stage
-        tok = head[i]
-        if tok.startswith("-"):
-            takes = arity.get(tok.split("=", 1)[0], False) and "=" not in tok
-            front += head[i : i + 1 + takes]
-            i += 1 + takes
-        else:
-            stage_at, i = i, i + 1
-    if stage_at is None:
-        return argv
-    rest: list[str] = []
+    front: list[str] = []  # launch's options (before the stage: any option, so argparse reports unknown ones)
+    rest: list[str] = []  # the stage's tokens that came before `--`
+    stage, i = None, 0
     while i < len(head):
-        tok, name = head[i], head[i].split("=", 1)[0]
-        if name in arity:
-            takes = arity[name] and "=" not in tok
+        tok = head[i]
+        name = tok.split("=", 1)[0]
+        if name in arity or (stage is None and tok.startswith("-")):
+            takes = arity.get(name, False) and "=" not in tok  # its value is the next token
             front += head[i : i + 1 + takes]
             i += 1 + takes
+            continue
+        if stage is None:
+            stage = tok
         else:
             rest.append(tok)
-            i += 1
-    return ["launch", *front, head[stage_at], "--", *rest, *tail]
+        i += 1
+    if stage is None:
+        return argv
+    return ["launch", *front, stage, "--", *rest, *tail]
 
 
 def _check_param_values(path: Path, command: str, section: dict, sub: argparse.ArgumentParser) -> None:

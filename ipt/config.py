@@ -90,6 +90,9 @@ class ModelSpec:
         for t, s in tasks:
             if s not in (1, 2, 3, 4, 8):
                 raise ConfigError(f"ModelSpec.tasks: task {t!r} has unsupported scale {s} (1, 2, 3, 4 or 8)")
+        for name in ("n_feats", "num_layers", "num_heads", "patch_dim", "patch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ModelSpec.{name} must be >= 1, got {getattr(self, name)}")
         if self.patch_size % self.patch_dim:
             raise ConfigError(
                 f"ModelSpec: patch_size {self.patch_size} is not a multiple of patch_dim {self.patch_dim}"

@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary beside the target, then a rename, so a reader never sees half a file.
+"""Atomic file writes (a temporary beside the target, then a rename, so a reader never sees half a file) and file
+digests.
 
 The temporary is created with mode 0o666 minus the umask (``tempfile.mkstemp`` would make it 0600, and that mode
 survives the rename: checkpoints, reports and restored images unreadable by the rest of a group).
@@ -6,6 +7,7 @@ survives the rename: checkpoints, reports and restored images unreadable by the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from collections.abc import Callable
@@ -30,3 +32,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object], 
         tmp.unlink(missing_ok=True)
         raise
     return p
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (read in 1 MiB chunks): what registry tags and benchmark reports record."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -8,7 +8,7 @@
 - ``ipt-pretrained``: the multi-task model; ``model.pt`` only.
 - The report must be of this checkpoint: its ``model_sha256`` (when it records one) must be the checkpoint file's;
   a report without it is matched by path (its ``model``, resolved against the current directory, must be the
-  checkpoint) or, for a ``models:/`` URI, not checked; both with a :class:`RegistryWarning`. A baseline report
+  checkpoint) or, for a ``models:/`` URI, not checked; both with a warning in the result. A baseline report
   (``bicubic`` / ``identity`` / ``baseline``) is refused. These are :class:`RegistryError`\\ s naming the report.
 - Alias ``champion`` moves to a new version only when its score (mean ``psnr_y`` over the report's datasets, or
   one dataset's) beats the current champion's *and the two are comparable*: they have the same score key
@@ -30,9 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,24 +38,29 @@ import torch
 
 from ipt import tracking
 from ipt.benchmark import BASELINES, MODEL_URI_PREFIX
-from ipt.checkpoint import extract_task, file_sha256, load_model, official_state_dict, save_checkpoint
+from ipt.checkpoint import extract_task, load_model, official_state_dict, save_checkpoint
+from ipt.data.benchmarks import BenchmarkDataError, task_kind
+from ipt.fileio import file_sha256
 
 CHAMPION = "champion"
 TIE_DB = 1e-6  # scores within this of the champion's tie (older versions stored 6 decimals)
 BASELINE_MODELS = (*BASELINES, "baseline")  # what a baseline report records as its model (`--model baseline`)
-_SEEDED = re.compile(r"^denoise_s")  # tasks whose benchmark inputs are drawn from the noise seed
 
 
 class RegistryError(ValueError):
     """A registration request that cannot be carried out; the message names the file or model."""
 
 
-class RegistryWarning(UserWarning):
-    """A registration that went ahead on weaker evidence (e.g. a report matched to its checkpoint by path only)."""
-
-
 def _short_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _noise_seeded(task: str) -> bool:
+    """Whether the benchmark draws ``task``'s inputs from the noise seed (the denoising tasks)."""
+    try:
+        return task_kind(task)[0] == "denoise"
+    except BenchmarkDataError:  # a custom task: its corruption spec (seed included) is in the key instead
+        return False
 
 
 def score_key(report: dict[str, Any], metric: str, names: list[str]) -> str:
@@ -87,7 +90,7 @@ def score_key(report: dict[str, Any], metric: str, names: list[str]) -> str:
         parts.append(f"images={_short_hash(images)}")
     if report.get("corruption"):
         parts.append(f"inputs={report['corruption'].get('name', '?')}#{_short_hash(report['corruption'])}")
-    elif _SEEDED.match(str(report.get("task") or "")):
+    elif _noise_seeded(str(report.get("task") or "")):
         parts.append(f"seed={report.get('seed', 'unrecorded')}")
     return "|".join(parts)
 
@@ -182,15 +185,13 @@ def register(
             raise RegistryError(f"{report_path or 'report'}: scores task {report.get('task')!r}, not {task!r}")
         check, notes = check_report_model(report, checkpoint, sha, report_path)
         score, key = score_of(report, metric, dataset)
-        if "|seed=unrecorded" in key:
+        if _noise_seeded(str(report.get("task") or "")) and report.get("seed") is None:
             notes.append(
                 f"{report_path or 'benchmark report'} records no noise seed; its score compares only with others "
                 f"that record none"
             )
         setup = {f"score_{k}": str(report[k]) for k in ("tiling", "precision") if report.get(k)}
         tags.update(score=repr(score), score_key=key, report_check=check, **setup)  # full precision: ties stay ties
-        for note in notes:
-            warnings.warn(note, RegistryWarning, stacklevel=2)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         files: dict[str, Path] = {}

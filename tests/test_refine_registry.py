@@ -31,7 +31,7 @@ def uri(tmp_path: Path, monkeypatch) -> str:
 
 
 def _report(task: str, psnr: float, model: Path) -> dict:
-    from ipt.checkpoint import file_sha256
+    from ipt.fileio import file_sha256
 
     sets = {"Set5": {"psnr_y": psnr, "images": 5}}
     return {"task": task, "model": str(model), "model_sha256": file_sha256(model), "protocol": "ipt", "datasets": sets}

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from helpers_pairs import make_pair_root
-from ipt.checkpoint import file_sha256
 from ipt.cli import main
+from ipt.fileio import file_sha256
 
 pytest.importorskip("mlflow")
 

@@ -209,15 +209,14 @@ def check_task_name(task: Any, params_file: str | None = None) -> str:
 
 def task_spec(tasks: Any, task: str, params_file: str | None = None) -> tuple[str, dict[str, Any]]:
     """``(corruption name, params)`` of ``task`` in a params file's ``corrupt.tasks`` mapping; :class:`TaskError`
-    naming the file and the task for a missing task, an entry that is not ``{name: <corruption>, <param>: ...}``,
-    or an unsafe task name. The params themselves are checked by :func:`plan_corrupt`."""
+    naming the file and the task for a missing task or an entry that is not ``{name: <corruption>, <param>: ...}``.
+    The name is checked by :class:`CorruptConfig`, the params by :func:`plan_corrupt`."""
     src = params_file or "the params file"
     if not isinstance(tasks, Mapping) or not tasks:
         got = "no corrupt.tasks found" if not tasks else f"corrupt.tasks is a {type(tasks).__name__}, not a mapping"
         raise TaskError(f"task {task!r} is not in {src} ({got})")
     if task not in tasks:
         raise TaskError(f"task {task!r} is not in {src} corrupt.tasks; known: {sorted(map(str, tasks))}")
-    check_task_name(task, params_file)
     where, spec = _where(task, params_file), tasks[task]
     if not isinstance(spec, Mapping):
         raise TaskError(f"{where} must be a mapping like {{name: <corruption>, <param>: <value>}}, got {spec!r}")

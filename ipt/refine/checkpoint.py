@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from ipt.checkpoint import CheckpointError, extract_task, file_sha256, load_model
-from ipt.fileio import atomic_write
+from ipt.checkpoint import CheckpointError, extract_task, load_model
+from ipt.fileio import atomic_write, file_sha256
 from ipt.model import IPT
 from ipt.refine.config import RefineError
 from ipt.refine.model import RefinedIPT

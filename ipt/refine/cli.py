@@ -195,6 +195,8 @@ def cmd_refine_register(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if owned:
         tracker.finish()
+    for note in result["warnings"]:
+        print(f"warning: {note}", file=sys.stderr)
     print(
         f"refine-register: {result['uri']} ({'champion' if result['promoted'] else 'not champion'}: {result['reason']})"
     )

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 from ipt import tracking
-from ipt.refine.checkpoint import BASE_FILE, file_sha256, find_base, read_refined
+from ipt.fileio import file_sha256
+from ipt.refine.checkpoint import BASE_FILE, find_base, read_refined
 from ipt.refine.config import RefineError
-from ipt.registry import CHAMPION, RegistryError, RegistryWarning, check_report_model, decide, score_of
+from ipt.registry import CHAMPION, RegistryError, check_report_model, decide, score_of
 
 
 def refiner_name(task: str) -> str:
@@ -63,12 +63,11 @@ def register_refiner(
     name = name or refiner_name(task)
     tags = refiner_tags(obj, checkpoint)
     score = key = None
+    notes: list[str] = []
     if report is not None:
         if report.get("task") not in (None, task):
             raise RegistryError(f"report scores task {report.get('task')!r}, the refiner is for {task!r}")
         check, notes = check_report_model(report, checkpoint, tags["checkpoint_sha256"], report_path)
-        for note in notes:
-            warnings.warn(note, RegistryWarning, stacklevel=2)
         score, key = score_of(report, metric, dataset)
         tags |= {"score": repr(score), "score_key": key, "report_check": check}
     base_file = find_base(checkpoint, obj["base"], tracker.tracking_uri)
@@ -92,6 +91,7 @@ def register_refiner(
         "score_key": key,
         "promoted": promoted,
         "reason": reason,
+        "warnings": notes,
         "champion": version if promoted else (before or {}).get("version"),
         "base": {k: v for k, v in tags.items() if k.startswith("base_")},
     }

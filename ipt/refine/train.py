@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ipt.data.shards import MANIFEST
 from ipt.device import resolve_device
+from ipt.fileio import atomic_write
 from ipt.refine.checkpoint import BaseRef, resolve_base, save_refined
 from ipt.refine.config import RefineConfig, RefineError
 from ipt.refine.model import RefinedIPT
@@ -32,7 +33,7 @@ from ipt.refine.ptgrm import PTGRM, PTGRMSpec, count_parameters
 from ipt.tracking import NullTracker, Tracker
 from ipt.train.data import Batch, StreamSpec, find_shards, pair_batches, seed_of
 from ipt.train.errors import TrainingError
-from ipt.train.state import atomic_write, write_json
+from ipt.train.state import write_json
 
 LogFn = Callable[[dict[str, Any]], None]
 FINAL = "model.pt"
