@@ -270,5 +270,3 @@ def pair_batches(
             raise RuntimeError(f"data stream out of order: expected step {step}, got {[p.step for p in got]}")
         lq, hr = _assemble(got, spec.rows_per_lane)
         yield Batch(lq.float(), hr.float(), got[0].task, step)
-    for _ in parts:  # the workers are done: let the loader see them end, rather than tearing them down in GC
-        pass
