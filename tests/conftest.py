@@ -17,6 +17,13 @@ SHARED = Path(os.environ.get("IPT_SHARED", ROOT.parent / "shared"))
 BENCHMARK_ROOT = Path(os.environ.get("IPT_BENCHMARK_ROOT", SHARED / "benchmarks"))
 
 
+def with_root_on_path(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the checkout first on PYTHONPATH for child processes, keeping what was there (a machine without
+    the venv, such as the lent GPU, finds the carried wheels through PYTHONPATH)."""
+    rest = env.get("PYTHONPATH", "")
+    return env | {"PYTHONPATH": str(ROOT) + (os.pathsep + rest if rest else "")}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for torchrun's master and test servers)."""
     with socket.socket() as s:

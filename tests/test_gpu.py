@@ -15,7 +15,7 @@ import pytest
 import torch
 from test_train_ddp import torchrun_pretrain
 
-from conftest import ROOT
+from conftest import ROOT, with_root_on_path
 from helpers_pairs import make_pair_root, tiny_pretrain
 from ipt.checkpoint import load_model
 from ipt.config import ModelSpec
@@ -75,7 +75,7 @@ def test_nccl_ranks_match_a_single_cuda_process(pairs, tmp_path, monkeypatch, np
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions in both runs
     steps = 4
     cmd = torchrun_pretrain(pairs, tmp_path / "ddp", device="cuda", steps=steps, nproc=nproc)
-    env = os.environ | {"PYTHONPATH": str(ROOT), "NVIDIA_TF32_OVERRIDE": "0"}
+    env = with_root_on_path(dict(os.environ)) | {"NVIDIA_TF32_OVERRIDE": "0"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith('{"run_dir"')))

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, with_root_on_path
 from helpers_pairs import make_pair_root, tiny_pretrain
 from ipt.checkpoint import load_model
 from ipt.train.loop import pretrain
@@ -54,7 +54,7 @@ def two_node_launch(pairs, out, *, steps: int) -> list[str]:
 
 def _run_together(cmds: list[list[str]], cwd) -> list[dict]:
     """Run the commands at once; the result lines they print (rank 0's JSON summary)."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = with_root_on_path(dict(os.environ)) | {"OMP_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(c, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds
     ]
