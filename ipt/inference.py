@@ -59,9 +59,9 @@ def _strip(tiles: Tensor, length: int, axis: int, patch: int, stride: int, margi
     """
     n, c = tiles.shape[:2]
     out = (
-        torch.empty(c, patch, length, dtype=tiles.dtype)
+        torch.empty(c, patch, length, dtype=tiles.dtype, device=tiles.device)
         if axis == 3
-        else torch.empty(c, length, patch, dtype=tiles.dtype)
+        else torch.empty(c, length, patch, dtype=tiles.dtype, device=tiles.device)
     )
     t = tiles if axis == 3 else tiles.transpose(2, 3)
     o = out if axis == 3 else out.transpose(1, 2)
@@ -91,7 +91,7 @@ def forward_chop_official(window_fn: WindowFn, x: Tensor, scale: int, patch: int
 
     P, S, M = patch * scale, step * scale, step * scale  # HR window, HR stride, HR margin (= stride)
     grid = torch.stack([tile[(r, cc)] for r in rows for cc in cols])
-    canvas = torch.zeros(c, hp * scale, wp * scale, dtype=out.dtype)
+    canvas = torch.zeros(c, hp * scale, wp * scale, dtype=out.dtype, device=out.device)
     canvas[:, :P, :] = _strip(torch.stack([tile[(0, cc)] for cc in cols]), wp * scale, 3, P, S, M)
     canvas[:, :, :P] = _strip(torch.stack([tile[(r, 0)] for r in rows]), hp * scale, 2, P, S, M)
     inner = _fold_mean(grid[..., M : P - M, M : P - M], ((hp - 2 * step) * scale, (wp - 2 * step) * scale), S)

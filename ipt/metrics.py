@@ -77,7 +77,7 @@ def quantize(x: Tensor) -> Tensor:
 
 
 def _weighted(c: Tensor, weights: tuple[float, float, float]) -> Tensor:
-    w = torch.tensor(weights, dtype=c.dtype).view(3, 1, 1)
+    w = torch.tensor(weights, dtype=c.dtype, device=c.device).view(3, 1, 1)
     return (c * w).sum(0)
 
 
@@ -168,7 +168,7 @@ def ssim_map(a: Tensor, b: Tensor, peak: float = 255.0) -> Tensor:
         raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(a.shape[-2:])}")
     c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     a, b = a.to(torch.float64), b.to(torch.float64)
-    f = _filter_valid(torch.stack([a, b, a * a, b * b, a * b]), gaussian_window())
+    f = _filter_valid(torch.stack([a, b, a * a, b * b, a * b]), gaussian_window().to(a.device))
     mu_a, mu_b = f[0], f[1]
     var_a, var_b, cov = f[2] - mu_a * mu_a, f[3] - mu_b * mu_b, f[4] - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)

@@ -17,6 +17,7 @@ from test_train_ddp import torchrun_pretrain
 
 from conftest import ROOT, with_root_on_path
 from helpers_pairs import make_pair_root, tiny_pretrain
+from ipt import metrics
 from ipt.checkpoint import load_model
 from ipt.config import ModelSpec
 from ipt.inference import restore_image
@@ -46,19 +47,27 @@ def test_bf16_autocast_training_on_cuda_learns(pairs, tmp_path) -> None:
     assert load_model(tmp_path / "bf16" / "model.pt").spec.task_names == ("sr_x2", "denoise_s30")
 
 
-def test_cuda_inference_matches_the_cpu() -> None:
+@pytest.mark.parametrize("tiling", ["overlap", "official"])
+def test_cuda_inference_matches_the_cpu(tiling: str) -> None:
     torch.manual_seed(0)
     model = IPT(ModelSpec(n_feats=8, num_layers=1, num_heads=2, patch_size=12, tasks=(("sr_x2", 2),))).eval()
     x = torch.rand(1, 3, 40, 52) * 255
     with torch.no_grad():
-        cpu = restore_image(lambda w: model(w, "sr_x2"), x, 2, patch=12)
+        cpu = restore_image(lambda w: model(w, "sr_x2"), x, 2, patch=12, tiling=tiling)
         gpu_model = model.cuda()
-        gpu = restore_image(lambda w: gpu_model(w, "sr_x2"), x.cuda(), 2, patch=12).cpu()
+        gpu = restore_image(lambda w: gpu_model(w, "sr_x2"), x.cuda(), 2, patch=12, tiling=tiling).cpu()
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            bf16 = restore_image(lambda w: gpu_model(w, "sr_x2"), x.cuda(), 2, patch=12).float().cpu()
+            bf16 = restore_image(lambda w: gpu_model(w, "sr_x2"), x.cuda(), 2, patch=12, tiling=tiling).float().cpu()
     assert (gpu - cpu).abs().max() < 0.05  # grey levels; TF32 convolutions may differ in the last bits
     mse = ((bf16 - cpu) ** 2).mean()
     assert 10 * torch.log10(255**2 / mse) > 35  # bf16 is an approximation, but a close one
+
+
+def test_metrics_of_cuda_tensors_equal_the_cpu_ones() -> None:
+    torch.manual_seed(0)
+    sr, hr = torch.rand(3, 40, 44) * 255, torch.rand(3, 40, 44) * 255
+    for fn in (metrics.psnr_y, metrics.ssim_y):
+        assert fn(sr.cuda(), hr.cuda(), crop_border=2) == pytest.approx(fn(sr, hr, crop_border=2), abs=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -83,3 +83,12 @@ def test_restore_image_dispatch_and_quantize(tiny_spec: ModelSpec) -> None:
     assert q.tolist() == [0.0, 0.0, 0.0, 255.0, 255.0]  # torch.round is half-to-even, as the official quantize
     with pytest.raises(ValueError, match="unknown tiling"):
         restore_image(lambda w: w, x, 1, tiling="nope")
+
+
+@pytest.mark.parametrize("tiling", ["official", "overlap"])
+def test_tilings_build_their_output_on_the_input_device(tiling: str) -> None:
+    """Every buffer of a tiling lives where the input does. A "meta" input (shapes only) stands for a GPU here: a
+    CPU-made canvas breaks it just as it broke the official tiling on CUDA (found on the lent H200)."""
+    x = torch.empty(1, 3, 60, 70, device="meta")
+    out = restore_image(lambda w: w.repeat_interleave(2, -1).repeat_interleave(2, -2), x, 2, tiling=tiling)
+    assert (out.device.type, tuple(out.shape)) == ("meta", (1, 3, 120, 140))
