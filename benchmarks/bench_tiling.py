@@ -79,8 +79,8 @@ def to_markdown(r: dict, command: str) -> str:
     lines += [
         "",
         "Random weights make every window's output far from the image, so the PSNR change between tilings here is "
-        "a stress value, not the change trained weights would show; it is re-measured with trained weights once "
-        "the training issue produces them.",
+        "a stress value, not the change trained weights would show. Paper-size trained weights cannot be had on these "
+        "machines (no downloads; training one needs GPUs), so it stays one.",
     ]
     return "\n".join(lines) + "\n"
 

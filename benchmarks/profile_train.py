@@ -48,6 +48,10 @@ def kind_of(name: str) -> str:
     return next((k for k, keys in KINDS if any(key in low for key in keys)), "elementwise/other")
 
 
+def is_annotation(name: str) -> bool:
+    return name.startswith(("Optimizer.", "ProfilerStep", "## "))
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -94,7 +98,8 @@ def breakdown(step, device: str) -> tuple[dict[str, float], list[tuple[str, floa
     kernels: dict[str, float] = defaultdict(float)
     for e in prof.events():
         if cuda:
-            if e.device_type != torch.autograd.DeviceType.CUDA:
+            # kernels only: a user annotation (Optimizer.step#Adam.step) spans kernels that are counted themselves
+            if e.device_type != torch.autograd.DeviceType.CUDA or is_annotation(e.name):
                 continue
             us = e.device_time  # kernels: their own time on the device
         else:
@@ -189,6 +194,8 @@ def to_markdown(res: dict, a: argparse.Namespace) -> str:
             "",
             "Top kernels: " + "; ".join(f"`{n[:60]}` {ms:.2f} ms" for n, ms in p["top"][:6]) + ".",
         ]
+    if res.get("note"):
+        lines += ["", res["note"]]
     return "\n".join(lines) + "\n"
 
 
