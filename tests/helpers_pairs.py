@@ -14,6 +14,7 @@ from PIL import Image
 import corruptions
 from corruptions.bicubic_down import quantize_uint8
 from ipt.config import task_scale
+from ipt.fileio import file_sha256
 
 # Corruption of each test task, as params.yaml's corrupt.tasks declares them.
 TASK_CORRUPTIONS: dict[str, tuple[str, dict]] = {
@@ -69,7 +70,7 @@ def make_pair_shards(
                 meta = {"task": task, "corruption": name, "params": params, "scale": scale, "seed": seed, "source": key}
                 sink.write({"__key__": key, "hr.png": _png(hr), "lq.png": _png(lq), "meta.json": json.dumps(meta)})
                 count += 1
-        listed.append({"name": shard, "samples": count, "sha256": ""})
+        listed.append({"name": shard, "samples": count, "sha256": file_sha256(folder / shard)})
     manifest = {
         "format": "ipt-pairs-v1",
         "samples": samples,

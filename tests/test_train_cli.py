@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -65,9 +66,15 @@ def test_model_config_file_and_errors(pairs, tmp_path, capsys) -> None:
 def test_per_step_metrics_reach_an_mlflow_run(pairs, tmp_path, monkeypatch) -> None:
     pytest.importorskip("mlflow")
     from ipt.tracking import MlflowTracker
+    from ipt.train.data import shard_versions
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
+    # The DVC version of a shard folder comes from ./dvc.lock (paths relative to it), as `dvc repro` leaves it.
+    sr = os.path.relpath(pairs / "sr_x2", tmp_path)
+    (tmp_path / "dvc.lock").write_text(
+        f"schema: '2.0'\nstages:\n  corrupt@sr_x2:\n    cmd: x\n    outs:\n    - path: {sr}\n      md5: 0123abc.dir\n"
+    )
     tracker = MlflowTracker.start("train-test", run_name="pretrain", tracking_uri=uri)
     argv = ["pretrain", "--shards", str(pairs), "--out", str(tmp_path / "run"), "--tasks", "sr_x2,denoise_s30"]
     argv += ["--model-size", "tiny", "--steps", "3", "--batch-size", "2", "--log-every", "0"]
@@ -76,6 +83,11 @@ def test_per_step_metrics_reach_an_mlflow_run(pairs, tmp_path, monkeypatch) -> N
     assert sorted(m.step for m in history) == [1, 2, 3]
     logged = tracker.client.get_run(tracker.run_id).data
     assert logged.params["pretrain.steps"] == "3" and logged.tags["ipt.stage"] == "pretrain"
+    versions = shard_versions(pairs, ["sr_x2", "denoise_s30"])
+    assert logged.tags["ipt.data.sr_x2"] == versions["sr_x2"][:16]
+    assert logged.tags["ipt.data.denoise_s30"] == versions["denoise_s30"][:16]
+    assert logged.tags["ipt.dvc.sr_x2"] == "0123abc.dir" and "ipt.dvc.denoise_s30" not in logged.tags  # untracked
+    assert len(logged.tags["ipt.params_hash"]) == 16
 
 
 def test_params_file_lists_of_numbers_reach_the_config(tmp_path) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from helpers_pairs import make_pair_root, tiny_pretrain
+from helpers_pairs import make_pair_root, make_pair_shards, tiny_pretrain
 from ipt.checkpoint import load_model, read_state
 from ipt.train.errors import TrainingError
 from ipt.train.loop import pretrain
@@ -95,6 +96,25 @@ def test_a_finished_run_is_not_overwritten_and_resumes_only_with_the_same_config
     with pytest.raises(TrainingError, match="already at step 3, past steps 2"):  # QA: it relabelled the model
         pretrain(tiny_pretrain(pairs, tmp_path / "run", steps=2, resume=True))
     assert (tmp_path / "run" / "model.pt").read_bytes() == model
+
+
+def test_resume_refuses_shards_that_changed_since_the_checkpoint(tmp_path) -> None:
+    pairs = make_pair_root(tmp_path / "pairs", samples=8, shards=2)
+    run = tmp_path / "run"
+    pretrain(tiny_pretrain(pairs, run, steps=2, checkpoint_every=1))
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    make_pair_shards(pairs, "sr_x2", samples=8, shards=2, seed=1)  # same names and counts, other pixels
+    with pytest.raises(TrainingError, match=r"shards under .* changed since the checkpoint: sr_x2 \("):
+        pretrain(tiny_pretrain(pairs, run, steps=4, checkpoint_every=1, resume=True))
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before
+    make_pair_shards(pairs, "sr_x2", samples=8, shards=2, seed=0)  # the same bytes again (e.g. `dvc checkout`)
+    assert pretrain(tiny_pretrain(pairs, run, steps=4, checkpoint_every=1, resume=True))["resumed_from"] == 2
+
+
+def test_recipe_hash_follows_the_numbers_not_the_paths() -> None:
+    base = tiny_pretrain(Path("a"), Path("out1"), steps=3)
+    assert base.recipe_hash() == tiny_pretrain(Path("b"), Path("out2"), steps=9, resume=True).recipe_hash()
+    assert base.recipe_hash() != tiny_pretrain(Path("a"), Path("out1"), steps=3, lr=1e-4).recipe_hash()
 
 
 @pytest.mark.parametrize("bad", [{"lr": float("nan")}, {"lr": float("inf")}, {"grad_clip": float("nan")}])

@@ -9,6 +9,8 @@ one task. Step counts replace epochs (WebDataset streams have no length), and th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -134,6 +136,13 @@ class TrainConfig:
             raise
         except (ValueError, TypeError) as e:
             raise TrainingError(str(e)) from None
+
+    def recipe_hash(self) -> str:
+        """sha256 (16 hex digits) of the recipe: every field but RESUMABLE_CHANGES, ``out`` and ``shards`` (where the
+        data lies; what it is, is the run's data version). Two runs with the same hash followed the same recipe; a
+        resumed run keeps its hash."""
+        recipe = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES | {"out", "shards"}}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def differences(self, other: dict[str, Any]) -> list[str]:
         """Fields (outside RESUMABLE_CHANGES) whose value differs from ``other`` (a stored ``to_dict()``)."""

@@ -82,6 +82,18 @@ def find_shards(root: str | Path, tasks: Sequence[str]) -> dict[str, tuple[str, 
     return out
 
 
+def shard_versions(root: str | Path, tasks: Sequence[str]) -> dict[str, str]:
+    """``{task: sha256}`` of the shards a run trains on: their names, sample counts and content hashes as the
+    folder's manifest lists them (no shard is read). The same data gives the same version on any machine or path;
+    run :func:`find_shards` first (it names a missing or broken folder)."""
+    out: dict[str, str] = {}
+    for task in tasks:
+        manifest = json.loads((Path(root) / task / MANIFEST).read_text())
+        listed = sorted((s["name"], s.get("samples"), s.get("sha256")) for s in manifest.get("shards", []))
+        out[task] = hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest()
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ streams
 
 

@@ -24,11 +24,11 @@ from ipt.checkpoint import CheckpointError, extract_task, load_model, official_s
 from ipt.config import ModelSpec
 from ipt.device import autocast
 from ipt.model import IPT, build_ipt
-from ipt.tracking import NullTracker, Tracker
+from ipt.tracking import NullTracker, Tracker, dvc_versions
 from ipt.train import distributed as D
 from ipt.train import state as S
 from ipt.train.config import FinetuneConfig, PretrainConfig, TrainConfig
-from ipt.train.data import Batch, StreamSpec, find_shards, pair_batches, seed_of
+from ipt.train.data import Batch, StreamSpec, find_shards, pair_batches, seed_of, shard_versions
 from ipt.train.errors import TrainingError
 from ipt.train.losses import ipt_objective
 from ipt.train.schedule import StepDecay
@@ -198,8 +198,9 @@ def _stream(cfg: TrainConfig, spec: ModelSpec) -> StreamSpec:
     )
 
 
-def _build(cfg: TrainConfig, env: D.DistEnv) -> tuple[IPT, torch.optim.Optimizer, StepDecay, int]:
-    """Model, optimizer and schedule: fresh, or exactly as the newest checkpoint left them (then its step)."""
+def _build(cfg: TrainConfig, env: D.DistEnv) -> tuple[IPT, torch.optim.Optimizer, StepDecay, int, dict | None]:
+    """Model, optimizer and schedule: fresh, or exactly as the newest checkpoint left them (then its step and the
+    data record it kept)."""
     resume_from = _resume_point(cfg, env)
     ckpt = S.load_training_checkpoint(resume_from) if resume_from else None
     if ckpt is not None:
@@ -214,19 +215,39 @@ def _build(cfg: TrainConfig, env: D.DistEnv) -> tuple[IPT, torch.optim.Optimizer
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     scheduler = StepDecay(cfg.lr, cfg.resolved_milestones(), cfg.gamma)
     if ckpt is None:
-        return model, optimizer, scheduler, 0
+        return model, optimizer, scheduler, 0, None
     optimizer.load_state_dict(ckpt["train"]["optimizer"])
     scheduler.load_state_dict(ckpt["train"]["scheduler"])
-    return model, optimizer, scheduler, int(ckpt["train"]["step"])
+    return model, optimizer, scheduler, int(ckpt["train"]["step"]), dict(ckpt["train"].get("data") or {})
 
 
-def _announce(cfg: TrainConfig, tracker: Tracker, start: int) -> None:
-    """Rank 0, before the first step: clean a killed run's temporaries, write config.json, log params and tags."""
+def _check_same_data(cfg: TrainConfig, resumed: dict | None, versions: dict[str, str]) -> None:
+    """A resumed run must read the shards its checkpoint was trained on (checkpoints before data versions: no check)."""
+    before = (resumed or {}).get("versions")
+    if not before:
+        return
+    changed = [t for t in versions if before.get(t) != versions[t]]
+    if changed:
+        what = ", ".join(f"{t} ({str(before.get(t))[:12]} -> {versions[t][:12]})" for t in changed)
+        raise TrainingError(
+            f"{cfg.out}: the pair shards under {cfg.shards} changed since the checkpoint: {what}; resuming would "
+            "continue the loss curve on other data. Put those shards back (e.g. `dvc checkout`) or train into a "
+            "new out (nothing was changed)"
+        )
+
+
+def _announce(cfg: TrainConfig, tracker: Tracker, start: int, versions: dict[str, str]) -> None:
+    """Rank 0, before the first step: clean a killed run's temporaries, write config.json, log params and tags
+    (the recipe hash, each task's data version from the shard manifests, and DVC's version of the shard folders
+    where ./dvc.lock tracks them)."""
     S.remove_temporaries(Path(cfg.out))
-    S.write_json(Path(cfg.out) / S.CONFIG, {"stage": cfg.stage, **cfg.to_dict()})
+    S.write_json(Path(cfg.out) / S.CONFIG, {"stage": cfg.stage, **cfg.to_dict(), "data_versions": versions})
     if start == 0:
         tracker.log_params({f"{cfg.stage}.{k}": v for k, v in cfg.to_dict().items()})
-    tracker.set_tags({"ipt.stage": cfg.stage, "ipt.resumed_from": str(start)})
+    dvc = dvc_versions({t: Path(cfg.shards) / t for t in versions})
+    tags = {"ipt.stage": cfg.stage, "ipt.resumed_from": str(start), "ipt.params_hash": cfg.recipe_hash()}
+    tags |= {f"ipt.data.{t}": v[:16] for t, v in versions.items()} | {f"ipt.dvc.{t}": v for t, v in dvc.items()}
+    tracker.set_tags(tags)
 
 
 def _logger(log: S.MetricsLog | None, tracker: Tracker, progress: LogFn | None) -> LogFn:
@@ -245,10 +266,12 @@ def _logger(log: S.MetricsLog | None, tracker: Tracker, progress: LogFn | None) 
 def _run(cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | None) -> dict[str, Any]:
     if cfg.batch_size % env.world:
         raise TrainingError(f"global batch_size {cfg.batch_size} is not divisible by {env.world} ranks")
-    model, optimizer, scheduler, start = _build(cfg, env)
+    model, optimizer, scheduler, start, resumed = _build(cfg, env)
     stream = _stream(cfg, model.spec)  # validates the shards before any file is written
+    versions = shard_versions(cfg.shards, cfg.train_tasks)
+    _check_same_data(cfg, resumed, versions)
     if env.is_main:
-        _announce(cfg, tracker, start)
+        _announce(cfg, tracker, start, versions)
     precision = _resolve_precision(cfg.precision, env.device)
     net: nn.Module = model
     if env.distributed:
@@ -266,7 +289,7 @@ def _run(cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | N
 
     def on_step(step: int) -> None:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _checkpoint(cfg, env, model, optimizer, scheduler, step)
+            _checkpoint(cfg, env, model, optimizer, scheduler, step, versions)
 
     batches = pair_batches(
         stream,
@@ -301,7 +324,13 @@ def _run(cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | N
 
 
 def _checkpoint(
-    cfg: TrainConfig, env: D.DistEnv, model: IPT, optimizer: torch.optim.Optimizer, scheduler: StepDecay, step: int
+    cfg: TrainConfig,
+    env: D.DistEnv,
+    model: IPT,
+    optimizer: torch.optim.Optimizer,
+    scheduler: StepDecay,
+    step: int,
+    versions: dict[str, str],
 ) -> None:
     rng = D.gather_objects(env, S.rng_state(env.device))
     if env.is_main:
@@ -320,6 +349,7 @@ def _checkpoint(
                 "segment": cfg.stream_segment,
                 "tasks": list(cfg.train_tasks),
                 "weights": list(cfg.weights),
+                "versions": versions,  # shard_versions: a resume must find the same data
             },
         }
         meta = {"stage": cfg.stage, "step": step, "tasks": list(cfg.train_tasks)}

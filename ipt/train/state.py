@@ -2,7 +2,7 @@
 
 ```
 RUN/
-  config.json                 the stage's config (rewritten on every start)
+  config.json                 the stage's config and its data versions (rewritten on every start)
   checkpoints/step-00000500.pt   project checkpoint (ipt.checkpoint layout) + a "train" entry: step, config,
                                  optimizer, scheduler, RNG states of every rank, data-stream position and seeds
   model.pt                    final weights, project layout (`ipt restore --weights RUN/model.pt`)
