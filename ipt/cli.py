@@ -602,7 +602,19 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.params and "--params" not in stage_args:  # the stage reads the same params file
         stage_args = ["--params", args.params, *stage_args]
     try:
-        return launch.run(args.stage, stage_args, launch.from_args(args), dry_run=args.dry_run)
+        cfg = launch.from_args(args)
+    except launch.LaunchError as e:
+        raise UserError(str(e)) from None
+    if cfg.distributed and not args.dry_run:  # a user error once, before torchrun starts ranks that would each hit it
+        from ipt.train.cli import preflight
+        from ipt.train.errors import TrainingError
+
+        try:
+            preflight(args.stage, parse_args([args.stage, *stage_args]))
+        except TrainingError as e:
+            raise UserError(str(e)) from None
+    try:
+        return launch.run(args.stage, stage_args, cfg, dry_run=args.dry_run)
     except launch.LaunchError as e:
         raise UserError(str(e)) from None
 

@@ -80,3 +80,30 @@ def test_flags_after_the_double_dash_stay_with_the_stage(capsys) -> None:
         "--nnodes",
         "2",
     ]
+
+
+def test_user_errors_stop_launch_before_torchrun_starts_any_rank(tmp_path, capsys, monkeypatch) -> None:
+    """Two ranks would print the same error twice, then torchrun its failure report: launch checks once first."""
+    from helpers_pairs import make_pair_root
+    from ipt import launch
+    from ipt.train.state import checkpoint_path
+
+    def no_exec(*argv):
+        raise AssertionError(f"torchrun was started: {argv}")
+
+    monkeypatch.setattr(launch.os, "execv", no_exec)
+    stage = ["--params", "none", "--tasks", "sr_x2", "--model-size", "tiny", "--steps", "2"]
+    missing = ["launch", "--nproc-per-node", "2", "pretrain", "--", *stage, "--shards", str(tmp_path / "none")]
+    assert main([*missing, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and f"{tmp_path / 'none' / 'sr_x2'}: no pair shards" in err
+
+    pairs = make_pair_root(tmp_path / "pairs", tasks=("sr_x2",))
+    run = tmp_path / "run"
+    checkpoint_path(run, 4).parent.mkdir(parents=True)
+    checkpoint_path(run, 4).write_bytes(b"")
+    argv = ["launch", "--nproc-per-node", "2", "pretrain", "--", *stage, "--shards", str(pairs), "--out", str(run)]
+    assert main(argv) == 2
+    assert "holds checkpoints (step-00000004.pt); pass resume" in capsys.readouterr().err
+    with pytest.raises(AssertionError, match="torchrun was started"):  # a good configuration does start it
+        main([*argv, "--resume"])

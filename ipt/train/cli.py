@@ -178,11 +178,27 @@ def _run(stage: str, args: argparse.Namespace, data: dict[str, Any]) -> int:
     return 0
 
 
+def stage_data(stage: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The config mapping of ``stage`` from its parsed flags (params.yaml defaults included); finetune's ``out``
+    gets its ``{task}`` filled in. Raises TrainingError for an unreadable model config."""
+    if stage == "pretrain":
+        return _given(args, TRAIN_KEYS + ["tasks", "task_weights"]) | {"model": _model_dict(args)}
+    args.out = args.out.format(task=args.task)
+    return _given(args, TRAIN_KEYS + ["init", "task", "init_num_heads"])
+
+
+def preflight(stage: str, args: argparse.Namespace) -> None:
+    """What every rank would check first (config, shards, run folder), once, for `ipt launch` (raises TrainingError)."""
+    from ipt.train import loop
+
+    loop.preflight(loop.config_for(stage, stage_data(stage, args)))
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from ipt.train.errors import TrainingError
 
     try:
-        data = _given(args, TRAIN_KEYS + ["tasks", "task_weights"]) | {"model": _model_dict(args)}
+        data = stage_data("pretrain", args)
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -190,8 +206,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    args.out = args.out.format(task=args.task)
-    return _run("finetune", args, _given(args, TRAIN_KEYS + ["init", "task", "init_num_heads"]))
+    return _run("finetune", args, stage_data("finetune", args))
 
 
 def main(argv: list[str] | None = None) -> int:

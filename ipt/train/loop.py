@@ -159,8 +159,21 @@ def _resume_point(cfg: TrainConfig, env: D.DistEnv) -> Path | None:
     latest = S.latest_checkpoint(run) if env.is_main else None
     latest = D.broadcast_object(env, str(latest) if latest else None)
     if latest and not cfg.resume:
-        raise TrainingError(f"{run}: holds checkpoints ({Path(latest).name}); pass resume to continue or use a new out")
+        raise _overwrite_error(run, latest)
     return Path(latest) if latest else None
+
+
+def _overwrite_error(run: Path, latest: str | Path) -> TrainingError:
+    return TrainingError(f"{run}: holds checkpoints ({Path(latest).name}); pass resume to continue or use a new out")
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """The checks every rank makes before its first step, made once: `ipt launch` runs them before it starts
+    torchrun, so a user error prints one line instead of one per rank and torchrun's failure report."""
+    find_shards(cfg.shards, cfg.train_tasks)
+    latest = S.latest_checkpoint(Path(cfg.out))
+    if latest and not cfg.resume:
+        raise _overwrite_error(Path(cfg.out), latest)
 
 
 def _restore(ckpt: dict[str, Any], cfg: TrainConfig, env: D.DistEnv, path: Path) -> None:
