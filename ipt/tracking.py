@@ -73,14 +73,22 @@ def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
-def _client(tracking_uri: str | None):
+def _client(tracking_uri: str | None, *, existing: bool = False):
+    """(client, uri). ``existing``: for lookups only; a sqlite store whose file is missing is an error, not a new
+    empty database left behind in the working directory."""
+    uri = tracking_uri or default_tracking_uri()
+    if existing and uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        if not db.is_file():
+            raise TrackingError(
+                f"no MLflow store at {db} (tracking URI {uri}); point MLFLOW_TRACKING_URI or --tracking-uri at the "
+                "store that holds the runs and models"
+            )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow.tracking import MlflowClient
 
     # "Creating initial MLflow database tables..." on every fresh sqlite store is noise on a CLI's stderr.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-
-    uri = tracking_uri or default_tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
@@ -88,7 +96,7 @@ class MlflowTracker:
     """Logs to one existing run, by id, through ``MlflowClient``."""
 
     def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
-        self.client, self.tracking_uri = _client(tracking_uri)
+        self.client, self.tracking_uri = _client(tracking_uri, existing=True)
         try:
             self.client.get_run(run_id)
         except Exception as e:  # noqa: BLE001 - MlflowException and store errors alike
@@ -243,7 +251,7 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
     """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> the local path of its ``model.pt``."""
     if not uri.startswith(MODEL_URI_PREFIX):
         raise TrackingError(f"{uri}: not a models:/ URI")
-    client, tracking = _client(tracking_uri)
+    client, tracking = _client(tracking_uri, existing=True)
     ref = uri[len(MODEL_URI_PREFIX) :]
     try:
         if "@" in ref:

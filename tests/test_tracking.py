@@ -108,7 +108,21 @@ def test_registered_model_uri_serves_benchmark_and_restore(tmp_path, tracking_ur
     assert np.asarray(Image.open(tmp_path / "o.png")).shape == (60, 72, 3)
 
 
+def test_a_missing_store_is_named_and_not_created(tmp_path, tracking_uri, capsys) -> None:
+    """Lookups (models:/ URIs, runs by id) never leave an empty mlflow.db behind in the working directory."""
+    with pytest.raises(TrackingError, match=f"no MLflow store at {tmp_path / 'mlflow.db'}"):
+        resolve_model_uri("models:/ipt-sr_x2@champion")
+    with pytest.raises(TrackingError, match="no MLflow store"):
+        MlflowTracker("deadbeef")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    argv = ["restore", str(tmp_path / "x.png"), str(tmp_path / "o.png"), "--weights", "models:/ipt-sr_x2@champion"]
+    assert main([*argv, "--task", "sr_x2"]) == 2
+    assert "no MLflow store at" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_unknown_model_uri_and_run_are_clear_errors(tmp_path, tracking_uri, capsys) -> None:
+    MlflowTracker.start("ipt-test")  # the store exists; what it holds is not asked for
     with pytest.raises(TrackingError, match="models:/nope@champion: no such registered model version"):
         resolve_model_uri("models:/nope@champion")
     with pytest.raises(TrackingError, match="MLflow run 'deadbeef' not found"):
