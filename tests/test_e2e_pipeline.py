@@ -311,7 +311,13 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         assert mlflow.get_model_version_by_alias("ipt-jpeg_q10", "champion").version == jpeg_version.version
         report = json.loads((repo / "metrics" / "benchmark" / "jpeg_q10.json").read_text())
         assert set(report["datasets"]) == {"Set5", "Set14"}
-        assert len(mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pretrain").experiment_id])) == 2
+        pretrains = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pretrain").experiment_id])
+        assert len(pretrains) == 2
+        # The newest pretrain run names the DVC version of each shard folder it read, as dvc.lock has it now.
+        lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+        for t in ("sr_x2", "jpeg_q10"):
+            (out,) = lock[f"corrupt@{t}"]["outs"]
+            assert pretrains.iloc[0][f"tags.ipt.dvc.{t}"] == out["md5"], t
 
     # 4. Everything is in the remote: a fresh clone pulls every output and has nothing to reproduce.
     _run(["git", "add", "-A"], repo)
@@ -323,4 +329,9 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
     out = _run([str(BIN / "dvc"), "repro"], clone, MLFLOW_TRACKING_URI=uri)
     assert "Running stage" not in out, out
+    assert "up to date" in _run([str(BIN / "dvc"), "status"], clone)
+    # How many processes train is no stage parameter: DDP gives the same run for any number (tests/test_train_ddp.py).
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["launch"]["nproc_per_node"] = 4
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "up to date" in _run([str(BIN / "dvc"), "status"], clone)
