@@ -9,7 +9,7 @@
 # BENCH_ROOT (optional): a benchmark root holding Set5 and B100 (the lent machine cannot see ../shared: copy them into
 # an ignored folder of the checkout and carry it); with it, bench_tiling times the paper-size model on both sets.
 # OUTDIR gets nvidia.txt, test_gpu.log, bench_cuda.log (every benchmark's output), BENCHMARKS.md and bench_cuda.tar
-# (the benchmarks' JSON files). The exit status is pytest's. The timeouts below add up to 540 s at most (the device
+# (the benchmarks' JSON files). The exit status is pytest's. The timeouts below add up to 590 s at most (the device
 # tool allows 600 s a command).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUTDIR [BENCH_ROOT]}
@@ -24,7 +24,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 { nvidia-smi -L; $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.device_count(), 'device(s)')"; } \
     2>&1 | tee "$out/nvidia.txt"
-timeout 150 $py -m pytest -q -m gpu -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/test_gpu.log"
+timeout 200 $py -m pytest -q -m gpu -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/test_gpu.log"
 rc=${PIPESTATUS[0]}
 log="$out/bench_cuda.log"
 bench() { echo "== $*" >>"$log"; timeout "$1" $py "${@:2}" --out docs/BENCHMARKS.md 2>&1 | tee -a "$log"; }

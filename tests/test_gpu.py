@@ -11,16 +11,21 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_train_ddp import torchrun_pretrain
 
 from conftest import ROOT, with_root_on_path
+from helpers_data import make_sr_set
 from helpers_pairs import make_pair_root, tiny_pretrain
 from ipt import metrics
-from ipt.checkpoint import load_model
+from ipt.checkpoint import load_model, save_checkpoint
+from ipt.cli import main
 from ipt.config import ModelSpec
 from ipt.inference import restore_image
+from ipt.model import build_ipt
 from ipt.model.ipt import IPT
 from ipt.train.loop import pretrain
 from ipt.train.state import read_metrics
@@ -96,3 +101,49 @@ def test_nccl_ranks_match_a_single_cuda_process(pairs, tmp_path, monkeypatch, np
         assert g["task"] == w["task"]
         for key in ("loss", "l1", "contrastive"):
             assert g[key] == pytest.approx(w[key], rel=1e-4), (g["step"], key)
+
+
+def _png(path) -> np.ndarray:
+    return np.asarray(Image.open(path)).astype(np.int16)
+
+
+@pytest.mark.parametrize("tiling", ["overlap", "official"])
+def test_restore_and_benchmark_clis_on_cuda_match_the_cpu(tmp_path, monkeypatch, tiling: str) -> None:
+    """The user's commands with `--device cuda`: `ipt restore` and `ipt benchmark` (the paper table's path)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    spec = ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=2, patch_size=12)
+    weights = save_checkpoint(tmp_path / "tiny.pt", build_ipt(spec))
+    root = make_sr_set(tmp_path / "bench", "Set5", n=2, size=(60, 72))
+    lr = root / "Set5" / "LR_bicubic" / "X2" / "img0x2.png"
+    reports = {}
+    for dev in ("cpu", "cuda"):
+        argv = ["restore", str(lr), str(tmp_path / f"{dev}.png"), "--weights", str(weights), "--task", "sr_x2"]
+        assert main([*argv, "--device", dev, "--tiling", tiling, "--quiet"]) == 0
+        argv = ["benchmark", "--task", "sr_x2", "--model", str(weights), "--root", str(root), "--datasets", "Set5"]
+        out = tmp_path / f"{dev}.json"
+        argv += ["--device", dev, "--tiling", tiling, "--precision", "fp32", "--out", str(out), "--quiet"]
+        assert main(argv) == 0
+        reports[dev] = json.loads(out.read_text())
+    assert np.abs(_png(tmp_path / "cpu.png") - _png(tmp_path / "cuda.png")).max() <= 1  # rounding of near-ties
+    cpu, gpu = (reports[d]["datasets"]["Set5"]["psnr_y"] for d in ("cpu", "cuda"))
+    assert gpu == pytest.approx(cpu, abs=0.01)
+
+
+def test_finetune_and_refine_train_on_cuda(pairs, tmp_path) -> None:
+    """Fine-tuning (and its official-layout export) and PTG-RM training on CUDA, then restoring through both."""
+    pre = tiny_pretrain(pairs, tmp_path / "pre", steps=2, device="cuda")  # the released layout: official.pt export
+    pretrain(pre)
+    argv = ["finetune", "--params", "none", "--task", "sr_x2", "--init", str(tmp_path / "pre"), "--shards", str(pairs)]
+    argv += ["--out", str(tmp_path / "ft"), "--steps", "2", "--batch-size", "2", "--device", "cuda", "--log-every", "0"]
+    assert main(argv) == 0
+    assert (tmp_path / "ft" / "official.pt").is_file()
+    argv = ["refine", "--params", "none", "--task", "sr_x2", "--base", str(tmp_path / "ft" / "model.pt")]
+    argv += ["--prior", "random", "--shards", str(pairs), "--out", str(tmp_path / "ref"), "--steps", "2"]
+    assert main([*argv, "--batch-size", "2", "--shuffle-buffer", "4", "--device", "cuda", "--log-every", "0"]) == 0
+    img = tmp_path / "odd.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (19, 27, 3), dtype=np.uint8)).save(img)
+    for weights in (tmp_path / "ft" / "model.pt", tmp_path / "ref" / "model.pt"):
+        out = tmp_path / f"{weights.parent.name}.png"
+        assert main(["restore", str(img), str(out), "--weights", str(weights), "--device", "cuda", "--quiet"]) == 0
+        assert Image.open(out).size == (54, 38)
