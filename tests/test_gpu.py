@@ -119,7 +119,7 @@ def test_restore_and_benchmark_clis_on_cuda_match_the_cpu(tmp_path, monkeypatch,
     reports = {}
     for dev in ("cpu", "cuda"):
         argv = ["restore", str(lr), str(tmp_path / f"{dev}.png"), "--weights", str(weights), "--task", "sr_x2"]
-        assert main([*argv, "--device", dev, "--tiling", tiling, "--quiet"]) == 0
+        assert main([*argv, "--device", dev, "--tiling", tiling, "--precision", "fp32", "--quiet"]) == 0
         argv = ["benchmark", "--task", "sr_x2", "--model", str(weights), "--root", str(root), "--datasets", "Set5"]
         out = tmp_path / f"{dev}.json"
         argv += ["--device", dev, "--tiling", tiling, "--precision", "fp32", "--out", str(out), "--quiet"]
