@@ -15,11 +15,21 @@ from pathlib import Path
 from typing import IO
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object], *, fsync: bool = True) -> Path:
-    """Create ``path``'s folder, call ``write(f)`` on a binary temporary beside it, then rename it over ``path``."""
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[IO[bytes]], object],
+    *,
+    fsync: bool = True,
+    tmp_prefix: str | None = None,
+) -> Path:
+    """Create ``path``'s folder, call ``write(f)`` on a binary temporary beside it, then rename it over ``path``.
+
+    The temporary is ``.<name>.<random>.tmp``, or ``<tmp_prefix><random>-<name>`` for a caller that finds (and
+    removes) a killed writer's temporaries by their prefix (ipt.data.storage)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.parent / f".{p.name[:100]}.{secrets.token_hex(4)}.tmp"
+    token = secrets.token_hex(4)
+    tmp = p.parent / (f"{tmp_prefix}{token}-{p.name[:100]}" if tmp_prefix else f".{p.name[:100]}.{token}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import IO, Any
+
+from ipt.fileio import atomic_write
 
 TMP_PREFIX = ".tmp-"  # atomic-write temporaries (local only); skipped by listings, removed by remove_temporaries
 _ENV_KEYS = (
@@ -392,27 +393,19 @@ def _first_line(e: BaseException) -> str:
 
 
 def _write_local(dest: str, write: Callable[[IO[bytes]], object]) -> None:
-    """Write a temporary beside ``dest`` with ``write(f)``, fsync it and rename it over ``dest``."""
-    folder = os.path.dirname(dest)
-    os.makedirs(folder, exist_ok=True)
-    # not tempfile.mkstemp: its 0600 mode would survive the rename; os.open with 0o666 honours the umask
-    tmp = os.path.join(folder, f"{TMP_PREFIX}{secrets.token_hex(6)}-{os.path.basename(dest)[:100]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish(tmp, dest)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+    """Write a temporary beside ``dest`` with ``write(f)``, fsync it, rename it over ``dest`` and sync the folder."""
+    atomic_write(dest, write, tmp_prefix=TMP_PREFIX)
+    _sync_dir(os.path.dirname(dest))
 
 
 def _publish(tmp: str, dest: str) -> None:
     os.replace(tmp, dest)
-    with contextlib.suppress(OSError):  # make the rename itself durable; not every filesystem allows it
-        dfd = os.open(os.path.dirname(dest), os.O_RDONLY)
+    _sync_dir(os.path.dirname(dest))
+
+
+def _sync_dir(folder: str) -> None:
+    with contextlib.suppress(OSError):  # make a rename itself durable; not every filesystem allows it
+        dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
