@@ -517,14 +517,10 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     from ipt import registry, tracking
 
-    report = None
-    if args.report:
-        try:
-            report = json.loads(Path(args.report).read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"{args.report}: cannot read the benchmark report ({e})") from None
-        if not isinstance(report, dict) or not isinstance(report.get("datasets"), dict):
-            raise UserError(f"{args.report}: not an `ipt benchmark` report (a JSON object with 'datasets')")
+    try:
+        report = registry.read_report(args.report) if args.report else None
+    except registry.RegistryError as e:
+        raise UserError(str(e)) from None
     if not Path(args.checkpoint).is_file():
         raise UserError(f"{args.checkpoint}: no such checkpoint")
     name = args.name or (f"ipt-{args.task}" if args.task else "ipt-pretrained")

@@ -55,6 +55,17 @@ def _short_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def read_report(path: str | Path) -> dict[str, Any]:
+    """An ``ipt benchmark`` JSON report; :class:`RegistryError` naming the file when it is unreadable or no report."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise RegistryError(f"{path}: cannot read the benchmark report ({e})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("datasets"), dict):
+        raise RegistryError(f"{path}: not an `ipt benchmark` report (a JSON object with 'datasets')")
+    return report
+
+
 def _noise_seeded(task: str) -> bool:
     """Whether the benchmark draws ``task``'s inputs from the noise seed (the denoising tasks)."""
     try:

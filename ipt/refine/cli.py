@@ -167,18 +167,11 @@ def cmd_refine(args: argparse.Namespace) -> int:
 def cmd_refine_register(args: argparse.Namespace) -> int:
     from ipt.refine.config import RefineError
     from ipt.refine.registry import register_refiner
-    from ipt.registry import RegistryError
+    from ipt.registry import RegistryError, read_report
     from ipt.tracking import TrackingError
 
-    report = None
     try:
-        if args.report:
-            try:
-                report = json.loads(Path(args.report).read_text())
-            except (OSError, ValueError) as e:
-                raise RefineError(f"{args.report}: cannot read the benchmark report ({e})") from None
-            if not isinstance(report, dict) or not isinstance(report.get("datasets"), dict):
-                raise RefineError(f"{args.report}: not an `ipt benchmark` report (a JSON object with 'datasets')")
+        report = read_report(args.report) if args.report else None
         tracker, owned = _tracker(args, start=True, run_name=f"register {Path(args.checkpoint).parent.name} refiner")
         result = register_refiner(
             args.checkpoint,
