@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import params_tasks, project_dir, run_dag
+from flows.pipeline import params_tasks, project_dir, run_dag, stage_bodies
 from flows.stages import run_stage
 from ipt.tracking import MlflowTracker
 
@@ -43,12 +43,11 @@ def dvc_outputs(root: Path) -> list[str]:
     import yaml
 
     try:
-        spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+        bodies = stage_bodies(root)
     except (OSError, yaml.YAMLError):
         return []
     paths = []
-    for stage in (spec.get("stages") or {}).values():
-        body = (stage or {}).get("do", stage) or {}
+    for body in bodies.values():
         for field in ("outs", "metrics", "plots"):
             for entry in body.get(field) or []:
                 paths += list(entry) if isinstance(entry, dict) else [entry]

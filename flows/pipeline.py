@@ -328,6 +328,14 @@ def ipt_pipeline(
     )
 
 
+def stage_bodies(workdir: Path) -> dict[str, dict[str, Any]]:
+    """``{stage: its body}`` as dvc.yaml writes them (a foreach stage's ``do`` body, ``${key}`` unexpanded)."""
+    import yaml
+
+    stages = (yaml.safe_load((workdir / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    return {name: (body or {}).get("do", body) or {} for name, body in stages.items()}
+
+
 def stage_commands(workdir: Path, stages: Sequence[str]) -> dict[str, list[str]]:
     """The command lines each stage would run, from dvc.yaml; an ``ipt launch`` line is shown as what it execs
     under params.yaml ``launch`` (the torchrun line when more than one process)."""
@@ -337,13 +345,13 @@ def stage_commands(workdir: Path, stages: Sequence[str]) -> dict[str, list[str]]
 
     from ipt import launch
 
-    spec = (yaml.safe_load((workdir / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    bodies = stage_bodies(workdir)
     params = yaml.safe_load((workdir / "params.yaml").read_text()) or {}
     cfg = launch.LaunchConfig(**(params.get("launch") or {}))
     out: dict[str, list[str]] = {}
     for stage in stages:
         name, _, key = stage.partition("@")
-        body = spec[name].get("do", spec[name])
+        body = bodies[name]
         cmds = body["cmd"] if isinstance(body["cmd"], list) else [body["cmd"]]
         lines = []
         for cmd in cmds:
