@@ -53,28 +53,33 @@ def task_for_step(seed: int, step: int, tasks: Sequence[str], weights: Sequence[
 # ------------------------------------------------------------------------------------------------ shard discovery
 
 
+def _manifest(root: str | Path, task: str) -> tuple[Path, list[dict[str, Any]]]:
+    """``(folder, its shard entries)`` from ``<root>/<task>/manifest.json``, checked to list a non-empty shard;
+    errors name the folder or file at fault."""
+    folder = Path(root) / task
+    if not folder.is_dir():
+        raise TrainingError(f"{folder}: no pair shards for task {task!r} (run `ipt corrupt --task {task}`)")
+    man_path = folder / MANIFEST
+    if not man_path.is_file():
+        raise TrainingError(f"{folder}: no {MANIFEST} (not a pair-shard folder, or its corrupt stage did not finish)")
+    try:
+        manifest = json.loads(man_path.read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{man_path}: unreadable manifest ({e})") from None
+    if manifest.get("format") != FORMAT_PAIRS:
+        raise TrainingError(f"{man_path}: format {manifest.get('format')!r}, expected {FORMAT_PAIRS!r}")
+    shards = manifest.get("shards", [])
+    if not any(s.get("samples", 1) > 0 for s in shards):
+        raise TrainingError(f"{man_path}: lists no non-empty shards for task {task!r}")
+    return folder, shards
+
+
 def find_shards(root: str | Path, tasks: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """``{task: shard paths}`` from ``<root>/<task>/manifest.json``; errors name the folder or file at fault."""
-    root = Path(root)
     out: dict[str, tuple[str, ...]] = {}
     for task in tasks:
-        folder = root / task
-        if not folder.is_dir():
-            raise TrainingError(f"{folder}: no pair shards for task {task!r} (run `ipt corrupt --task {task}`)")
-        man_path = folder / MANIFEST
-        if not man_path.is_file():
-            raise TrainingError(
-                f"{folder}: no {MANIFEST} (not a pair-shard folder, or its corrupt stage did not finish)"
-            )
-        try:
-            manifest = json.loads(man_path.read_text())
-        except (OSError, ValueError) as e:
-            raise TrainingError(f"{man_path}: unreadable manifest ({e})") from None
-        if manifest.get("format") != FORMAT_PAIRS:
-            raise TrainingError(f"{man_path}: format {manifest.get('format')!r}, expected {FORMAT_PAIRS!r}")
-        names = [s["name"] for s in manifest.get("shards", []) if s.get("samples", 1) > 0]
-        if not names:
-            raise TrainingError(f"{man_path}: lists no non-empty shards for task {task!r}")
+        folder, shards = _manifest(root, task)
+        names = [s["name"] for s in shards if s.get("samples", 1) > 0]
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise TrainingError(f"{folder}: {len(missing)} shard(s) listed in {MANIFEST} are missing: {missing[:5]}")
@@ -84,12 +89,10 @@ def find_shards(root: str | Path, tasks: Sequence[str]) -> dict[str, tuple[str, 
 
 def shard_versions(root: str | Path, tasks: Sequence[str]) -> dict[str, str]:
     """``{task: sha256}`` of the shards a run trains on: their names, sample counts and content hashes as the
-    folder's manifest lists them (no shard is read). The same data gives the same version on any machine or path;
-    run :func:`find_shards` first (it names a missing or broken folder)."""
+    folder's manifest lists them (no shard is read). The same data gives the same version on any machine or path."""
     out: dict[str, str] = {}
     for task in tasks:
-        manifest = json.loads((Path(root) / task / MANIFEST).read_text())
-        listed = sorted((s["name"], s.get("samples"), s.get("sha256")) for s in manifest.get("shards", []))
+        listed = sorted((s["name"], s.get("samples"), s.get("sha256")) for s in _manifest(root, task)[1])
         out[task] = hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest()
     return out
 
