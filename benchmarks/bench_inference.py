@@ -28,19 +28,20 @@ from ipt.model import build_ipt
 SECTION = "bench_inference"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so a wall-clock time covers it."""
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _time(fn, repeat: int, device: torch.device) -> float:
     fn()  # warm-up
-    _sync(device)
+    sync(device)
     best = math.inf
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -78,10 +79,10 @@ def run(batch: int, repeat: int, device: torch.device, tilings: bool) -> dict:
             ):
                 if device.type == "cuda":
                     fn()  # warm-up: the first CUDA call of a shape pays for kernel selection
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 fn()
-                _sync(device)
+                sync(device)
                 res[f"restore256_{name}_s"] = time.perf_counter() - t0
     return res
 
@@ -112,6 +113,15 @@ def to_markdown(r: dict, command: str) -> str:
             f"| 256x256 x2 restore, overlap tiling (49 windows, 12-px overlap) | {r['restore256_overlap_s']:.3g} s |",
         ]
     return "\n".join(lines) + "\n"
+
+
+def save_results(out: Path, section: str, device: str, body: str, result: dict) -> str:
+    """Write ``body`` as section ``section`` of ``out`` (``<section>_cuda`` for a CUDA run, so it keeps the CPU's)
+    and ``result`` as ``<that name>.json`` beside it; returns the name."""
+    name = section + ("_cuda" if torch.device(device).type == "cuda" else "")
+    write_section(out, name, body)
+    (out.parent / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    return name
 
 
 def write_section(path: Path, name: str, body: str) -> None:
@@ -148,9 +158,7 @@ def main() -> None:
     md = to_markdown(r, command)
     print(md)
     if args.out:
-        name = SECTION + ("_cuda" if torch.device(args.device).type == "cuda" else "")  # a GPU run keeps the CPU's
-        write_section(args.out, name, md)
-        args.out.with_name(f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
+        save_results(args.out, SECTION, args.device, md, r)
 
 
 if __name__ == "__main__":

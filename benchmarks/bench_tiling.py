@@ -15,7 +15,6 @@ returns its output on the CPU, so each image's time includes the device work and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import write_section  # noqa: E402
+from bench_inference import save_results  # noqa: E402
 
 from ipt.benchmark import evaluate, make_restore_fn  # noqa: E402
 from ipt.config import ModelSpec  # noqa: E402
@@ -100,11 +99,9 @@ def main() -> None:
     md = to_markdown(r, command)
     print(md)
     if args.out:
-        # a GPU run keeps the CPU's section, and each set its own
-        name = SECTION + ("_cuda" if args.device.startswith("cuda") else "")
-        name += f"_{args.dataset}" if args.dataset != "Set5" else ""
-        write_section(args.out, name, md)
-        args.out.with_name(f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
+        # each set its own section (and a GPU run its own, beside the CPU's)
+        section = SECTION + (f"_{args.dataset}" if args.dataset != "Set5" else "")
+        save_results(args.out, section, args.device, md, r)
 
 
 if __name__ == "__main__":

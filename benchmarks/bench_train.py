@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import write_section  # noqa: E402
+from bench_inference import save_results, sync  # noqa: E402
 
 from ipt.config import ModelSpec  # noqa: E402
 from ipt.device import cpu_has_fast_bf16, describe  # noqa: E402
@@ -38,8 +38,7 @@ def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, repeat: int = 5)
     t = time.perf_counter()
     for _ in range(repeat):
         a @ b
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     return 2 * n**3 * repeat / (time.perf_counter() - t)
 
 
@@ -66,13 +65,11 @@ def measure(size: str, batch: int, steps: int, precision: str, device: str) -> d
     with FlopCounterMode(display=False) as fc:
         step()
     flops = fc.get_total_flops()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     t = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
     dt = (time.perf_counter() - t) / steps
     return {
         "size": size,
@@ -157,11 +154,9 @@ def main() -> None:
             ),
             "",
         ]
-        name = SECTION + ("_cuda" if cuda else "")
         if cuda:
             lines[0] = lines[0].replace("MFU (", "MFU on a GPU (")
-        write_section(a.out, name, "\n".join(lines))
-        (a.out.parent / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+        save_results(a.out, SECTION, a.device, "\n".join(lines), result)
 
 
 if __name__ == "__main__":

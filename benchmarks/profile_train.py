@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import write_section  # noqa: E402
+from bench_inference import save_results, sync  # noqa: E402
 from bench_train import step_fn  # noqa: E402
 
 from ipt.config import ModelSpec  # noqa: E402
@@ -50,11 +50,6 @@ def kind_of(name: str) -> str:
 
 def is_annotation(name: str) -> bool:
     return name.startswith(("Optimizer.", "ProfilerStep", "## "))
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def setup(batch: int, precision: str, device: str, compiled: bool = False, size: str = "paper"):
@@ -151,9 +146,7 @@ def main() -> None:
 
 def save(res: dict, a: argparse.Namespace) -> None:
     if a.out:
-        name = SECTION + ("_cuda" if a.device.startswith("cuda") else "")
-        write_section(a.out, name, to_markdown(res, a))
-        (a.out.parent / f"{name}.json").write_text(json.dumps(res, indent=1) + "\n")
+        save_results(a.out, SECTION, a.device, to_markdown(res, a), res)
 
 
 def to_markdown(res: dict, a: argparse.Namespace) -> str:
