@@ -66,6 +66,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``n`` intra-op threads (``None``: unchanged), then put the caller's count back.
+
+    torch.set_num_threads is process-wide: a job or a CLI entry point run in-process (a serial executor, a test,
+    a flow) must not leave the rest of that process on its own count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def describe() -> dict[str, str]:
     """Hardware facts recorded with every benchmark."""
     return {

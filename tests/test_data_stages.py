@@ -221,6 +221,17 @@ def _corrupt(tmp_path: Path, clean: Path, task: str, params: Path, out: str | No
     )
 
 
+def test_an_in_process_run_leaves_the_callers_torch_thread_count(tmp_path: Path, clean: Path) -> None:
+    """The serial executor runs jobs in the caller's thread; their one-thread setting must not outlive them (it
+    once left a whole pytest worker on one thread, so a resumed run no longer matched a two-thread child's)."""
+    from ipt.device import torch_threads
+
+    params = _params(tmp_path, {"sr_x2": {"name": "bicubic_down", "scale": 2}})
+    with torch_threads(3):
+        assert _corrupt(tmp_path, clean, "sr_x2", params) == 0
+        assert torch.get_num_threads() == 3
+
+
 def test_pairs_for_sr_and_noise_are_exact_and_deterministic(tmp_path: Path, clean: Path) -> None:
     tasks = {"sr_x2": {"name": "bicubic_down", "scale": 2}, "denoise_s30": {"name": "gaussian_noise", "sigma": 30}}
     params = _params(tmp_path, tasks)

@@ -15,12 +15,17 @@ import torch
 from conftest import ROOT
 from helpers_pairs import make_pair_root, tiny_pretrain
 from ipt.checkpoint import load_model
+from ipt.device import torch_threads
 from ipt.train.loop import pretrain
 from ipt.train.state import list_checkpoints, read_metrics
 
-# The child trains with one DataLoader worker and sleeps in its tracker so that the kill lands mid-run.
+# The child trains with one DataLoader worker and sleeps in its tracker so that the kill lands mid-run. It and the
+# parent's runs use the same intra-op thread count: float sums, and so the weights, depend on it.
+THREADS = 2
 CHILD = """
 import json, sys, time
+import torch
+torch.set_num_threads({threads})
 sys.path.insert(0, {tests!r})
 from helpers_pairs import tiny_pretrain
 from ipt.train.loop import pretrain
@@ -54,7 +59,7 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(tmp_path) -> None:
     pairs = make_pair_root(tmp_path / "pairs", samples=8, shards=2)
     run = tmp_path / "killed"
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(tests=str(ROOT / "tests")))
+    script.write_text(CHILD.format(tests=str(ROOT / "tests"), threads=THREADS))
     kw = {"shards": str(pairs), "out": str(run), "num_workers": 1} | COMMON
     proc = subprocess.Popen([sys.executable, str(script), json.dumps(kw)], cwd=ROOT, stderr=subprocess.PIPE)
     try:
@@ -66,8 +71,9 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(tmp_path) -> None:
     assert [s for s, _ in list_checkpoints(run)] == [4] and not (run / "model.pt").exists()
     assert len(read_metrics(run)) >= 6  # rows past the checkpoint: the resume must drop and redo them
 
-    resumed = pretrain(tiny_pretrain(pairs, run, resume=True, **COMMON))
-    pretrain(tiny_pretrain(pairs, tmp_path / "straight", **COMMON))
+    with torch_threads(THREADS):
+        resumed = pretrain(tiny_pretrain(pairs, run, resume=True, **COMMON))
+        pretrain(tiny_pretrain(pairs, tmp_path / "straight", **COMMON))
     assert resumed["resumed_from"] == 4
 
     got, want = read_metrics(run), read_metrics(tmp_path / "straight")

@@ -358,12 +358,18 @@ def plan_corrupt(cfg: CorruptConfig) -> Plan:
 
 def run_pair_job(job: PairJob) -> shards.ShardResult:
     """Corrupt every clean crop of one shard: a seeded HR patch, its LQ, and their provenance."""
+    from ipt.device import torch_threads
+
+    with torch_threads(1):  # one shard per worker: parallelism comes from the executor
+        return _corrupt_shard(job)
+
+
+def _corrupt_shard(job: PairJob) -> shards.ShardResult:
     import torch
 
     import corruptions
     from corruptions.bicubic_down import quantize_uint8
 
-    torch.set_num_threads(1)  # one shard per process: parallelism comes from the executor
     params = dict(job.params)
     hr_size = job.patch * job.scale
     samples: list[tuple[str, dict[str, bytes]]] = []

@@ -120,13 +120,16 @@ def _progress(every: int) -> Callable[[dict[str, Any]], None] | None:
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
-    import torch
+    from ipt.device import torch_threads
 
+    with torch_threads(args.threads):
+        return _refine(args)
+
+
+def _refine(args: argparse.Namespace) -> int:
     from ipt.refine.config import RefineConfig, RefineError
     from ipt.tracking import TrackingError
 
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
     data = {k: getattr(args, k) for k in CONFIG_KEYS if getattr(args, k, None) is not None}
     if isinstance(data.get("betas"), str):
         data["betas"] = _floats(data["betas"])
