@@ -746,6 +746,8 @@ def params_section(path: Path, command: str) -> dict:
     if not isinstance(section, dict):
         raise UserError(f"{path}: section '{command}' must be a mapping")
     unknown = sorted(set(section) - set(PARAMS_SECTIONS[command]))
+    if command == "refine" and "tasks" in unknown:
+        raise UserError(f"{path}: 'refine.tasks' is now the top-level key 'refine_tasks' (outside the section)")
     if unknown:
         raise UserError(f"{path}: unknown key(s) {unknown} in '{command}'; known: {list(PARAMS_SECTIONS[command])}")
     section = dict(section)

@@ -135,3 +135,35 @@ def test_paper_scale_dry_run_lists_the_stages_and_the_torchrun_lines(repo: Path)
         "--rdzv-endpoint=node0.cluster:29400", "--rdzv-id=ipt-paper", "--max-restarts=0",
         "-m", "ipt.cli", "pretrain", "--log-every", "0",
     ]  # fmt: skip
+
+
+def test_adding_a_refine_task_leaves_the_other_refine_stages_params_unchanged(repo: Path) -> None:
+    """refine@T depends on the whole `refine:` section; the task list lives outside it (`refine_tasks`), so the
+    params values DVC records for refine@sr_x2 are the same before and after a task is added: only the new runs."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    def recorded(tasks: list[str]) -> dict[str, dict]:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["refine_tasks"] = tasks
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        with Repo(str(repo)) as r:
+            stages = {s.name: s for s in r.index.stages if s.name.startswith("refine@")}
+            assert sorted(stages) == sorted(f"refine@{t}" for t in tasks)
+            return {
+                name: {k: v for d in s.deps if isinstance(d, ParamsDependency) for k, v in d.read_params().items()}
+                for name, s in stages.items()
+            }
+
+    one, two = recorded(["sr_x2"]), recorded(["sr_x2", "derain"])
+    assert set(one["refine@sr_x2"]) >= {"refine", "benchmark", "seed"}
+    assert one["refine@sr_x2"] == two["refine@sr_x2"]
+
+
+def test_refine_tasks_inside_the_refine_section_is_refused_naming_the_new_key(tmp_path: Path, capsys) -> None:
+    from ipt.cli import main
+
+    (tmp_path / "params.yaml").write_text("refine:\n  tasks: [sr_x2]\n  steps: 2\n")
+    assert main(["refine", "--task", "sr_x2", "--params", str(tmp_path / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "params.yaml") in err and "refine_tasks" in err

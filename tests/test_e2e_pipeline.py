@@ -86,7 +86,8 @@ def _project(tmp_path: Path) -> Path:
         params[stage].update(steps=2, batch_size=2, checkpoint_every=2, shuffle_buffer=2)
     params["benchmark"].update(root=str(bench), tiling="overlap")
     params["launch"]["nproc_per_node"] = 2  # pretrain and finetune under torchrun (gloo DDP on CPU)
-    params["refine"].update(tasks=["sr_x2"], prior="none", steps=2, batch_size=2)  # the PTG-RM branch, refine@sr_x2
+    params["refine_tasks"] = ["sr_x2"]  # the PTG-RM branch, refine@sr_x2
+    params["refine"].update(prior="none", steps=2, batch_size=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The project's schedule is hourly; a yearly one here keeps the scheduler's own runs out of the test's way.
     pf = yaml.safe_load((repo / "prefect.yaml").read_text())

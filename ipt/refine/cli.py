@@ -17,7 +17,7 @@ CONFIG_KEYS = (
     "base prior prior_layer shards out steps batch_size crop flip lr min_lr betas grad_clip joint calibration "
     "channels blocks zero_init seed shuffle_buffer num_workers device"
 ).split()
-PARAMS_KEYS = (*CONFIG_KEYS, "threads", "tasks")  # the keys `refine:` in params.yaml may hold (tasks: for DVC)
+PARAMS_KEYS = (*CONFIG_KEYS, "threads")  # the keys `refine:` in params.yaml may hold
 
 
 def _floats(text: str) -> list[float]:
