@@ -28,6 +28,8 @@ from ipt.tracking import MlflowTracker
 def _train(
     stage: str,
     args: list[str],
+    *,
+    run_name: str,
     nproc_per_node: int,
     nnodes: int,
     node_rank: int,
@@ -36,7 +38,6 @@ def _train(
     workdir: str | None,
     experiment: str,
     tracking_uri: str | None,
-    run_name: str,
 ) -> dict:
     logger = get_run_logger()
     run = MlflowTracker.start(experiment, run_name=run_name, tracking_uri=tracking_uri)
@@ -76,15 +77,15 @@ def pretrain_ipt(
     return _train(
         "pretrain",
         list(args),
-        nproc_per_node,
-        nnodes,
-        node_rank,
-        master_addr,
-        master_port,
-        workdir,
-        experiment,
-        tracking_uri,
-        "pretrain",
+        run_name="pretrain",
+        master_port=master_port,
+        workdir=workdir,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
     )
 
 
@@ -115,15 +116,15 @@ def finetune_ipt(
     return _train(
         "finetune",
         ["--task", task, *(args or [])],
-        nproc_per_node,
-        nnodes,
-        node_rank,
-        master_addr,
-        master_port,
-        workdir,
-        experiment,
-        tracking_uri,
-        f"finetune {task}",
+        run_name=f"finetune {task}",
+        master_port=master_port,
+        workdir=workdir,
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        nproc_per_node=nproc_per_node,
+        nnodes=nnodes,
+        node_rank=node_rank,
+        master_addr=master_addr,
     )
 
 
