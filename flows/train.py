@@ -24,6 +24,13 @@ from flows.pipeline import run_dag
 from flows.stages import run_command, torchrun_command
 from ipt.tracking import MlflowTracker
 
+# The flow parameters that a direct (``args``) run hands to torchrun and MLflow.
+DIRECT_RUN_PARAMS = "nproc_per_node nnodes node_rank master_addr master_port workdir experiment tracking_uri".split()
+
+
+def _direct(flow_params: dict) -> dict:
+    return {k: flow_params[k] for k in DIRECT_RUN_PARAMS}
+
 
 def _train(
     stage: str,
@@ -74,19 +81,7 @@ def pretrain_ipt(
         return run_dag(
             ["pretrain"], workdir=workdir, lock_timeout=lock_timeout, tracking_uri=tracking_uri, run_name="pretrain-ipt"
         )
-    return _train(
-        "pretrain",
-        list(args),
-        run_name="pretrain",
-        master_port=master_port,
-        workdir=workdir,
-        experiment=experiment,
-        tracking_uri=tracking_uri,
-        nproc_per_node=nproc_per_node,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        master_addr=master_addr,
-    )
+    return _train("pretrain", list(args), run_name="pretrain", **_direct(locals()))
 
 
 @flow(name="finetune-ipt", log_prints=True)
@@ -113,19 +108,7 @@ def finetune_ipt(
             tracking_uri=tracking_uri,
             run_name=f"finetune-ipt {task}",
         )
-    return _train(
-        "finetune",
-        ["--task", task, *(args or [])],
-        run_name=f"finetune {task}",
-        master_port=master_port,
-        workdir=workdir,
-        experiment=experiment,
-        tracking_uri=tracking_uri,
-        nproc_per_node=nproc_per_node,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        master_addr=master_addr,
-    )
+    return _train("finetune", ["--task", task, *(args or [])], run_name=f"finetune {task}", **_direct(locals()))
 
 
 def main(argv: list[str] | None = None) -> int:
