@@ -54,14 +54,20 @@ def step_fn(model, opt, x, y, precision: str, device: str):
     return step
 
 
-def measure(size: str, batch: int, steps: int, precision: str, device: str) -> dict:
+def training_step(size: str, batch: int, precision: str, device: str, compiled: bool = False):
+    """(model, step): a seeded sr_x2 IPT of ``size`` with Adam, and one training step of it on a random batch of
+    48-px inputs (``compiled``: the step runs ``torch.compile`` of the model)."""
     torch.manual_seed(0)
     spec = ModelSpec.for_tasks(["sr_x2"], **(MODEL_SIZES[size] | {"patch_size": 48}))
     model = build_ipt(spec).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=5e-5)
     x = torch.rand(batch, 3, 48, 48, device=device) * 255
     y = torch.rand(batch, 3, 96, 96, device=device) * 255
-    step = step_fn(model, opt, x, y, precision, device)
+    return model, step_fn(torch.compile(model) if compiled else model, opt, x, y, precision, device)
+
+
+def measure(size: str, batch: int, steps: int, precision: str, device: str) -> dict:
+    model, step = training_step(size, batch, precision, device)
     with FlopCounterMode(display=False) as fc:
         step()
     flops = fc.get_total_flops()

@@ -1,7 +1,7 @@
 """Where the time of one paper-size IPT training step goes, by batch size and precision (a CUDA device or the CPU).
 
 bench_train.py measured the paper-size step at 7% of the bf16 matmul peak on an H200 (batch 16) against 70% in
-fp32, so bf16 barely paid. This script measures the same step (bench_train's ``step_fn``: forward with decoder
+fp32, so bf16 barely paid. This script measures the same step (bench_train's ``training_step``: forward with decoder
 tokens, L1 + 0.1 x contrastive, backward, Adam) over batch sizes, then profiles one bf16 step and groups the device
 time by kind of kernel (matmul, convolution, attention, elementwise/normalisation, optimizer, copies), to say what
 to speed up first.
@@ -25,11 +25,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import save_results, sync  # noqa: E402
-from bench_train import step_fn  # noqa: E402
+from bench_train import training_step  # noqa: E402
 
-from ipt.config import ModelSpec  # noqa: E402
 from ipt.device import describe  # noqa: E402
-from ipt.model import build_ipt  # noqa: E402
 from ipt.train.config import MODEL_SIZES  # noqa: E402
 
 SECTION = "profile_train"
@@ -53,13 +51,7 @@ def is_annotation(name: str) -> bool:
 
 
 def setup(batch: int, precision: str, device: str, compiled: bool = False, size: str = "paper"):
-    torch.manual_seed(0)
-    model = build_ipt(ModelSpec.for_tasks(["sr_x2"], **(MODEL_SIZES[size] | {"patch_size": 48}))).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=5e-5)
-    x = torch.rand(batch, 3, 48, 48, device=device) * 255
-    y = torch.rand(batch, 3, 96, 96, device=device) * 255
-    run_model = torch.compile(model) if compiled else model
-    return step_fn(run_model, opt, x, y, precision, device)
+    return training_step(size, batch, precision, device, compiled)[1]
 
 
 def time_step(step, device: str, steps: int) -> tuple[float, float]:
