@@ -74,27 +74,38 @@ def _manifest(root: str | Path, task: str) -> tuple[Path, list[dict[str, Any]]]:
     return folder, shards
 
 
-def find_shards(root: str | Path, tasks: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """``{task: shard paths}`` from ``<root>/<task>/manifest.json``; errors name the folder or file at fault."""
-    out: dict[str, tuple[str, ...]] = {}
+class ShardSet(NamedTuple):
+    """What a run trains on, from one read of each task's manifest."""
+
+    urls: dict[str, tuple[str, ...]]  # task -> its non-empty shard files
+    versions: dict[str, str]  # task -> sha256 of its manifest's shard names, sample counts and content hashes
+
+
+def read_shards(root: str | Path, tasks: Sequence[str]) -> ShardSet:
+    """Each task's shard paths and data version from ``<root>/<task>/manifest.json`` (no shard is read; the same
+    data gives the same version on any machine or path); errors name the folder or file at fault."""
+    urls: dict[str, tuple[str, ...]] = {}
+    versions: dict[str, str] = {}
     for task in tasks:
         folder, shards = _manifest(root, task)
         names = [s["name"] for s in shards if s.get("samples", 1) > 0]
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise TrainingError(f"{folder}: {len(missing)} shard(s) listed in {MANIFEST} are missing: {missing[:5]}")
-        out[task] = tuple(str(folder / n) for n in names)
-    return out
+        urls[task] = tuple(str(folder / n) for n in names)
+        listed = sorted((s["name"], s.get("samples"), s.get("sha256")) for s in shards)
+        versions[task] = hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest()
+    return ShardSet(urls, versions)
+
+
+def find_shards(root: str | Path, tasks: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """``{task: shard paths}`` (:func:`read_shards`)."""
+    return read_shards(root, tasks).urls
 
 
 def shard_versions(root: str | Path, tasks: Sequence[str]) -> dict[str, str]:
-    """``{task: sha256}`` of the shards a run trains on: their names, sample counts and content hashes as the
-    folder's manifest lists them (no shard is read). The same data gives the same version on any machine or path."""
-    out: dict[str, str] = {}
-    for task in tasks:
-        listed = sorted((s["name"], s.get("samples"), s.get("sha256")) for s in _manifest(root, task)[1])
-        out[task] = hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest()
-    return out
+    """``{task: data version}`` (:func:`read_shards`)."""
+    return read_shards(root, tasks).versions
 
 
 # ------------------------------------------------------------------------------------------------ streams

@@ -28,7 +28,7 @@ from ipt.tracking import NullTracker, Tracker, dvc_versions
 from ipt.train import distributed as D
 from ipt.train import state as S
 from ipt.train.config import FinetuneConfig, PretrainConfig, TrainConfig
-from ipt.train.data import Batch, StreamSpec, find_shards, pair_batches, seed_of, shard_versions
+from ipt.train.data import Batch, StreamSpec, find_shards, pair_batches, read_shards, seed_of
 from ipt.train.errors import TrainingError
 from ipt.train.losses import ipt_objective
 from ipt.train.schedule import StepDecay
@@ -192,13 +192,15 @@ def _restore(ckpt: dict[str, Any], cfg: TrainConfig, env: D.DistEnv, path: Path)
         print(f"warning: {path} was written by {len(states)} rank(s), now {env.world}: global RNG states not restored")
 
 
-def _stream(cfg: TrainConfig, spec: ModelSpec) -> StreamSpec:
+def _stream(cfg: TrainConfig, spec: ModelSpec) -> tuple[StreamSpec, dict[str, str]]:
+    """The run's data stream and each task's data version (:func:`read_shards`)."""
     tasks = cfg.train_tasks
     for t in tasks:
         if t not in spec.task_names:
             raise TrainingError(f"task {t!r} is not in the model; it has {list(spec.task_names)}")
-    return StreamSpec(
-        urls=find_shards(cfg.shards, tasks),
+    shards = read_shards(cfg.shards, tasks)
+    stream = StreamSpec(
+        urls=shards.urls,
         tasks=tasks,
         weights=cfg.weights,
         scales={t: spec.scale_of(t) for t in tasks},
@@ -209,6 +211,7 @@ def _stream(cfg: TrainConfig, spec: ModelSpec) -> StreamSpec:
         shuffle_buffer=cfg.shuffle_buffer,
         segment=cfg.stream_segment,
     )
+    return stream, shards.versions
 
 
 def _build(cfg: TrainConfig, env: D.DistEnv) -> tuple[IPT, torch.optim.Optimizer, StepDecay, int, dict | None]:
@@ -280,8 +283,7 @@ def _run(cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | N
     if cfg.batch_size % env.world:
         raise TrainingError(f"global batch_size {cfg.batch_size} is not divisible by {env.world} ranks")
     model, optimizer, scheduler, start, resumed = _build(cfg, env)
-    stream = _stream(cfg, model.spec)  # validates the shards before any file is written
-    versions = shard_versions(cfg.shards, cfg.train_tasks)
+    stream, versions = _stream(cfg, model.spec)  # validates the shards before any file is written
     _check_same_data(cfg, resumed, versions)
     if env.is_main:
         _announce(cfg, tracker, start, versions)
