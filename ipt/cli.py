@@ -720,6 +720,8 @@ PARAMS_SECTIONS["finetune"] = (*_TRAIN_KEYS, "init", "init_num_heads")
 PARAMS_SECTIONS["refine"] = REFINE_KEYS  # ipt/refine/cli.py
 # Top-level params.yaml keys that a section inherits when it does not set them itself.
 PARAMS_GLOBALS = ("seed", "patch_size")
+# Keys that left a section: (section, key) -> where they are now (named in the error for an old params file).
+PARAMS_MOVED = {("refine", "tasks"): "the top-level key 'refine_tasks' (outside the section)"}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -746,8 +748,9 @@ def params_section(path: Path, command: str) -> dict:
     if not isinstance(section, dict):
         raise UserError(f"{path}: section '{command}' must be a mapping")
     unknown = sorted(set(section) - set(PARAMS_SECTIONS[command]))
-    if command == "refine" and "tasks" in unknown:
-        raise UserError(f"{path}: 'refine.tasks' is now the top-level key 'refine_tasks' (outside the section)")
+    moved = [f"'{command}.{k}' is now {PARAMS_MOVED[command, k]}" for k in unknown if (command, k) in PARAMS_MOVED]
+    if moved:
+        raise UserError(f"{path}: {'; '.join(moved)}")
     if unknown:
         raise UserError(f"{path}: unknown key(s) {unknown} in '{command}'; known: {list(PARAMS_SECTIONS[command])}")
     section = dict(section)
