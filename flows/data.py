@@ -74,7 +74,7 @@ def _execute(plan: stages.Plan, label: str, executor: str, workers: int, address
 
 
 def _section(params_file: str | None, name: str) -> dict[str, Any]:
-    from ipt.cli import params_section
+    from ipt.cli.params import params_section
 
     if not params_file or params_file == "none":
         return {}

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from corruptions import imresize_uint8
 from ipt.data.benchmarks import BenchmarkSet, check_corruption, task_kind
+from ipt.errors import IPTError
 from ipt.fileio import atomic_write, file_sha256
 from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
 
@@ -52,7 +53,7 @@ PUBLISHED_BICUBIC: dict[tuple[str, int], tuple[float, float]] = {
 PUBLISHED_INPUT: dict[tuple[str, str], tuple[float, float]] = {("derain", "Rain100L"): (26.90, 0.8384)}
 
 
-class BenchmarkModelError(ValueError):
+class BenchmarkModelError(IPTError):
     """The ``--model`` argument cannot be turned into a restore function for the task."""
 
 

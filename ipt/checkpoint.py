@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec, task_scale
+from ipt.errors import IPTError
 from ipt.fileio import atomic_write
 from ipt.model import IPT, build_ipt
 from ipt.model.heads import RGB_MEAN
@@ -30,7 +31,7 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 _FILENAME_HINTS = (("denoise30", "denoise_s30"), ("denoise50", "denoise_s50"), ("derain", "derain"))
 
 
-class CheckpointError(ValueError):
+class CheckpointError(IPTError):
     """A weights file cannot be used: the message names the file and what is wrong."""
 
 

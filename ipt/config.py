@@ -7,6 +7,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ipt.errors import IPTError
+
 # The tasks of the paper, in the order of the official six-task pretraining checkpoint (IPT_pretrain.pt).
 # This order is inferred from the MindSpore training code (`--scale 2+3+4+1+1+1`); it is used only by
 # `ipt.checkpoint` when it reads an official multi-task file. Everything else addresses tasks by name.
@@ -15,7 +17,7 @@ OFFICIAL_PRETRAIN_TASKS: tuple[str, ...] = ("sr_x2", "sr_x3", "sr_x4", "derain",
 _SR_TASK = re.compile(r"^sr_x(\d+)$")
 
 
-class ConfigError(ValueError):
+class ConfigError(IPTError):
     """A configuration value is unknown, missing or of the wrong type."""
 
 

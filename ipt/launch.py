@@ -16,10 +16,12 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from ipt.errors import IPTError
+
 STAGES = ("pretrain", "finetune")
 
 
-class LaunchError(ValueError):
+class LaunchError(IPTError):
     """A launch configuration that cannot work; the message names the key."""
 
 

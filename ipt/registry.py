@@ -40,6 +40,7 @@ from ipt import tracking
 from ipt.benchmark import BASELINES, MODEL_URI_PREFIX
 from ipt.checkpoint import extract_task, load_model, official_state_dict, save_checkpoint
 from ipt.data.benchmarks import BenchmarkDataError, task_kind
+from ipt.errors import IPTError
 from ipt.fileio import file_sha256
 
 CHAMPION = "champion"
@@ -47,7 +48,7 @@ TIE_DB = 1e-6  # scores within this of the champion's tie (older versions stored
 BASELINE_MODELS = (*BASELINES, "baseline")  # what a baseline report records as its model (`--model baseline`)
 
 
-class RegistryError(ValueError):
+class RegistryError(IPTError):
     """A registration request that cannot be carried out; the message names the file or model."""
 
 

@@ -19,11 +19,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ipt.errors import IPTError
+
 MODEL_URI_PREFIX = "models:/"
 CHECKPOINT_NAME = "model.pt"
 
 
-class TrackingError(ValueError):
+class TrackingError(IPTError):
     """A tracking URI, run or registered model cannot be used; the message says which."""
 
 

@@ -1,4 +1,4 @@
-"""The pretrain/finetune subcommands through a plain argparse parser, as `ipt` will mount them."""
+"""The pretrain/finetune subcommands through a plain argparse parser (their module's PARSERS), no params file."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ import pytest
 
 from helpers_pairs import make_pair_root
 from ipt.checkpoint import load_model
-from ipt.train.cli import add_subcommands
+from ipt.cli.train import PARSERS
 from ipt.train.state import read_metrics
 
 
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ipt")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in PARSERS.values():
+        add(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

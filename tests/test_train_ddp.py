@@ -37,7 +37,7 @@ def torchrun_pretrain(pairs, out, *, device: str, steps: int, nproc: int = 2) ->
     """``nproc`` ranks on one node under torchrun: the command line."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "ipt.train.cli", "pretrain",
+        "--master_port", str(free_port()), "-m", "ipt.cli", "pretrain",
         *stage_flags(pairs, out, device=device, steps=steps),
     ]  # fmt: skip
 

@@ -37,6 +37,7 @@ from corruptions import apply, get, imresize_uint8, sample_generator, validate_p
 from corruptions.bicubic_down import quantize_uint8
 from corruptions.gaussian_noise import gaussian_noise
 from ipt.data.images import IMAGE_EXTENSIONS, read_image
+from ipt.errors import IPTError
 
 DEFAULT_NOISE_SEED = 20210507  # params.yaml `seed`
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
@@ -50,7 +51,7 @@ _SR, _DENOISE = re.compile(r"^sr_x([1-9]\d*)$"), re.compile(r"^denoise_s(\d+(?:\
 _MAX_LISTED = 5
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(IPTError):
     """A benchmark folder is missing, empty, unpaired or in an unexpected layout; the message names the folder."""
 
 

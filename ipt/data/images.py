@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ipt.errors import IPTError
 from ipt.fileio import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(IPTError):
     """An input image cannot be used; the message names the file."""
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ipt.data import storage
+from ipt.errors import IPTError
 
 FORMAT_CLEAN = "ipt-clean-v1"
 FORMAT_PAIRS = "ipt-pairs-v1"
@@ -41,7 +42,7 @@ PROGRESS = ".progress"
 SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
 
 
-class ShardError(ValueError):
+class ShardError(IPTError):
     """A shard folder cannot be used or written; the message names it."""
 
 

@@ -21,11 +21,13 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ipt.errors import IPTError
+
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BUILTIN_SOURCES = ("skimage",)
 
 
-class SourceError(ValueError):
+class SourceError(IPTError):
     """The source cannot be listed; the message names it."""
 
 

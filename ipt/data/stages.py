@@ -23,6 +23,7 @@ import numpy as np
 from ipt.data import shards, storage
 from ipt.data.executors import map_unordered
 from ipt.data.sources import SourceItem, list_source, listing_digest, read_items
+from ipt.errors import IPTError
 
 DEFAULT_SEED = 20210507
 
@@ -187,7 +188,7 @@ def run_clean_job(job: CleanJob) -> shards.ShardResult:
 TASK_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-class TaskError(ValueError):
+class TaskError(IPTError):
     """A ``corrupt.tasks`` entry that cannot be used; the message names the params file, the task and the problem."""
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import IO, Any
 
+from ipt.errors import IPTError
 from ipt.fileio import atomic_write
 
 TMP_PREFIX = ".tmp-"  # atomic-write temporaries (local only); skipped by listings, removed by remove_temporaries
@@ -50,7 +51,7 @@ _S3_CACHE: dict[tuple[int, str], Any] = {}
 _S3_LOCK = threading.Lock()
 
 
-class StorageError(ValueError):
+class StorageError(IPTError):
     """A storage operation failed; the message starts with the URL."""
 
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipt.config import strict_from_dict
+from ipt.errors import IPTError
 
 
-class RefineError(ValueError):
+class RefineError(IPTError):
     """A refinement run or a refined model cannot be set up; the message names the file, option or command."""
 
 

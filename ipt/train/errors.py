@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ipt.errors import IPTError
 
-class TrainingError(ValueError):
+
+class TrainingError(IPTError):
     """A training run cannot start or continue; the message names the file, folder, step or task at fault."""

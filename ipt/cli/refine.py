@@ -1,6 +1,6 @@
 """``ipt refine`` (train PTG-RM behind a base IPT, DVC stage ``refine@TASK``) and ``ipt refine-register``
-(register a refiner checkpoint as ``ipt-<task>-ptgrm``). ``add_subcommands(sub)`` plugs both into ``ipt``'s parser;
-flags left out come from params.yaml ``refine``, then from ``RefineConfig``'s defaults."""
+(register a refiner checkpoint as ``ipt-<task>-ptgrm``). Flags left out come from params.yaml ``refine``, then from
+``RefineConfig``'s defaults."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ CONFIG_KEYS = (
     "base prior prior_layer shards out steps batch_size crop flip lr min_lr betas grad_clip joint calibration "
     "channels blocks zero_init seed shuffle_buffer num_workers device"
 ).split()
-PARAMS_KEYS = (*CONFIG_KEYS, "threads")  # the keys `refine:` in params.yaml may hold
+# the keys `refine:` in params.yaml may hold
+PARAMS_KEYS = {"refine": (*CONFIG_KEYS, "threads")}
 
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in str(text).split(",") if x.strip()]
 
 
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Add ``refine`` and ``refine-register`` to an existing subparsers action."""
+def add_refine(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ipt.refine.priors import PRIORS
 
     p = sub.add_parser("refine", help="train PTG-RM (prior-guided refinement) behind a base IPT on pair shards")
@@ -72,7 +72,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     p.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps (0: never)")
     p.set_defaults(func=cmd_refine, required_from_params=("base",))
+    return p
 
+
+def add_refine_register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     r = sub.add_parser("refine-register", help="register a refiner checkpoint as ipt-<task>-ptgrm (champion on score)")
     r.add_argument("--checkpoint", required=True, help="refiner checkpoint (runs/refine/<task>/model.pt)")
     r.add_argument("--report", default=None, help="`ipt benchmark` JSON of the refined model")
@@ -85,6 +88,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--tracking-uri", default=None)
     r.add_argument("--out", default=None, help="write the decision as JSON ('{task}' is replaced)")
     r.set_defaults(func=cmd_refine_register)
+    return r
 
 
 def _tracker(args: argparse.Namespace, *, start: bool, run_name: str) -> tuple[Any, bool]:
@@ -204,12 +208,4 @@ def cmd_refine_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (``python -m ipt.refine.cli refine ...``): the ``ipt`` command's parser."""
-    from ipt.cli import main as ipt_main
-
-    return ipt_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+PARSERS = {"refine": add_refine, "refine-register": add_refine_register}

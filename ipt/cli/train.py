@@ -1,5 +1,4 @@
-"""``pretrain`` and ``finetune`` subcommands. ``add_subcommands(sub)`` plugs them into ``ipt``'s parser;
-``python -m ipt.train.cli`` runs them alone (also under ``torchrun ... -m ipt.train.cli pretrain ...``).
+"""``ipt pretrain`` and ``ipt finetune`` (also under ``torchrun ... -m ipt.cli pretrain ...``).
 
 Flags left out fall back to the config dataclasses' defaults (ipt/train/config.py), so the defaults live once.
 """
@@ -53,8 +52,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps (0: never)")
 
 
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Add ``pretrain`` and ``finetune`` to an existing subparsers action."""
+def add_pretrain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="multi-task IPT pre-training on pair shards (DDP-ready)")
     _common(p)
     p.add_argument("--tasks", type=_csv(str), help="comma-separated tasks (default: the paper's six)")
@@ -70,13 +68,17 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help="output = baseline (input, bicubic for SR) + learned correction; not the released layout",
     )
     p.set_defaults(func=cmd_pretrain, required_from_params=("shards", "out"))
+    return p
 
+
+def add_finetune(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", help="fine-tune a pretrained IPT on one task; writes a single-task checkpoint")
     _common(f)
     f.add_argument("--init", help="project checkpoint, run folder (its model.pt) or official IPT_*.pt")
     f.add_argument("--task", required=True, help="the task to fine-tune (sr_x2, denoise_s30, derain, ...)")
     f.add_argument("--init-num-heads", type=int, help="attention heads of an official-layout init (12)")
     f.set_defaults(func=cmd_finetune, required_from_params=("shards", "out", "init"))
+    return f
 
 
 TRAIN_KEYS = (  # the flags of both stages, also the keys their params.yaml sections may set
@@ -209,12 +211,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return _run("finetune", args, stage_data("finetune", args))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The same command line as ``ipt`` (params.yaml defaults included), for ``torchrun -m ipt.train.cli``."""
-    from ipt.cli import main as ipt_main
-
-    return ipt_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+PARSERS = {"pretrain": add_pretrain, "finetune": add_finetune}
+_KEYS = (*(k for k in TRAIN_KEYS if k != "resume"), "patch_size")  # --resume stays a flag
+PARAMS_KEYS = {
+    "pretrain": (*_KEYS, "tasks", "task_weights", "model_size", "model_config", "n_feats", "num_layers", "num_heads")
+    + ("image_residual",),
+    "finetune": (*_KEYS, "init", "init_num_heads"),
+}

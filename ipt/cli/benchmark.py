@@ -1,0 +1,202 @@
+"""``ipt benchmark``: score a model or a baseline on the paper's test sets; a JSON report, a table, MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ipt.cli import UserError
+from ipt.cli.params import params_source
+from ipt.device import PRECISIONS
+from ipt.inference import TILINGS
+
+
+def _tracker(args: argparse.Namespace):
+    """(tracker, owned): ``--mlflow-run-id`` (or $IPT_MLFLOW_RUN_ID, set by the flows), else a new run in
+    ``ipt-benchmark`` (unless $IPT_TRACKING=off); see :func:`ipt.tracking.stage_run`."""
+    from ipt.tracking import stage_run
+
+    label = "baseline" if args.model == "baseline" else Path(str(args.model)).parent.name or str(args.model)
+    tags = {"ipt.stage": "benchmark", "ipt.task": args.task, "ipt.model": str(args.model)}
+    return stage_run(
+        "ipt-benchmark", f"{args.task} {label}", run_id=args.mlflow_run_id, tracking_uri=args.tracking_uri, tags=tags
+    )
+
+
+def _benchmark_corruption(args: argparse.Namespace) -> dict | None:
+    """None for the paper's tasks; for any other task its ``corrupt.tasks`` entry in the params file (an error
+    naming the file and the task when there is none): the benchmark applies it to clean images."""
+    import yaml
+
+    from ipt.data.benchmarks import BenchmarkDataError, task_kind
+
+    try:
+        task_kind(args.task)
+        return None
+    except BenchmarkDataError:
+        pass
+    source = params_source(args)
+    tasks: dict = {}
+    if source != "none" and Path(source).is_file():
+        try:
+            tasks = ((yaml.safe_load(Path(source).read_text()) or {}).get("corrupt") or {}).get("tasks") or {}
+        except (OSError, yaml.YAMLError, AttributeError) as e:
+            raise UserError(f"{source}: cannot read corrupt.tasks ({str(e).splitlines()[0]})") from None
+    if not isinstance(tasks, dict) or args.task not in tasks:
+        where = f"{source} corrupt.tasks" if source != "none" else "params file (ignored: --params none)"
+        known = sorted(tasks) if isinstance(tasks, dict) else []
+        raise UserError(
+            f"task {args.task!r} is not a paper task (sr_xN, denoise_sNN, derain) and has no corruption entry in "
+            f"{where}; known there: {known}"
+        )
+    return tasks[args.task]
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """Score a model (or the bicubic / identity baseline) on benchmark sets; JSON to --out, a table to stdout."""
+    from ipt.benchmark import comparison_image, log_report, make_restore_fn, markdown_table, run_benchmark, write_json
+    from ipt.data.benchmarks import load_benchmark, resolve_datasets
+    from ipt.device import describe
+
+    root = Path(args.root)
+    args.out = args.out.format(task=args.task)
+    for target in (args.out, args.markdown):  # before minutes of evaluation, not after
+        if target:
+            _check_writable(Path(target))
+    requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
+    corruption = _benchmark_corruption(args)  # None for sr_xN / denoise_sNN / derain
+    try:
+        names, notes = resolve_datasets(root, args.task, requested, corruption)
+        restore_fn, info = make_restore_fn(
+            args.model,
+            args.task,
+            tiling=args.tiling,
+            precision=args.precision,
+            device=args.device,
+            batch=args.batch,
+            num_heads=args.num_heads,
+            tracking_uri=args.tracking_uri,
+            corruption=corruption,
+        )
+        sets = [
+            load_benchmark(root, n, args.task, seed=args.seed, limit=args.limit or None, corruption=corruption)
+            for n in names
+        ]
+    except ValueError as e:  # BenchmarkDataError, BenchmarkModelError, CheckpointError, a bad device or precision
+        raise UserError(str(e)) from None
+    try:
+        tracker, owned = _tracker(args)
+    except ValueError as e:  # TrackingError: a run id this store does not have
+        raise UserError(str(e)) from None
+    for note in notes + [n for s in sets for n in s.notes]:
+        print(f"note: {note}", file=sys.stderr)
+
+    def progress(dataset: str, r: dict) -> None:
+        if not args.quiet:
+            print(f"{dataset}/{r['name']}: {r['psnr_y']:.2f} dB, SSIM {r['ssim_y']:.4f}", file=sys.stderr)
+
+    samples: dict = {}
+
+    def keep_first(dataset: str, pair, output) -> None:
+        if tracker is not None and dataset not in samples:
+            samples[dataset] = comparison_image(pair.lq, output, pair.hr)
+
+    try:
+        report = run_benchmark(
+            restore_fn,
+            sets,
+            task=args.task,
+            model=args.model,
+            protocol=args.protocol,
+            info=info,
+            hardware=describe(),
+            on_result=progress,
+            on_output=keep_first,
+            corruption=corruption,
+            seed=args.seed,
+            limit=args.limit or None,
+        )
+        write_json(args.out, report)
+        if tracker is not None:
+            log_report(tracker, report, samples, args.out)
+        table = markdown_table(report)
+        if args.markdown:
+            Path(args.markdown).write_text(table)
+    except BaseException as e:  # the MLflow run this command owns ends FAILED, never stays RUNNING
+        if owned:
+            tracker.finish("FAILED")
+        if isinstance(e, ValueError):  # e.g. an image smaller than the official tiling's 48-px window
+            raise UserError(str(e)) from None
+        if isinstance(e, OSError):
+            raise UserError(f"{e.filename or args.out}: cannot write ({e.strerror or e})") from None
+        raise
+    if owned:
+        tracker.finish()
+    print(table, end="")
+    return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Create ``path``'s folder and a scratch file in it, or a one-line error naming ``path``."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as e:
+        raise UserError(f"{path}: cannot write there ({e.strerror or e})") from None
+
+
+def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ipt.data.benchmarks import DEFAULT_NOISE_SEED
+
+    p = sub.add_parser("benchmark", help="score a model or a baseline on benchmark sets (Y-PSNR, SSIM, RGB-PSNR)")
+    p.add_argument(
+        "--task",
+        required=True,
+        help="sr_x2, sr_x3, sr_x4, denoise_s30, denoise_s50, derain, or a task of corrupt.tasks in params.yaml "
+        "(its corruption applied to Set5/Set14)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="'bicubic' (SR), 'identity' (x1), 'baseline' (either), a weights file, models:/...",
+    )
+    p.add_argument("--root", default=None, help="folder holding the sets (Set5/, Set14/, B100/, CBSD68/, ...)")
+    p.add_argument("--datasets", default=None, help="comma-separated names (default: the task's standard sets present)")
+    p.add_argument("--protocol", choices=("ipt", "matlab"), default="ipt", help="see docs/benchmark_protocol.md")
+    p.add_argument("--tiling", choices=TILINGS, default="official", help="'official' reproduces forward_chop exactly")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 is the reference path")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--batch", type=int, default=64, help="windows per forward pass")
+    p.add_argument("--num-heads", type=int, default=12, help="attention heads of an official-layout file (not stored)")
+    p.add_argument(
+        "--seed", type=int, default=DEFAULT_NOISE_SEED, help="seed of the denoising noise (and custom task) inputs"
+    )
+    p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (by name); 0: all")
+    p.add_argument("--out", default=None, help="JSON report, written atomically; '{task}' is replaced by the task")
+    p.add_argument(
+        "--params",
+        default=None,
+        help="params file whose 'benchmark' section gives defaults and whose corrupt.tasks define custom tasks "
+        "(default: ./params.yaml if present; 'none' to ignore it)",
+    )
+    p.add_argument("--markdown", default=None, help="also write the markdown table to this file")
+    p.add_argument("--mlflow-run-id", default=None, help="log metrics and sample images to this existing MLflow run")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or "
+        "sqlite:///./mlflow.db); also used to resolve models:/ URIs",
+    )
+    p.add_argument("--quiet", action="store_true", help="no per-image lines on stderr")
+    p.set_defaults(func=cmd_benchmark, required_from_params=("model", "root", "out"))
+    return p
+
+
+PARSERS = {"benchmark": add_benchmark}
+PARAMS_KEYS = {
+    "benchmark": ("model", "root", "datasets", "protocol", "tiling", "precision", "device", "batch", "limit", "out")
+}
