@@ -20,7 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["contributions", "imresize_float", "imresize_uint8", "output_length", "round_half_away_uint8"]
+from ._levels import round_half_away_uint8
+
+__all__ = ["contributions", "imresize_float", "imresize_uint8", "output_length"]
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -71,11 +73,6 @@ def contributions(in_length: int, out_length: int, scale: float) -> tuple[np.nda
     weights.setflags(write=False)
     indices.setflags(write=False)
     return weights, indices
-
-
-def round_half_away_uint8(x: np.ndarray) -> np.ndarray:
-    """Convert to uint8 the way MATLAB does: round half away from zero, saturate to [0, 255]."""
-    return np.clip(np.floor(np.abs(x) + 0.5) * np.sign(x), 0, 255).astype(np.uint8)
 
 
 def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float) -> np.ndarray:

@@ -7,9 +7,10 @@ import torch
 from torch import Generator, Tensor
 
 from ._imresize import imresize_uint8
+from ._levels import quantize_uint8
 from .registry import is_finite_number, register
 
-__all__ = ["bicubic_down", "bicubic_down_size", "check_scale", "quantize_uint8"]
+__all__ = ["bicubic_down", "bicubic_down_size", "check_scale"]
 
 
 def check_scale(*, scale: int) -> int:
@@ -23,11 +24,6 @@ def bicubic_down_size(h: int, w: int, *, scale: int) -> tuple[int, int]:
     """MATLAB's output size ``ceil(h / scale), ceil(w / scale)`` (exact integer arithmetic)."""
     scale = check_scale(scale=scale)
     return -(-h // scale), -(-w // scale)
-
-
-def quantize_uint8(x: Tensor) -> Tensor:
-    """Float in [0, 1] -> uint8 levels, ``x * 255`` rounded half away from zero (MATLAB's im2uint8) and saturated."""
-    return torch.floor(x.detach() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
 @register("bicubic_down", out_size=bicubic_down_size, deterministic=True, check=check_scale)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Generator, Tensor
 
+from ._levels import quantize_uint8
 from .registry import register
 
 __all__ = ["MAX_QUALITY", "MIN_QUALITY", "check_quality", "jpeg", "jpeg_roundtrip_uint8"]
@@ -62,7 +63,7 @@ def jpeg(x: Tensor, *, generator: Generator, quality: int) -> Tensor:
     b, c, h, w = x.shape
     if c not in _MODES:
         raise ValueError(f"jpeg takes 1 or 3 channels, got {c}")
-    levels = torch.floor(x.detach() * 255.0 + 0.5).clamp_(0, 255).to(torch.uint8).cpu().numpy()  # (B, C, H, W)
+    levels = quantize_uint8(x).cpu().numpy()  # (B, C, H, W)
     items = []
     for i in range(b):
         img = levels[i, 0] if c == 1 else levels[i].transpose(1, 2, 0)

@@ -12,9 +12,9 @@ import webdataset as wds
 from PIL import Image
 
 import corruptions
-from corruptions.bicubic_down import quantize_uint8
-from ipt.config import task_scale
+from corruptions import quantize_uint8
 from ipt.fileio import file_sha256
+from ipt.tasks import corruption_scale
 
 # Corruption of each test task, as params.yaml's corrupt.tasks declares them.
 TASK_CORRUPTIONS: dict[str, tuple[str, dict]] = {
@@ -51,7 +51,7 @@ def make_pair_shards(
 ) -> Path:
     """Write ``root/task/shard-00000k.tar`` + ``manifest.json``; returns the task folder."""
     name, params = TASK_CORRUPTIONS[task]
-    scale = task_scale(task)
+    scale = corruption_scale(name, params)  # as ipt.tasks.TaskSpec: from the corruption, never the name
     folder = Path(root) / task
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, sum(map(ord, task))])

@@ -33,14 +33,9 @@ import webdataset as wds
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from corruptions import seed_of
 from ipt.data.shards import FORMAT_PAIRS, MANIFEST, png_decode
 from ipt.train.errors import TrainingError
-
-
-def seed_of(*parts: Any) -> int:
-    """A 63-bit seed from sha256 over a JSON encoding of ``parts`` (never the salted builtin ``hash``)."""
-    payload = json.dumps(list(parts), separators=(",", ":")).encode()
-    return int.from_bytes(hashlib.sha256(payload).digest()[:8], "big") >> 1
 
 
 def task_for_step(seed: int, step: int, tasks: Sequence[str], weights: Sequence[float]) -> str:
@@ -53,9 +48,9 @@ def task_for_step(seed: int, step: int, tasks: Sequence[str], weights: Sequence[
 # ------------------------------------------------------------------------------------------------ shard discovery
 
 
-def _manifest(root: str | Path, task: str) -> tuple[Path, list[dict[str, Any]]]:
-    """``(folder, its shard entries)`` from ``<root>/<task>/manifest.json``, checked to list a non-empty shard;
-    errors name the folder or file at fault."""
+def _manifest(root: str | Path, task: str) -> tuple[Path, list[dict[str, Any]], dict[str, Any]]:
+    """``(folder, its shard entries, its params)`` from ``<root>/<task>/manifest.json``, checked to list a non-empty
+    shard; errors name the folder or file at fault."""
     folder = Path(root) / task
     if not folder.is_dir():
         raise TrainingError(f"{folder}: no pair shards for task {task!r} (run `ipt corrupt --task {task}`)")
@@ -71,7 +66,8 @@ def _manifest(root: str | Path, task: str) -> tuple[Path, list[dict[str, Any]]]:
     shards = manifest.get("shards", [])
     if not any(s.get("samples", 1) > 0 for s in shards):
         raise TrainingError(f"{man_path}: lists no non-empty shards for task {task!r}")
-    return folder, shards
+    params = manifest.get("params") if isinstance(manifest.get("params"), dict) else {}
+    return folder, shards, params
 
 
 class ShardSet(NamedTuple):
@@ -79,6 +75,7 @@ class ShardSet(NamedTuple):
 
     urls: dict[str, tuple[str, ...]]  # task -> its non-empty shard files
     versions: dict[str, str]  # task -> sha256 of its manifest's shard names, sample counts and content hashes
+    scales: dict[str, int]  # task -> the LQ/HR scale the corrupt stage made (from the task's corruption)
 
 
 def read_shards(root: str | Path, tasks: Sequence[str]) -> ShardSet:
@@ -86,8 +83,10 @@ def read_shards(root: str | Path, tasks: Sequence[str]) -> ShardSet:
     data gives the same version on any machine or path); errors name the folder or file at fault."""
     urls: dict[str, tuple[str, ...]] = {}
     versions: dict[str, str] = {}
+    scales: dict[str, int] = {}
     for task in tasks:
-        folder, shards = _manifest(root, task)
+        folder, shards, params = _manifest(root, task)
+        scales[task] = _scale(folder, task, params)
         names = [s["name"] for s in shards if s.get("samples", 1) > 0]
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
@@ -95,7 +94,21 @@ def read_shards(root: str | Path, tasks: Sequence[str]) -> ShardSet:
         urls[task] = tuple(str(folder / n) for n in names)
         listed = sorted((s["name"], s.get("samples"), s.get("sha256")) for s in shards)
         versions[task] = hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest()
-    return ShardSet(urls, versions)
+    return ShardSet(urls, versions, scales)
+
+
+def _scale(folder: Path, task: str, params: dict[str, Any]) -> int:
+    """The scale a pair-shard folder was made at (its manifest's ``params.scale``; a paper task's name for a
+    folder whose manifest predates it)."""
+    scale = params.get("scale")
+    if isinstance(scale, int) and not isinstance(scale, bool) and scale >= 1:
+        return scale
+    from ipt.tasks import TaskError, task_scale
+
+    try:
+        return task_scale(task)
+    except TaskError:
+        raise TrainingError(f"{folder / MANIFEST}: records no scale for task {task!r}; rerun `ipt corrupt`") from None
 
 
 def find_shards(root: str | Path, tasks: Sequence[str]) -> dict[str, tuple[str, ...]]:

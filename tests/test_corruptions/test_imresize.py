@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from corruptions import apply, imresize_float, imresize_uint8, round_half_away_uint8
-from corruptions.bicubic_down import quantize_uint8
+from corruptions import apply, imresize_float, imresize_uint8, quantize_uint8, round_half_away_uint8
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BENCHMARK_ROOT = Path(os.environ.get("IPT_BENCHMARK_ROOT", PROJECT_ROOT.parent / "shared" / "benchmarks"))
