@@ -1,7 +1,9 @@
 """An explicit, name-keyed registry of corruption functions.
 
-Entries are added by the ``@register(name)`` decorator when their module is imported; ``corruptions/__init__.py``
-imports every module explicitly (no file scanning). Registered names are the ``name`` values in ``params.yaml``.
+Entries are added by the ``@register(name)`` decorator when their module is imported. A name not registered yet is
+looked up by importing ``<package>.<name>`` (a corruption's module is named after it; no file scanning); the
+explicit list of every module is ``<package>.catalog``, imported only when the whole list is asked for (iteration,
+the known names of an error). Registered names are the ``name`` values in ``params.yaml``.
 
 ``validate_params`` checks parameter *names* (cheap, used by ``apply``); ``check_params`` checks a params-file entry
 completely before a stage writes anything: names, plain finite values, the entry's optional ``check`` hook, and a
@@ -10,8 +12,11 @@ trial run on a tiny image. Every problem is a :class:`ParamsError` whose message
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +37,7 @@ __all__ = [
     "apply",
     "check_params",
     "get",
+    "known",
     "register",
     "validate_params",
 ]
@@ -107,12 +113,35 @@ class Entry:
         return names, required
 
 
-class Registry(Mapping[str, Entry]):
-    """Mapping ``name -> Entry``; registering a name twice is an error, and so is looking up an unknown one."""
+_MODULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
-    def __init__(self, kind: str = "corruption") -> None:
+
+class Registry(Mapping[str, Entry]):
+    """Mapping ``name -> Entry``; registering a name twice is an error, and so is looking up an unknown one.
+
+    With a ``package``, an unknown name is first imported as ``<package>.<name>``, and iterating (or listing the
+    known names) imports ``<package>.catalog``, the explicit list of every module."""
+
+    def __init__(self, kind: str = "corruption", package: str | None = None) -> None:
         self._kind = kind
+        self._package = package
         self._entries: dict[str, Entry] = {}
+
+    def _load(self, name: str) -> None:
+        if self._package is None or not isinstance(name, str) or not _MODULE_NAME.match(name):
+            return
+        module = f"{self._package}.{name}"
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+    def _load_all(self) -> None:
+        if self._package is not None:
+            importlib.import_module(f"{self._package}.catalog")
+
+    def known(self) -> list[str]:
+        """Every registered name (the catalog's modules included), sorted."""
+        self._load_all()
+        return sorted(self._entries)
 
     def register(
         self,
@@ -141,20 +170,29 @@ class Registry(Mapping[str, Entry]):
         return decorator
 
     def get(self, name: str) -> Entry:
-        """The entry for ``name``; ``KeyError`` listing the known names otherwise."""
+        """The entry for ``name`` (importing its module if needed); ``KeyError`` listing the known names otherwise."""
+        if name not in self._entries:
+            self._load(name)
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(f"unknown {self._kind} {name!r}; known: {sorted(self._entries)}") from None
+            raise KeyError(f"unknown {self._kind} {name!r}; known: {self.known()}") from None
 
     def __getitem__(self, name: str) -> Entry:
         return self.get(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        self._load_all()
+        return iter(list(self._entries))
 
     def __len__(self) -> int:
+        self._load_all()
         return len(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        if name not in self._entries:
+            self._load(name)  # type: ignore[arg-type]
+        return name in self._entries
 
     def validate_params(self, name: str, params: Mapping[str, Any]) -> None:
         """Raise ``TypeError`` naming unknown and missing keyword arguments of corruption ``name``."""
@@ -210,8 +248,9 @@ class Registry(Mapping[str, Entry]):
             raise ParamsError(f"{what}: a trial run gives NaN or infinite values with {dict(params)}")
 
 
-REGISTRY = Registry("corruption")
+REGISTRY = Registry("corruption", package="corruptions")
 register = REGISTRY.register
+known = REGISTRY.known
 get = REGISTRY.get
 validate_params = REGISTRY.validate_params
 check_params = REGISTRY.check_params

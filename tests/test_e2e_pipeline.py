@@ -44,7 +44,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("git") is None, reason="git not installed"),
 ]
 BIN = Path(sys.executable).parent
-JPEG_IMPORT = "    jpeg,\n"  # its line in the `from . import (...)` list of corruptions/__init__.py
+JPEG_IMPORT = "    jpeg,\n"  # its line in the `from . import (...)` list of corruptions/catalog.py
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -71,7 +71,7 @@ def _project(tmp_path: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "jpeg.py")
     for pkg in ("ipt", "corruptions", "flows"):
         shutil.copytree(ROOT / pkg, repo / pkg, ignore=ignore)
-    init = repo / "corruptions" / "__init__.py"
+    init = repo / "corruptions" / "catalog.py"
     assert JPEG_IMPORT in init.read_text()
     init.write_text(init.read_text().replace(JPEG_IMPORT, ""))
     (repo / ".gitignore").write_text("__pycache__/\n")
@@ -288,7 +288,7 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
 
         # 3. A new corruption type: one file, one import line, one params entry.
         shutil.copy(ROOT / "corruptions" / "jpeg.py", repo / "corruptions" / "jpeg.py")
-        init = repo / "corruptions" / "__init__.py"
+        init = repo / "corruptions" / "catalog.py"
         init.write_text(init.read_text().replace("    gaussian_noise,\n", "    gaussian_noise,\n" + JPEG_IMPORT))
         params = yaml.safe_load((repo / "params.yaml").read_text())
         params["corrupt"]["tasks"]["jpeg_q10"] = {"name": "jpeg", "quality": 10}

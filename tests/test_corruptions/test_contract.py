@@ -20,6 +20,7 @@ from corruptions import REGISTRY, apply, get, sample_generator, validate_params
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 FALLBACK_PARAMS: dict[str, dict[str, Any]] = {
     "bicubic_down": {"scale": 2},
+    "blur_down": {"scale": 3},
     "gaussian_noise": {"sigma": 25},
     "jpeg": {"quality": 10},
     "rain_streaks": {},
