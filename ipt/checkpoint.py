@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec, task_scale
+from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec
 from ipt.errors import IPTError
 from ipt.fileio import atomic_write
 from ipt.model import IPT, build_ipt
 from ipt.model.heads import RGB_MEAN
+from ipt.tasks import paper_kind, task_scale
 
 FORMAT_VERSION = 1
 _PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -51,6 +52,17 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p}: expected a state dict or an IPT checkpoint dict, got {type(obj).__name__}")
     return obj
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """The ``kind`` a project checkpoint records (``ipt``, ``ipt-ptgrm``), None for anything else (a bare state
+    dict, an unreadable file: :func:`load_model` reports those). A memory-mapped ``weights_only`` read."""
+    try:
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - load_model names the problem
+        return None
+    kind = obj.get("kind") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -141,13 +153,13 @@ def _name_tasks(scales: list[int], task: str | None, source: str) -> tuple[str, 
             if hint in name:
                 return (t,)
         raise CheckpointError(f"{source}: a x1 single-task file (denoise or derain); say which with --task")
-    if task_scale(task) != s:
+    if paper_kind(task) is not None and task_scale(task) != s:
         raise CheckpointError(f"{source}: task {task!r} needs a x{task_scale(task)} tail but this file's tail is x{s}")
-    if s == 1 and task not in OFFICIAL_PRETRAIN_TASKS:
-        known = ", ".join(t for t in OFFICIAL_PRETRAIN_TASKS if task_scale(t) == 1)
+    if task not in OFFICIAL_PRETRAIN_TASKS:
+        known = ", ".join(t for t in OFFICIAL_PRETRAIN_TASKS if task_scale(t) == s) or "none"
         warnings.warn(
-            f"{source}: task {task!r} is not one of the paper's x1 tasks ({known}); this file does not name its "
-            f"task, so {task!r} is taken as given",
+            f"{source}: task {task!r} is not one of the paper's x{s} tasks ({known}); this file does not name its "
+            f"task, so {task!r} is taken as given (x{s}, from its tail)",
             stacklevel=3,
         )
     return (task,)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -14,17 +13,9 @@ from ipt.errors import IPTError
 # `ipt.checkpoint` when it reads an official multi-task file. Everything else addresses tasks by name.
 OFFICIAL_PRETRAIN_TASKS: tuple[str, ...] = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_s30", "denoise_s50")
 
-_SR_TASK = re.compile(r"^sr_x(\d+)$")
-
 
 class ConfigError(IPTError):
     """A configuration value is unknown, missing or of the wrong type."""
-
-
-def task_scale(task: str) -> int:
-    """Upscaling factor implied by a task name: ``sr_xN`` -> N, every other task (denoise, derain, ...) -> 1."""
-    m = _SR_TASK.match(task)
-    return int(m.group(1)) if m else 1
 
 
 def _check_type(cls_name: str, name: str, value: Any, expected: Any) -> None:
@@ -144,15 +135,29 @@ class ModelSpec:
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
         data = dict(data)
         if "tasks" in data:
-            tasks = data["tasks"]
-            if isinstance(tasks, dict):
-                tasks = list(tasks.items())
-            elif tasks and isinstance(tasks[0], str):
-                tasks = [(t, task_scale(t)) for t in tasks]
-            data["tasks"] = tuple((t, int(s)) for t, s in tasks)
+            data["tasks"] = _task_scales(data["tasks"])
         return strict_from_dict(cls, data)
 
     @classmethod
-    def for_tasks(cls, tasks: list[str] | tuple[str, ...], **kwargs: Any) -> ModelSpec:
-        """A spec whose tasks are named, with scales implied by the names (``sr_x3`` -> 3, others 1)."""
-        return cls(tasks=tuple((t, task_scale(t)) for t in tasks), **kwargs)
+    def for_tasks(cls, tasks: Any, **kwargs: Any) -> ModelSpec:
+        """A spec for ``tasks``: ``{name: scale}``, ``(name, scale)`` pairs, or the names of paper tasks (whose scale
+        the name says: ``sr_x3`` -> 3; any other task needs its scale, from its corruption: ipt.tasks)."""
+        return cls(tasks=_task_scales(tasks), **kwargs)
+
+
+def _task_scales(tasks: Any) -> tuple[tuple[str, int], ...]:
+    from ipt.tasks import TaskError, task_scale
+
+    if isinstance(tasks, dict):
+        tasks = list(tasks.items())
+    out = []
+    for t in tasks:
+        if isinstance(t, str):
+            try:
+                out.append((t, task_scale(t)))
+            except TaskError as e:
+                raise ConfigError(f"ModelSpec.tasks: {e}; give it as (name, scale)") from None
+        else:
+            name, scale = t
+            out.append((str(name), int(scale)))
+    return tuple(out)

@@ -14,12 +14,11 @@ import yaml
 from PIL import Image
 from test_cli_benchmark import TOP_KEYS  # the one report schema
 
-from corruptions import sample_generator
-from corruptions.bicubic_down import quantize_uint8
+from corruptions import quantize_uint8, sample_generator
 from ipt.cli import main
 from ipt.data.benchmarks import BenchmarkDataError, load_benchmark, resolve_datasets, task_kind
 
-SET_KEYS = {"images", "psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image", "per_image"}
+SET_KEYS = {"images", "images_total", "psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image", "per_image"}
 JPEG_Q10 = {"name": "jpeg", "quality": 10}
 SEED = 20210507
 
@@ -186,7 +185,7 @@ def test_a_model_for_the_custom_task(root: Path, params: Path, tmp_path: Path) -
     from ipt.model import build_ipt
 
     torch.manual_seed(0)
-    spec = ModelSpec.for_tasks(["jpeg_q10"], n_feats=8, num_layers=1, num_heads=2, patch_size=12)
+    spec = ModelSpec.for_tasks({"jpeg_q10": 1}, n_feats=8, num_layers=1, num_heads=2, patch_size=12)
     weights = save_checkpoint(tmp_path / "model.pt", build_ipt(spec))
     out = tmp_path / "m.json"
     extra = ("--model", str(weights), "--tiling", "overlap", "--precision", "fp32", "--device", "cpu")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec, strict_from_dict
+from ipt.device import PRECISIONS
 from ipt.train.errors import TrainingError
 from ipt.train.losses import PIXEL_LOSSES
 
@@ -25,7 +26,6 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
     "small": {"n_feats": 16, "num_layers": 2, "num_heads": 4},  # 48 px windows, 144-dim tokens: CPU-trainable
     "tiny": {"n_feats": 8, "num_layers": 1, "num_heads": 2, "patch_size": 12},  # tests and smoke runs
 }
-PRECISIONS = ("auto", "fp32", "bf16")
 _TUPLES = ("tasks", "task_weights", "milestones", "betas")
 # Fields a resumed run may change; every other field must equal the checkpoint's (they change the numbers).
 RESUMABLE_CHANGES = frozenset({"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "device"})
@@ -63,7 +63,7 @@ class TrainConfig:
     shuffle_buffer: int = 64
     stream_segment: int = 1000
     num_workers: int = 0  # DataLoader workers per rank
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast where the device runs it natively (ipt.device), else fp32
     device: str = "auto"
     resume: bool = False
 
@@ -176,7 +176,7 @@ class PretrainConfig(TrainConfig):
                 )
         if not isinstance(self.model, dict) or "tasks" in self.model:
             raise TrainingError("model must be a mapping of ModelSpec keys without 'tasks' (tasks come from `tasks`)")
-        self.model_spec()  # validates the model keys
+        self.model_spec({t: 1 for t in self.tasks})  # validates the model keys
 
     @property
     def train_tasks(self) -> tuple[str, ...]:
@@ -189,9 +189,10 @@ class PretrainConfig(TrainConfig):
     def default_milestones(self) -> tuple[int, ...]:
         return (max(1, round(self.steps * 2 / 3)),)  # 5e-5 -> 2.5e-5 at epoch 200 of 300 in the reference
 
-    def model_spec(self) -> ModelSpec:
+    def model_spec(self, scales: dict[str, int]) -> ModelSpec:
+        """The model for these tasks at ``scales`` (each task's, from its pair shards: its corruption's scale)."""
         try:
-            return ModelSpec.from_dict({**self.model, "tasks": list(self.tasks)})
+            return ModelSpec.from_dict({**self.model, "tasks": [(t, scales[t]) for t in self.tasks]})
         except (ValueError, TypeError) as e:
             raise TrainingError(f"model: {e}") from None
 

@@ -22,13 +22,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ipt.checkpoint import CheckpointError, extract_task, load_model, official_state_dict, save_checkpoint
 from ipt.config import ModelSpec
-from ipt.device import autocast
+from ipt.device import autocast, resolve_precision
 from ipt.model import IPT, build_ipt
 from ipt.tracking import NullTracker, Tracker, dvc_versions
 from ipt.train import distributed as D
 from ipt.train import state as S
 from ipt.train.config import FinetuneConfig, PretrainConfig, TrainConfig
-from ipt.train.data import Batch, StreamSpec, find_shards, pair_batches, read_shards, seed_of
+from ipt.train.data import Batch, ShardSet, StreamSpec, find_shards, pair_batches, read_shards, seed_of
 from ipt.train.errors import TrainingError
 from ipt.train.losses import ipt_objective
 from ipt.train.schedule import StepDecay
@@ -120,22 +120,16 @@ def _stage(cfg: TrainConfig, tracker: Tracker | None, progress: LogFn | None) ->
         D.teardown(env)
 
 
-def _resolve_precision(name: str, device: torch.device) -> str:
-    if name == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return name
-
-
 def _init_path(cfg: FinetuneConfig) -> Path:
     p = Path(cfg.init)
     return p / S.FINAL if p.is_dir() else p
 
 
-def _fresh_model(cfg: TrainConfig) -> IPT:
+def _fresh_model(cfg: TrainConfig, scales: dict[str, int]) -> IPT:
     if isinstance(cfg, PretrainConfig):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_of(cfg.seed, "init") % 2**63)
-            return build_ipt(cfg.model_spec())
+            return build_ipt(cfg.model_spec(scales))
     assert isinstance(cfg, FinetuneConfig)
     try:
         full = load_model(_init_path(cfg), cfg.task, num_heads=cfg.init_num_heads)
@@ -192,13 +186,18 @@ def _restore(ckpt: dict[str, Any], cfg: TrainConfig, env: D.DistEnv, path: Path)
         print(f"warning: {path} was written by {len(states)} rank(s), now {env.world}: global RNG states not restored")
 
 
-def _stream(cfg: TrainConfig, spec: ModelSpec) -> tuple[StreamSpec, dict[str, str]]:
-    """The run's data stream and each task's data version (:func:`read_shards`)."""
+def _stream(cfg: TrainConfig, spec: ModelSpec, shards: ShardSet) -> tuple[StreamSpec, dict[str, str]]:
+    """The run's data stream and each task's data version (:func:`read_shards`); the model must have each task at
+    the scale its shards were made at."""
     tasks = cfg.train_tasks
     for t in tasks:
         if t not in spec.task_names:
             raise TrainingError(f"task {t!r} is not in the model; it has {list(spec.task_names)}")
-    shards = read_shards(cfg.shards, tasks)
+        if spec.scale_of(t) != shards.scales[t]:
+            raise TrainingError(
+                f"{Path(cfg.shards) / t}: pairs made at x{shards.scales[t]}, but the model's {t} tail is "
+                f"x{spec.scale_of(t)}"
+            )
     stream = StreamSpec(
         urls=shards.urls,
         tasks=tasks,
@@ -214,7 +213,9 @@ def _stream(cfg: TrainConfig, spec: ModelSpec) -> tuple[StreamSpec, dict[str, st
     return stream, shards.versions
 
 
-def _build(cfg: TrainConfig, env: D.DistEnv) -> tuple[IPT, torch.optim.Optimizer, StepDecay, int, dict | None]:
+def _build(
+    cfg: TrainConfig, env: D.DistEnv, scales: dict[str, int]
+) -> tuple[IPT, torch.optim.Optimizer, StepDecay, int, dict | None]:
     """Model, optimizer and schedule: fresh, or exactly as the newest checkpoint left them (then its step and the
     data record it kept)."""
     resume_from = _resume_point(cfg, env)
@@ -224,7 +225,7 @@ def _build(cfg: TrainConfig, env: D.DistEnv) -> tuple[IPT, torch.optim.Optimizer
         model = build_ipt(ModelSpec.from_dict(ckpt["model_spec"]))
         model.load_state_dict(ckpt["state_dict"], strict=True)
     else:
-        model = _fresh_model(cfg)
+        model = _fresh_model(cfg, scales)
         _seed_globals(seed_of(cfg.seed, "globals", env.rank))
     model.to(env.device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -282,12 +283,19 @@ def _logger(log: S.MetricsLog | None, tracker: Tracker, progress: LogFn | None) 
 def _run(cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | None) -> dict[str, Any]:
     if cfg.batch_size % env.world:
         raise TrainingError(f"global batch_size {cfg.batch_size} is not divisible by {env.world} ranks")
-    model, optimizer, scheduler, start, resumed = _build(cfg, env)
-    stream, versions = _stream(cfg, model.spec)  # validates the shards before any file is written
+    # The shards are checked before any file is written; a fresh pretrain model takes its scales from them (each
+    # task's corruption made its pairs), a fine-tune starts from its init (checked first, that error first).
+    if isinstance(cfg, PretrainConfig):
+        shards = read_shards(cfg.shards, cfg.train_tasks)
+        model, optimizer, scheduler, start, resumed = _build(cfg, env, shards.scales)
+    else:
+        model, optimizer, scheduler, start, resumed = _build(cfg, env, {})
+        shards = read_shards(cfg.shards, cfg.train_tasks)
+    stream, versions = _stream(cfg, model.spec, shards)
     _check_same_data(cfg, resumed, versions)
     if env.is_main:
         _announce(cfg, tracker, start, versions)
-    precision = _resolve_precision(cfg.precision, env.device)
+    precision = resolve_precision(cfg.precision, env.device)  # the one rule (ipt.device): auto = bf16 where native
     net: nn.Module = model
     if env.distributed:
         ids = [env.device.index] if env.device.type == "cuda" else None
