@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import write_section  # noqa: E402
 
-from ipt.data import stages  # noqa: E402
+from ipt.data import clean, pairs, plan  # noqa: E402
 from ipt.data.executors import map_unordered  # noqa: E402
 from ipt.data.sources import list_source, read_items  # noqa: E402
 
@@ -73,9 +73,9 @@ def decode_only(src: Path, workers: int, per_job: int) -> float:
 
 
 def shard_rate(src: Path, out: Path, workers: int, per_job: int, crops: int) -> tuple[float, dict]:
-    cfg = stages.ShardConfig(source=str(src), out=str(out), images_per_shard=per_job, crops=crops)
+    cfg = clean.ShardConfig(source=str(src), out=str(out), images_per_shard=per_job, crops=crops)
     t = time.perf_counter()
-    manifest = stages.execute(stages.plan_shard(cfg), executor="process", workers=workers)
+    manifest = plan.execute(clean.plan_shard(cfg), executor="process", workers=workers)
     return manifest["params"]["images"] / (time.perf_counter() - t), manifest
 
 
@@ -123,9 +123,9 @@ def run(
         ratios = sorted(s / d for s, d in zip(shard_rates, decodes, strict=True))
         decode, shard = statistics.median(decodes), statistics.median(shard_rates)
         t = time.perf_counter()
-        cfg = stages.CorruptConfig("sr_x2", "bicubic_down", {"scale": 2}, clean=str(tmp / "clean"), out=str(tmp / "p"))
-        pairs = stages.execute(stages.plan_corrupt(cfg), executor="process", workers=workers)
-        corrupt = pairs["samples"] / (time.perf_counter() - t)
+        cfg = pairs.CorruptConfig("sr_x2", "bicubic_down", {"scale": 2}, clean=str(tmp / "clean"), out=str(tmp / "p"))
+        made = plan.execute(pairs.plan_corrupt(cfg), executor="process", workers=workers)
+        corrupt = made["samples"] / (time.perf_counter() - t)
         read = pair_read_rate(tmp / "p", batch, workers, batches)
         size = sum(p.stat().st_size for p in (tmp / "clean").glob("*.tar"))
     finally:

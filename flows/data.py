@@ -1,7 +1,8 @@
 """Prefect flows `shard-ipt` and `corrupt-ipt`: the data stages, fanned out over shards by a Prefect task runner.
 
-Thin on purpose: planning, resuming and the manifest are :mod:`ipt.data.stages` (the functions ``ipt shard`` and
-``ipt corrupt`` call); this module only maps the remaining shard jobs onto Prefect tasks, so a Dask cluster
+Thin on purpose: planning, resuming and the manifest are :mod:`ipt.data.clean`, :mod:`ipt.data.pairs` and
+:mod:`ipt.data.plan` (the functions ``ipt shard`` and ``ipt corrupt`` call, with the same code digest); this module
+only maps the remaining shard jobs onto Prefect tasks, so a Dask cluster
 (``executor="dask"``: a local cluster of ``workers`` processes, or ``dask_address``) or local processes do the
 work, and a progress artifact shows how many shards are written.
 """
@@ -15,12 +16,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from ipt.data import shards, stages
+from ipt.cli.data import code_digest
+from ipt.data import clean as clean_stage
+from ipt.data import pairs, plan, shards
+from ipt.tasks import task_entry
 
 
 @task(name="write-shard", task_run_name="{job.name}")
 def write_shard(job: Any) -> dict[str, Any]:
-    r = stages.run_job(job)
+    r = plan.run_job(job)
     return {"name": r.name, "samples": r.samples, "skipped": len(r.skipped)}
 
 
@@ -57,18 +61,23 @@ def fan_out(jobs: list[Any], total: int, label: str) -> int:
     return done
 
 
-def _execute(plan: stages.Plan, label: str, executor: str, workers: int, address: str | None) -> dict[str, Any]:
+def _execute(stage_plan: plan.Plan, label: str, executor: str, workers: int, address: str | None) -> dict[str, Any]:
     logger = get_run_logger()
-    with shards.FolderLock(plan.folder):
-        manifest, todo = stages.start(plan)
+    with shards.FolderLock(stage_plan.folder):
+        manifest, todo = plan.start(stage_plan)
         if manifest is not None:
-            logger.info("%s: %s is up to date (%d samples)", label, plan.folder, manifest["samples"])
+            logger.info("%s: %s is up to date (%d samples)", label, stage_plan.folder, manifest["samples"])
             return manifest
         logger.info(
-            "%s: %d of %d shards to write into %s (%s)", label, len(todo), len(plan.jobs), plan.folder, executor
+            "%s: %d of %d shards to write into %s (%s)",
+            label,
+            len(todo),
+            len(stage_plan.jobs),
+            stage_plan.folder,
+            executor,
         )
-        fan_out.with_options(task_runner=task_runner(executor, workers, address))(todo, len(plan.jobs), label)
-        manifest = stages.finish(plan)
+        fan_out.with_options(task_runner=task_runner(executor, workers, address))(todo, len(stage_plan.jobs), label)
+        manifest = plan.finish(stage_plan)
     logger.info("%s: %d samples, %d skipped", label, manifest["samples"], len(manifest["skipped"]))
     return manifest
 
@@ -107,10 +116,10 @@ def shard_ipt(
         "seed": seed,
     }
     p = {**_section(params_file, "shard"), **{k: v for k, v in given.items() if v is not None}}
-    fields = set(stages.ShardConfig.__dataclass_fields__)
-    cfg = stages.ShardConfig(**{k: v for k, v in p.items() if k in fields})
+    fields = set(clean_stage.ShardConfig.__dataclass_fields__) - {"code"}
+    cfg = clean_stage.ShardConfig(**{k: v for k, v in p.items() if k in fields}, code=code_digest("shard"))
     manifest = _execute(
-        stages.plan_shard(cfg),
+        clean_stage.plan_shard(cfg),
         "shard",
         executor or p.get("executor", "process"),
         int(workers or p.get("workers", 2)),
@@ -134,8 +143,8 @@ def corrupt_ipt(
     specs: dict[str, dict] = p.get("tasks") or {}
     summary: dict[str, int] = {}
     for t in tasks or list(specs):
-        name, spec = stages.task_spec(specs, t, params_file)  # an error naming the file and the task
-        cfg = stages.CorruptConfig(
+        name, spec = task_entry(specs, t, params_file)  # an error naming the file and the task
+        cfg = pairs.CorruptConfig(
             task=t,
             corruption=name,
             params=spec,
@@ -144,10 +153,11 @@ def corrupt_ipt(
             out=out or p.get("out", "data/pairs/{task}"),
             patch_size=int(p.get("patch_size", 48)),
             png_level=int(p.get("png_level", 0)),
-            seed=int(p.get("seed", stages.DEFAULT_SEED)),
+            seed=int(p.get("seed", plan.DEFAULT_SEED)),
+            code=code_digest("corrupt", name),
         )
         manifest = _execute(
-            stages.plan_corrupt(cfg),
+            pairs.plan_corrupt(cfg),
             f"corrupt {t}",
             executor or p.get("executor", "process"),
             int(workers or p.get("workers", 2)),

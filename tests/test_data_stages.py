@@ -21,8 +21,9 @@ from PIL import Image
 import corruptions
 from helpers_images import PHOTOS, SKIMAGE, bad_files, folder_bytes, imagenet_tarball, photo_folder
 from ipt.cli import main
-from ipt.data import shards, stages
+from ipt.data import pairs, shards
 from ipt.data.shards import png_encode, sample_key, tar_bytes
+from ipt.tasks import TaskError, check_task_name, task_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -277,8 +278,8 @@ def test_corrupt_errors_name_the_problem(tmp_path: Path, clean: Path, capsys) ->
 
 def test_plan_digest_depends_on_the_task_params_only(tmp_path: Path, clean: Path) -> None:
     def digest(**params) -> str:
-        cfg = stages.CorruptConfig("denoise", "gaussian_noise", params, clean=str(clean), out=str(tmp_path / "x"))
-        return stages.plan_corrupt(cfg).digest
+        cfg = pairs.CorruptConfig("denoise", "gaussian_noise", params, clean=str(clean), out=str(tmp_path / "x"))
+        return pairs.plan_corrupt(cfg).digest
 
     assert digest(sigma=30) == digest(sigma=30) != digest(sigma=50)
 
@@ -311,35 +312,35 @@ def test_bad_task_params_are_one_line_before_anything_is_written(
     err = _one_error_line(capsys)
     assert "corrupt.tasks.t1: " in err and message in err, err
     assert not (tmp_path / "pairs").exists()  # refused before the lock or any shard
-    cfg = stages.CorruptConfig("t1", spec["name"], {k: v for k, v in spec.items() if k != "name"}, clean=str(clean))
-    with pytest.raises(stages.TaskError, match=f"^{params}: corrupt.tasks.t1: "):  # the CLI passes its params file
-        stages.plan_corrupt(stages.CorruptConfig(**{**cfg.__dict__, "params_file": str(params)}))
+    cfg = pairs.CorruptConfig("t1", spec["name"], {k: v for k, v in spec.items() if k != "name"}, clean=str(clean))
+    with pytest.raises(TaskError, match=f"^{params}: corrupt.tasks.t1: "):  # the CLI passes its params file
+        pairs.plan_corrupt(pairs.CorruptConfig(**{**cfg.__dict__, "params_file": str(params)}))
 
 
 def test_task_entry_that_is_not_a_mapping_names_file_and_task(tmp_path: Path) -> None:
     tasks = {"jpeg_q10": "jpeg", "nameless": {"quality": 10}, "ok": {"name": "jpeg", "quality": 10}}
-    with pytest.raises(stages.TaskError, match=r"^p.yaml: corrupt.tasks.jpeg_q10 must be a mapping like .*'jpeg'"):
-        stages.task_spec(tasks, "jpeg_q10", "p.yaml")
-    with pytest.raises(stages.TaskError, match=r"^p.yaml: corrupt.tasks.nameless: needs a 'name'"):
-        stages.task_spec(tasks, "nameless", "p.yaml")
-    with pytest.raises(stages.TaskError, match=r"task 'x' is not in p.yaml corrupt.tasks; known: \['jpeg_q10'"):
-        stages.task_spec(tasks, "x", "p.yaml")
-    with pytest.raises(stages.TaskError, match=r"task 'x' is not in p.yaml \(corrupt.tasks is a str"):
-        stages.task_spec("a,b", "x", "p.yaml")
-    assert stages.task_spec(tasks, "ok", "p.yaml") == ("jpeg", {"quality": 10})
+    with pytest.raises(TaskError, match=r"^p.yaml: corrupt.tasks.jpeg_q10 must be a mapping like .*'jpeg'"):
+        task_entry(tasks, "jpeg_q10", "p.yaml")
+    with pytest.raises(TaskError, match=r"^p.yaml: corrupt.tasks.nameless: needs a 'name'"):
+        task_entry(tasks, "nameless", "p.yaml")
+    with pytest.raises(TaskError, match=r"task 'x' is not in p.yaml corrupt.tasks; known: \['jpeg_q10'"):
+        task_entry(tasks, "x", "p.yaml")
+    with pytest.raises(TaskError, match=r"task 'x' is not in p.yaml \(corrupt.tasks is a str"):
+        task_entry("a,b", "x", "p.yaml")
+    assert task_entry(tasks, "ok", "p.yaml") == ("jpeg", {"quality": 10})
 
 
 @pytest.mark.parametrize("task", ["sr_x2", "jpeg_q10", "derain", "a.b-c_1", "_x"])
 def test_safe_task_names_are_accepted(task: str) -> None:
-    assert stages.check_task_name(task) == task
+    assert check_task_name(task) == task
 
 
 @pytest.mark.parametrize("task", ["../evil", "..", ".", "a/b", "/abs", "a..b", "", ".hidden", "-x", "a b", "é"])
 def test_unsafe_task_names_are_refused(task: str) -> None:
-    with pytest.raises(stages.TaskError, match="bad task name"):
-        stages.check_task_name(task, "p.yaml")
+    with pytest.raises(TaskError, match="bad task name"):
+        check_task_name(task, "p.yaml")
     with pytest.raises(ValueError, match="bad task name"):
-        stages.CorruptConfig(task, "gaussian_noise", {"sigma": 30})
+        pairs.CorruptConfig(task, "gaussian_noise", {"sigma": 30})
 
 
 def test_task_name_cannot_escape_the_output_root(tmp_path: Path, clean: Path, capsys) -> None:

@@ -20,8 +20,8 @@ EXIT_USAGE, EXIT_PARTIAL = 2, 1
 COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("restore", "restore an image or a folder of images with IPT weights"),
     "benchmark": ("benchmark", "score a model or a baseline on benchmark sets (Y-PSNR, SSIM, RGB-PSNR)"),
-    "shard": ("data", "cut clean crops of a source into WebDataset shards (DVC stage `shard`)"),
-    "corrupt": ("data", "make (LQ, HR) pair shards of one task (DVC stage `corrupt@TASK`)"),
+    "shard": ("shard", "cut clean crops of a source into WebDataset shards (DVC stage `shard`)"),
+    "corrupt": ("corrupt", "make (LQ, HR) pair shards of one task (DVC stage `corrupt@TASK`)"),
     "pretrain": ("train", "multi-task IPT pre-training on pair shards (DDP-ready)"),
     "finetune": ("train", "fine-tune a pretrained IPT on one task; writes a single-task checkpoint"),
     "register": ("register", "register a checkpoint in MLflow; move 'champion' only on a better score"),

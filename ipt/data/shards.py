@@ -1,9 +1,9 @@
 """Deterministic WebDataset shards: keys, PNG and tar encoding, manifests, atomic writes, resume and locking.
 
-Both data stages (``ipt shard`` and ``ipt corrupt``, :mod:`ipt.data.stages`) are a *plan* (a list of shard jobs,
-each a pure function of the source and the parameters) run by any executor, then a *manifest*. Byte identity
-across runs, machines and executors comes from: sorted inputs, keys and seeds derived from source paths with
-sha256, a PNG writer with fixed settings, and tars with fixed metadata (mtime 0, uid/gid 0, no user names).
+Both data stages (``ipt shard`` and ``ipt corrupt``: :mod:`ipt.data.clean`, :mod:`ipt.data.pairs`) are a *plan* (a
+list of shard jobs, each a pure function of the source and the parameters) run by any executor, then a *manifest*.
+Byte identity across runs, machines and executors comes from: sorted inputs, keys and seeds derived from source
+paths with sha256, a PNG writer with fixed settings, and tars with fixed metadata (mtime 0, uid/gid 0, no user names).
 
 Restartability: every shard is written to a temporary name and renamed (or, on S3, uploaded in one PUT), then a
 small record ``.progress/<shard>.json`` (the plan digest, sample count, sha256 and skipped files) is written the
