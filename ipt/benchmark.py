@@ -26,12 +26,12 @@ from ipt.data.benchmarks import BenchmarkSet, check_corruption, task_kind
 from ipt.errors import IPTError
 from ipt.fileio import atomic_write, file_sha256
 from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
+from ipt.tasks import BASELINES  # noqa: F401 (re-exported: the names --model takes besides weights)
+from ipt.tracking import MODEL_URI_PREFIX
 
 RestoreFn = Callable[[np.ndarray | Tensor], np.ndarray | Tensor]
 OnResult = Callable[[str, dict[str, Any]], None]
 OnOutput = Callable[[str, Any, Tensor], None]
-BASELINES = ("bicubic", "identity")
-MODEL_URI_PREFIX = "models:/"
 
 # Published reference rows (PSNR dB / SSIM, Y channel, border crop = scale) the baselines are checked against.
 # Bicubic: the rows the SR literature tabulates (VDSR, EDSR, RCAN, the IPT paper). Input: the IPT paper's Table 3
@@ -140,17 +140,6 @@ def restorer_fn(restorer: Any) -> RestoreFn:
     return fn
 
 
-def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
-    """MLflow registry URIs (``models:/ipt-sr_x2@champion``) -> the local checkpoint file, via ``ipt.tracking``."""
-    from ipt.tracking import TrackingError
-    from ipt.tracking import resolve_model_uri as resolve
-
-    try:
-        return resolve(uri, tracking_uri)
-    except TrackingError as e:
-        raise BenchmarkModelError(str(e)) from None
-
-
 def make_restore_fn(
     model: str,
     task: str,
@@ -164,8 +153,8 @@ def make_restore_fn(
     corruption: Mapping[str, Any] | None = None,
 ) -> tuple[RestoreFn, dict[str, Any]]:
     """``bicubic`` | ``identity`` | ``baseline`` (the one that fits the task) | a weights path | a ``models:/`` URI
-    -> (restore function, run info: tiling and precision used). ``corruption``: a custom task's spec (its scale
-    decides the baseline: bicubic above 1, the degraded input at 1)."""
+    -> (restore function, run info: how the model ran, from :func:`ipt.restore.open_restorer`). ``corruption``: a
+    custom task's spec (its scale decides the baseline: bicubic above 1, the degraded input at 1)."""
     kind, param = task_kind(task, corruption)
     upscales = kind == "sr" or (kind == "custom" and param > 1)
     if model == "baseline":
@@ -178,19 +167,25 @@ def make_restore_fn(
         if upscales:
             raise BenchmarkModelError(f"the identity baseline is for x1 tasks, not {task!r}; use --model bicubic")
         return identity_fn, {"tiling": None, "precision": None}
-    if model.startswith(MODEL_URI_PREFIX):
-        model = str(resolve_model_uri(model, tracking_uri))
-    from ipt.checkpoint import load_model
-    from ipt.restore import Restorer, refined_restorer
+    from ipt.restore import open_restorer
 
-    options = {"tiling": tiling, "batch": batch, "device": device, "precision": precision}
-    refined = refined_restorer(model, task, tracking_uri=tracking_uri, num_heads=num_heads, **options)
-    if refined is not None:  # a PTG-RM refiner checkpoint: its base, then the refiner (ipt/refine)
-        runner = refined
-    else:
-        runner = Restorer(load_model(model, task, num_heads=num_heads), task, **options)
-    info = {"tiling": tiling, "precision": runner.precision_used, "model_sha256": file_sha256(model)}  # the weights
-    return restorer_fn(runner), info | ({"refiner": "ptgrm"} if refined is not None else {})
+    runner = open_restorer(
+        model,
+        task,
+        tiling=tiling,
+        batch=batch,
+        device=device,
+        precision=precision,
+        num_heads=num_heads,
+        tracking_uri=tracking_uri,
+    )
+    local = model
+    if model.startswith(MODEL_URI_PREFIX):
+        from ipt.tracking import resolve_model_uri
+
+        local = str(resolve_model_uri(model, tracking_uri))  # cached: the file open_restorer read
+    info = runner.describe() | {"model_sha256": file_sha256(local), "notes": list(runner.notes)}
+    return restorer_fn(runner), info
 
 
 def run_benchmark(
@@ -224,18 +219,32 @@ def run_benchmark(
         "model_sha256": info.get("model_sha256"),
         "tiling": info.get("tiling"),
         "precision": info.get("precision"),
+        "precision_reason": info.get("precision_reason"),
+        "device": info.get("device", "cpu"),
         "seed": seed,
         "limit": limit,
         "hardware": hardware,
     }
+    if info.get("refiner"):
+        report["refiner"] = info["refiner"]
     if kind == "custom":
         name, params, _ = check_corruption(task, corruption)
         report["corruption"] = next((d.corruption for d in datasets if d.corruption), {"name": name, "params": params})
-    report["datasets"] = {
-        d.name: evaluate(restore_fn, d, scale=scale, protocol=protocol, on_result=on_result, on_output=on_output)
-        for d in datasets
-    }
+    report["datasets"] = {}
+    for d in datasets:
+        block = evaluate(restore_fn, d, scale=scale, protocol=protocol, on_result=on_result, on_output=on_output)
+        report["datasets"][d.name] = {"images": block["images"], "images_total": d.total} | block
     return report
+
+
+def partial_sets(report: dict[str, Any]) -> dict[str, str]:
+    """``{dataset: "10 of 14"}`` for each set the report scored only part of (a ``--limit`` run)."""
+    out = {}
+    for name, r in report["datasets"].items():
+        total = r.get("images_total")
+        if total is not None and r["images"] < total:
+            out[name] = f"{r['images']} of {total}"
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -282,13 +291,45 @@ def markdown_table(report: dict[str, Any]) -> str:
         "| Dataset | Images | PSNR-Y (dB) | SSIM-Y | PSNR-RGB (dB) | s/image |",
         "|---|---:|---:|---:|---:|---:|",
     ]
+    partial = partial_sets(report)
     for name, r in report["datasets"].items():
+        images = partial.get(name, str(r["images"]))
         lines.append(
-            f"| {name} | {r['images']} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['psnr_rgb']:.2f} "
+            f"| {name} | {images} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['psnr_rgb']:.2f} "
             f"| {r['seconds_per_image']:.3f} |"
         )
-    lines += ["", f"Protocol: {report['protocol_id']}"]
+    lines += ["", f"Protocol: {report['protocol_id']}", f"Made with: {how(report)}"]
+    if partial:
+        lines.append(
+            f"Part of the sets only ({', '.join(f'{k}: {v}' for k, v in partial.items())}): not comparable with "
+            "full-set scores"
+        )
     return "\n".join(lines) + "\n"
+
+
+def how(report: dict[str, Any]) -> str:
+    """One line: how the numbers were made (precision, tiling, device, CPU and its bf16, torch, seed)."""
+    hw = report.get("hardware") or {}
+    parts = []
+    if report.get("precision"):
+        parts.append(
+            f"precision {report['precision']}"
+            + (
+                f" ({report['precision_reason']})"
+                if report.get("precision_reason") and report["precision_reason"] != "asked for"
+                else ""
+            )
+        )
+    if report.get("tiling"):
+        parts.append(f"tiling {report['tiling']}")
+    parts.append(f"device {report.get('device') or 'cpu'}")
+    parts.append(f"CPU {hw.get('cpu_model', '?')} (native bf16: {hw.get('cpu_bf16', '?')})")
+    if hw.get("cuda") not in (None, "none"):
+        parts.append(f"GPU {hw['cuda']}")
+    parts.append(f"torch {hw.get('torch', '?')}")
+    if report.get("seed") is not None:
+        parts.append(f"seed {report['seed']}")
+    return ", ".join(parts)
 
 
 def log_report(tracker: Any, report: dict[str, Any], samples: dict[str, np.ndarray], json_path: str | None) -> None:
@@ -300,7 +341,14 @@ def log_report(tracker: Any, report: dict[str, Any], samples: dict[str, np.ndarr
         for key in ("psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image")
     }
     tracker.log_metrics(metrics)
-    tracker.log_params({f"benchmark.{k}": report[k] for k in ("task", "model", "protocol", "tiling", "precision")})
+    hw = report.get("hardware") or {}
+    params = {f"benchmark.{k}": report.get(k) for k in ("task", "model", "protocol", "tiling", "precision", "device")}
+    params |= {"benchmark.seed": report.get("seed"), "benchmark.limit": report.get("limit")}
+    params |= {f"benchmark.{k}": hw.get(k) for k in ("cpu_model", "cpu_bf16", "torch", "cuda")}
+    params |= {
+        f"{n}/images": f"{r['images']} of {r.get('images_total', r['images'])}" for n, r in report["datasets"].items()
+    }
+    tracker.log_params(params)
     tracker.set_tags({"metric_protocol": report["protocol_id"], "benchmark_task": task})
     for name, image in samples.items():
         tracker.log_image(image, f"benchmark/{task}/{name}_input_output_gt.png")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import platform
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 
+from ipt.errors import IPTError
+
 PRECISIONS = ("auto", "fp32", "bf16")
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU flags of native bf16 matmuls
 
 
 @lru_cache(maxsize=1)
@@ -37,33 +41,90 @@ def cpu_model() -> str:
 
 def cpu_has_fast_bf16() -> bool:
     """True where bf16 matmuls are native on this CPU (AMX or AVX512-BF16); AVX2-only CPUs emulate them slowly."""
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+    return bool(set(BF16_FLAGS) & cpu_flags())
+
+
+def cpu_bf16_flags() -> str:
+    """This CPU's native-bf16 flags (``amx_bf16,avx512_bf16``), or ``none``: recorded with every result."""
+    return ",".join(f for f in BF16_FLAGS if f in cpu_flags()) or "none"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise IPTError(f"unknown device {name!r} ({str(e).splitlines()[0]}); use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but no CUDA device is available")
+        raise IPTError(f"--device {name} asked for, but no CUDA device is available")
     return dev
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA with bf16 support or on a CPU with native bf16; fp32 otherwise (the exact path)."""
-    if name not in PRECISIONS:
-        raise ValueError(f"unknown precision {name!r}; known: {list(PRECISIONS)}")
-    if name != "auto":
-        return name
+@dataclass(frozen=True)
+class Precision:
+    """The precision a run uses, what was asked for, and why: ``label`` is what every summary line and report says."""
+
+    name: str  # fp32 | bf16
+    asked: str  # auto | fp32 | bf16
+    reason: str
+
+    @property
+    def label(self) -> str:
+        if self.asked != "auto" or self.name == "fp32":
+            return self.name
+        return f"bf16 (auto: {self.reason}; --precision fp32 for the exact path)"
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """(whether ``device`` runs bf16 natively, a few words saying why)."""
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+        name = torch.cuda.get_device_name(device)
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"{name} {'has' if ok else 'lacks'} bf16"
+    flags = cpu_bf16_flags()
+    if flags != "none":
+        return True, f"this CPU has native bf16 ({flags})"
+    return False, "this CPU has no native bf16 (emulated bf16 is up to 10x slower than fp32)"
+
+
+def choose_precision(name: str, device: torch.device, *, exact: bool = False) -> Precision:
+    """The one precision rule, for inference and training. ``fp32`` and ``bf16`` are taken as asked; ``auto`` is
+    fp32 where ``exact`` output is promised (the official tiling), else bf16 where ``device`` runs it natively (CUDA
+    with bf16, a CPU with AMX or AVX512-BF16) and fp32 elsewhere. fp32 is the exact path."""
+    if name not in PRECISIONS:
+        raise IPTError(f"unknown precision {name!r}; known: {list(PRECISIONS)}")
+    if name != "auto":
+        return Precision(name, name, "asked for")
+    if exact:
+        return Precision("fp32", "auto", "exact output asked for")
+    ok, why = native_bf16(device)
+    return Precision("bf16" if ok else "fp32", "auto", why)
+
+
+def resolve_precision(name: str, device: torch.device, *, exact: bool = False) -> str:
+    """:func:`choose_precision`'s name (``fp32`` or ``bf16``)."""
+    return choose_precision(name, device, exact=exact).name
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 means fp32: TF32 off for CUDA matmuls and convolutions inside the block (cuDNN convolutions use TF32 by
+    default), the caller's settings put back after it."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = before
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device``, or the exact fp32 path (:func:`exact_fp32`)."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return exact_fp32()
 
 
 @contextlib.contextmanager
@@ -87,6 +148,7 @@ def describe() -> dict[str, str]:
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "fast_bf16": str(cpu_has_fast_bf16()),
+        "cpu_bf16": cpu_bf16_flags(),
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",

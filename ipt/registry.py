@@ -37,11 +37,11 @@ from typing import Any
 import torch
 
 from ipt import tracking
-from ipt.benchmark import BASELINES, MODEL_URI_PREFIX
 from ipt.checkpoint import extract_task, load_model, official_state_dict, save_checkpoint
-from ipt.data.benchmarks import BenchmarkDataError, task_kind
 from ipt.errors import IPTError
 from ipt.fileio import file_sha256
+from ipt.tasks import BASELINES, paper_kind
+from ipt.tracking import MODEL_URI_PREFIX
 
 CHAMPION = "champion"
 TIE_DB = 1e-6  # scores within this of the champion's tie (older versions stored 6 decimals)
@@ -69,10 +69,8 @@ def read_report(path: str | Path) -> dict[str, Any]:
 
 def _noise_seeded(task: str) -> bool:
     """Whether the benchmark draws ``task``'s inputs from the noise seed (the denoising tasks)."""
-    try:
-        return task_kind(task)[0] == "denoise"
-    except BenchmarkDataError:  # a custom task: its corruption spec (seed included) is in the key instead
-        return False
+    kind = paper_kind(task)  # a custom task: its corruption spec (seed included) is in the key instead
+    return kind is not None and kind[0] == "denoise"
 
 
 def score_key(report: dict[str, Any], metric: str, names: list[str]) -> str:

@@ -1,18 +1,28 @@
-"""A whole-image restorer: an IPT, a task, a tiling, a device and a precision. uint8 in, uint8 out."""
+"""A whole-image restorer: an IPT, a task, a tiling, a device and a precision. uint8 in, uint8 out.
+
+:func:`open_restorer` is the one way to get one from weights (a file, or a ``models:/`` URI): ``ipt restore``, ``ipt
+benchmark`` and serving all call it. Checkpoint kinds other than a plain IPT (PTG-RM refiners) are opened by the
+module :data:`OPENERS` names for their kind, imported by name, so this core never imports its add-ons.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ipt.device import autocast, resolve_device, resolve_precision
+from ipt.device import Precision, autocast, choose_precision, resolve_device
+from ipt.errors import IPTError
 from ipt.inference import quantize, restore_image
 from ipt.model import IPT
+
+# checkpoint "kind" -> module with ``open_restorer(path, task, **options)`` for it
+OPENERS: dict[str, str] = {"ipt-ptgrm": "ipt.refine.restore"}
 
 
 @dataclass
@@ -24,25 +34,43 @@ class Restorer:
     batch: int = 64
     device: str = "auto"
     precision: str = "auto"
+    notes: list[str] = field(default_factory=list)  # warnings for the user (bf16 with the official tiling)
 
     def __post_init__(self) -> None:
         self.model.spec.index_of(self.task)  # KeyError naming the model's tasks
         patch = self.model.spec.patch_size
         if self.overlap is not None and not 0 <= self.overlap < patch:
-            raise ValueError(f"overlap must be in [0, {patch}) for this model's {patch}-px windows, not {self.overlap}")
+            raise IPTError(f"overlap must be in [0, {patch}) for this model's {patch}-px windows, not {self.overlap}")
         if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, not {self.batch}")
+            raise IPTError(f"batch must be >= 1, not {self.batch}")
         self._device = resolve_device(self.device)
-        self._precision = resolve_precision(self.precision, self._device)
+        self.precision_info: Precision = choose_precision(self.precision, self._device, exact=self.tiling == "official")
+        if self.tiling == "official" and self.precision_info.name != "fp32":
+            self.notes.append(
+                "bf16 with the official tiling: the output is not the official code's (it differs by a few grey "
+                "levels in part of the pixels); --precision fp32 reproduces it"
+            )
         self.model = self.model.to(self._device).eval()
         self.scale = self.model.scale(self.task)
 
     @property
     def precision_used(self) -> str:
-        return self._precision
+        return self.precision_info.name
+
+    def describe(self) -> dict[str, Any]:
+        """How this restorer runs: recorded with every restore and benchmark."""
+        return {
+            "task": self.task,
+            "tiling": self.tiling,
+            "overlap": self.overlap if self.tiling == "overlap" else None,
+            "precision": self.precision_info.name,
+            "precision_asked": self.precision_info.asked,
+            "precision_reason": self.precision_info.reason,
+            "device": str(self._device),
+        }
 
     def _windows(self, w: Tensor) -> Tensor:
-        with autocast(self._device, self._precision):
+        with autocast(self._device, self.precision_info.name):
             out = self.model(w.to(self._device), self.task)
         return out.float().cpu()
 
@@ -61,15 +89,35 @@ class Restorer:
         return y[0].permute(1, 2, 0).to(torch.uint8).numpy()
 
 
-def refined_restorer(
-    weights: str | os.PathLike, task: str | None, *, tracking_uri: str | None = None, **kw: Any
+def open_restorer(
+    weights: str | os.PathLike,
+    task: str | None = None,
+    *,
+    tiling: str = "overlap",
+    overlap: int | None = None,
+    batch: int = 64,
+    device: str = "auto",
+    precision: str = "auto",
+    num_heads: int = 12,
+    tracking_uri: str | None = None,
 ) -> Any:
-    """Base + PTG-RM (``ipt.refine``) when ``weights`` is a refiner checkpoint, else None. ``kw``: Restorer options
-    and ``num_heads``. Raises ``ValueError`` (RefineError) naming the file when its base or prior cannot be had."""
-    from ipt.refine.checkpoint import is_refiner_checkpoint
+    """A restorer for ``weights``: an official ``IPT_*.pt``, a state dict in the official layout, a project
+    checkpoint, a refiner checkpoint, or a ``models:/`` URI. ``task`` may be left out for a single-task model.
+    Errors name the file (:class:`~ipt.checkpoint.CheckpointError`, a ``ValueError`` for a bad option)."""
+    from ipt.checkpoint import CheckpointError, checkpoint_kind, load_model
+    from ipt.tracking import MODEL_URI_PREFIX, resolve_model_uri
 
-    if not is_refiner_checkpoint(weights):
-        return None
-    from ipt.refine.restore import open_refined
-
-    return open_refined(weights, task, tracking_uri=tracking_uri, **kw)
+    path = str(weights)
+    if path.startswith(MODEL_URI_PREFIX):
+        path = str(resolve_model_uri(path, tracking_uri))
+    options = {"tiling": tiling, "overlap": overlap, "batch": batch, "device": device, "precision": precision}
+    kind = checkpoint_kind(path)
+    if kind in OPENERS:
+        opener = importlib.import_module(OPENERS[kind])
+        return opener.open_restorer(path, task, tracking_uri=tracking_uri, num_heads=num_heads, **options)
+    model = load_model(path, task, num_heads=num_heads)
+    if task is None:
+        if len(model.spec.task_names) != 1:
+            raise CheckpointError(f"{weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")
+        task = model.spec.task_names[0]
+    return Restorer(model, task, **options)

@@ -18,8 +18,8 @@ from ipt.data.benchmarks import BenchmarkPair, BenchmarkSet
 from ipt.metrics import PROTOCOLS, PSNR_CAP_DB
 
 TOP_KEYS = {"task", "model", "model_sha256", "protocol", "protocol_id", "tiling", "precision", "seed", "limit"}
-TOP_KEYS |= {"hardware", "datasets"}
-SET_KEYS = {"images", "psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image", "per_image"}
+TOP_KEYS |= {"precision_reason", "device", "hardware", "datasets"}
+SET_KEYS = {"images", "images_total", "psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image", "per_image"}
 
 
 def _smooth(h: int, w: int, seed: int) -> np.ndarray:
@@ -61,7 +61,7 @@ def _check_schema(report: dict, task: str, model: str, datasets: list[str], imag
     assert set(report) == TOP_KEYS
     assert report["task"] == task and report["model"] == model
     assert report["protocol_id"] == PROTOCOLS[report["protocol"]]
-    assert {"cpu_model", "torch"} <= set(report["hardware"])
+    assert {"cpu_model", "cpu_bf16", "torch"} <= set(report["hardware"])
     assert list(report["datasets"]) == datasets
     for r in report["datasets"].values():
         assert set(r) == SET_KEYS and r["images"] == images == len(r["per_image"])
@@ -219,3 +219,40 @@ def _weights_sr_x2(tmp_path: Path) -> Path:
     path = tmp_path / "tiny_sr_x2.pt"
     torch.save(build_ipt(ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=2)).state_dict(), path)
     return path
+
+
+def test_a_hand_run_in_the_project_folder_scores_whole_sets_and_writes_no_dvc_output(
+    benchmark_root: Path, monkeypatch, capsys
+) -> None:
+    """The README's command typed in the checkout, with its params.yaml: make run's shortcuts (`dag:` in params.yaml,
+    passed by dvc.yaml only) do not apply, so it scores all 14 Set14 images and gives the published bicubic row, and
+    without --out it writes nothing, least of all DVC's metrics/benchmark/<task>.json."""
+    from conftest import ROOT
+
+    if (ROOT / "../shared/benchmarks").resolve() != benchmark_root.resolve():
+        pytest.skip("params.yaml's benchmark.root (../shared/benchmarks) is not where the benchmarks are here")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("IPT_PARAMS")
+    tracked = ROOT / "metrics" / "benchmark" / "sr_x2.json"
+    before = tracked.read_bytes() if tracked.exists() else None
+    rc = main(["benchmark", "--task", "sr_x2", "--model", "bicubic", "--protocol", "matlab", "--datasets", "Set14"])
+    assert rc == 0
+    out, err = capsys.readouterr()
+    row = next(line for line in out.splitlines() if line.startswith("| Set14 |"))
+    assert row.split("|")[2].strip() == "14"  # every image, no "of"
+    assert float(row.split("|")[3]) == pytest.approx(30.24, abs=0.01)  # the published bicubic x2 row
+    assert "not comparable" not in out + err
+    assert (tracked.read_bytes() if tracked.exists() else None) == before
+
+
+def test_a_partial_run_says_how_many_images_it_scored_and_warns(sr_root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "r.json"
+    argv = ["benchmark", "--task", "sr_x2", "--model", "bicubic", "--root", str(sr_root), "--limit", "1"]
+    assert main([*argv, "--out", str(out), "--quiet"]) == 0
+    stdout, err = capsys.readouterr()
+    assert "warning: Set5: scoring 1 of its 2 images (--limit 1): not comparable with full-set scores" in err
+    assert "| Set5 | 1 of 2 |" in stdout and "Part of the sets only (Set5: 1 of 2)" in stdout
+    assert "Made with: device cpu, CPU " in stdout and "native bf16: " in stdout
+    report = json.loads(out.read_text())
+    assert report["datasets"]["Set5"]["images"] == 1 and report["datasets"]["Set5"]["images_total"] == 2
+    assert report["limit"] == 1

@@ -221,3 +221,74 @@ def _png16_rgb(a: np.ndarray) -> bytes:
     rows = b"".join(b"\0" + a[i].astype(">u2").tobytes() for i in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+NATIVE_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})  # where `auto` would pick bf16
+
+
+@pytest.mark.parametrize("index, task", [(0, "sr_x2"), (1, "sr_x3"), (2, "sr_x4"), (4, "denoise_s30")])
+def test_official_tiling_reproduces_the_official_code_through_the_cli_on_a_native_bf16_cpu(
+    tmp_path, weights, golden: dict, monkeypatch, capsys, index: int, task: str
+) -> None:
+    """`ipt restore --tiling official` without a precision flag is the exact path on every CPU kind: here one
+    whose flags say native bf16 (where `auto` picks bf16 for the overlap tiling)."""
+    import ipt.device
+    from ipt.inference import quantize
+
+    monkeypatch.setattr(ipt.device, "cpu_flags", lambda: NATIVE_BF16)
+    model = load_model(weights)
+    library = Restorer(model, task, tiling="official")  # precision "auto", the CLI's default
+    assert library.precision_used == "fp32" and library.notes == []
+    official = golden["outputs_chop"][index]
+    ours = library.restore_tensor(golden["input_chop"])
+    assert (ours - official).abs().max() <= 1e-3  # the official code's floats, on its own (float) input
+    near_half = ((official.clamp(0, 255) - official.clamp(0, 255).floor() - 0.5).abs() < 1e-3) & (official > 0)
+    assert torch.equal(quantize(ours)[~near_half], quantize(official)[~near_half])  # its uint8 output
+
+    img = golden["input_chop"][0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    Image.fromarray(img).save(tmp_path / "x.png")
+    argv = ["restore", str(tmp_path / "x.png"), str(tmp_path / "y.png"), "--weights", str(weights), "--task", task]
+    assert main([*argv, "--tiling", "official", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "(official tiling, fp32)" in err and "warning" not in err
+    expected = Restorer(model, task, tiling="official", precision="fp32")(img)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "y.png")), expected)
+
+
+def test_bf16_is_labelled_and_never_taken_for_the_official_output(tmp_path, weights, golden, monkeypatch, capsys):
+    import ipt.device
+
+    monkeypatch.setattr(ipt.device, "cpu_flags", lambda: NATIVE_BF16)
+    img = golden["input_chop"][0, :, :48, :48].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    Image.fromarray(img).save(tmp_path / "x.png")
+    argv = ["restore", str(tmp_path / "x.png"), str(tmp_path / "y.png"), "--weights", str(weights), "--task", "sr_x2"]
+    assert main([*argv, "--quiet"]) == 0  # overlap tiling, auto: bf16 on this CPU, and the line says why
+    err = capsys.readouterr().err
+    assert "(overlap tiling, bf16 (auto: this CPU has native bf16 (amx_bf16,avx512_bf16); --precision fp32 " in err
+    assert main([*argv, "--quiet", "--tiling", "official", "--precision", "bf16"]) == 0  # asked for: a warning
+    err = capsys.readouterr().err
+    assert "warning: bf16 with the official tiling: the output is not the official code's" in err
+    assert "(official tiling, bf16)" in err
+
+
+def test_a_folder_run_records_how_its_outputs_were_made(tmp_path, weights, images, capsys) -> None:
+    import json
+
+    from ipt.fileio import file_sha256
+
+    out = tmp_path / "out"
+    argv = ["restore", str(images), str(out), "--weights", str(weights), "--task", "denoise_s30", "--quiet"]
+    assert main([*argv, "--precision", "fp32"]) == 1  # broken.png
+    record = json.loads((out / "ipt-restore.json").read_text())
+    assert record["command"] == "ipt restore" and record["weights_sha256"] == file_sha256(weights)
+    assert record["precision"] == "fp32" and record["precision_asked"] == "fp32" and record["tiling"] == "overlap"
+    assert record["device"] == "cpu" and {"cpu_model", "cpu_bf16", "torch"} <= set(record["hardware"])
+    assert sorted(record["outputs"]) == ["a.png", "alpha.png", "deep16.png", "gray.png", "sub/small.png"]
+    assert [f["input"].endswith("broken.png") for f in record["failed"]] == [True]
+    assert "(how: " in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "ipt-restore.json").write_text('{"my": "notes"}')
+    assert main(["restore", str(images), str(tmp_path / "mine"), *argv[3:]]) == 2  # a file it did not write
+    assert "was not written by `ipt restore`" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "ipt-restore.json").read_text() == '{"my": "notes"}'
+    assert not list((tmp_path / "mine").glob("*.png"))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ipt.cli import UserError
+from ipt.cli import UserError, warn
 from ipt.cli.params import params_source
 from ipt.device import PRECISIONS
 from ipt.inference import TILINGS
@@ -25,17 +25,13 @@ def _tracker(args: argparse.Namespace):
 
 
 def _benchmark_corruption(args: argparse.Namespace) -> dict | None:
-    """None for the paper's tasks; for any other task its ``corrupt.tasks`` entry in the params file (an error
-    naming the file and the task when there is none): the benchmark applies it to clean images."""
+    """None for the paper's tasks (their names say how the test inputs are made); for any other task its
+    ``corrupt.tasks`` entry in the params file (an error naming the file and the task when there is none), which the
+    benchmark applies to clean images. Both go through :mod:`ipt.tasks` (the scale from the corruption itself)."""
     import yaml
 
-    from ipt.data.benchmarks import BenchmarkDataError, task_kind
+    from ipt.tasks import from_entry, paper_kind
 
-    try:
-        task_kind(args.task)
-        return None
-    except BenchmarkDataError:
-        pass
     source = params_source(args)
     tasks: dict = {}
     if source != "none" and Path(source).is_file():
@@ -43,54 +39,60 @@ def _benchmark_corruption(args: argparse.Namespace) -> dict | None:
             tasks = ((yaml.safe_load(Path(source).read_text()) or {}).get("corrupt") or {}).get("tasks") or {}
         except (OSError, yaml.YAMLError, AttributeError) as e:
             raise UserError(f"{source}: cannot read corrupt.tasks ({str(e).splitlines()[0]})") from None
-    if not isinstance(tasks, dict) or args.task not in tasks:
+    if not isinstance(tasks, dict):
+        tasks = {}
+    if paper_kind(args.task) is not None:
+        if args.task in tasks:  # its entry must make what the name says (the benchmark follows the name)
+            from_entry(args.task, tasks[args.task], source, trial=False)
+        return None
+    if args.task not in tasks:
         where = f"{source} corrupt.tasks" if source != "none" else "params file (ignored: --params none)"
-        known = sorted(tasks) if isinstance(tasks, dict) else []
         raise UserError(
             f"task {args.task!r} is not a paper task (sr_xN, denoise_sNN, derain) and has no corruption entry in "
-            f"{where}; known there: {known}"
+            f"{where}; known there: {sorted(tasks)}"
         )
     return tasks[args.task]
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    """Score a model (or the bicubic / identity baseline) on benchmark sets; JSON to --out, a table to stdout."""
-    from ipt.benchmark import comparison_image, log_report, make_restore_fn, markdown_table, run_benchmark, write_json
+    """Score a model (or the bicubic / identity baseline) on benchmark sets; a table to stdout, JSON to --out."""
+    from ipt.benchmark import comparison_image, make_restore_fn, markdown_table, run_benchmark
     from ipt.data.benchmarks import load_benchmark, resolve_datasets
     from ipt.device import describe
 
     root = Path(args.root)
-    args.out = args.out.format(task=args.task)
+    if args.out:
+        args.out = args.out.format(task=args.task)
     for target in (args.out, args.markdown):  # before minutes of evaluation, not after
         if target:
             _check_writable(Path(target))
     requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     corruption = _benchmark_corruption(args)  # None for sr_xN / denoise_sNN / derain
-    try:
-        names, notes = resolve_datasets(root, args.task, requested, corruption)
-        restore_fn, info = make_restore_fn(
-            args.model,
-            args.task,
-            tiling=args.tiling,
-            precision=args.precision,
-            device=args.device,
-            batch=args.batch,
-            num_heads=args.num_heads,
-            tracking_uri=args.tracking_uri,
-            corruption=corruption,
-        )
-        sets = [
-            load_benchmark(root, n, args.task, seed=args.seed, limit=args.limit or None, corruption=corruption)
-            for n in names
-        ]
-    except ValueError as e:  # BenchmarkDataError, BenchmarkModelError, CheckpointError, a bad device or precision
-        raise UserError(str(e)) from None
-    try:
-        tracker, owned = _tracker(args)
-    except ValueError as e:  # TrackingError: a run id this store does not have
-        raise UserError(str(e)) from None
+    names, notes = resolve_datasets(root, args.task, requested, corruption)
+    restore_fn, info = make_restore_fn(
+        args.model,
+        args.task,
+        tiling=args.tiling,
+        precision=args.precision,
+        device=args.device,
+        batch=args.batch,
+        num_heads=args.num_heads,
+        tracking_uri=args.tracking_uri,
+        corruption=corruption,
+    )
+    limit = args.limit or None
+    sets = [load_benchmark(root, n, args.task, seed=args.seed, limit=limit, corruption=corruption) for n in names]
+    tracker, owned = _tracker(args)
     for note in notes + [n for s in sets for n in s.notes]:
         print(f"note: {note}", file=sys.stderr)
+    for note in info.get("notes") or []:
+        warn(note)
+    for s in sets:
+        if len(s.pairs) < (s.total or 0):
+            warn(
+                f"{s.name}: scoring {len(s.pairs)} of its {s.total} images (--limit {limit}): not comparable with "
+                "full-set scores (the paper's tables score every image)"
+            )
 
     def progress(dataset: str, r: dict) -> None:
         if not args.quiet:
@@ -115,11 +117,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             on_output=keep_first,
             corruption=corruption,
             seed=args.seed,
-            limit=args.limit or None,
+            limit=limit,
         )
-        write_json(args.out, report)
-        if tracker is not None:
-            log_report(tracker, report, samples, args.out)
+        _write_report(report, args.out, tracker, samples)
         table = markdown_table(report)
         if args.markdown:
             Path(args.markdown).write_text(table)
@@ -135,6 +135,25 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         tracker.finish()
     print(table, end="")
     return 0
+
+
+def _write_report(report: dict, out: str | None, tracker, samples: dict) -> None:
+    """The JSON report to ``out`` (only where --out says), and to the MLflow run with the metrics and images."""
+    import tempfile
+
+    from ipt.benchmark import log_report, write_json
+
+    if out:
+        write_json(out, report)
+    if tracker is None:
+        return
+    if out:
+        log_report(tracker, report, samples, out)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{report['task']}.json"
+        write_json(path, report)
+        log_report(tracker, report, samples, str(path))
 
 
 def _check_writable(path: Path) -> None:
@@ -175,8 +194,15 @@ def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=DEFAULT_NOISE_SEED, help="seed of the denoising noise (and custom task) inputs"
     )
-    p.add_argument("--limit", type=int, default=None, help="only the first N images of each set (by name); 0: all")
-    p.add_argument("--out", default=None, help="JSON report, written atomically; '{task}' is replaced by the task")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="only the first N images of each set (by name; the report says 'N of M' and warns); 0 or unset: all",
+    )
+    p.add_argument(
+        "--out", default=None, help="JSON report, written atomically ('{task}' is replaced); none without it"
+    )
     p.add_argument(
         "--params",
         default=None,
@@ -192,7 +218,7 @@ def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "sqlite:///./mlflow.db); also used to resolve models:/ URIs",
     )
     p.add_argument("--quiet", action="store_true", help="no per-image lines on stderr")
-    p.set_defaults(func=cmd_benchmark, required_from_params=("model", "root", "out"))
+    p.set_defaults(func=cmd_benchmark, required_from_params=("model", "root"))
     return p
 
 

@@ -12,6 +12,7 @@ from ipt.cli import EXIT_PARTIAL, UserError, main
 from ipt.cli import warn as _warn
 from ipt.data.images import ImageReadError, list_images, read_image, write_png
 from ipt.device import PRECISIONS
+from ipt.errors import IPTError
 from ipt.inference import TILINGS
 
 
@@ -77,54 +78,87 @@ def _restore_all(restorer, pairs: list[tuple[Path, Path]], progress: bool) -> li
     return failed
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
-    from ipt.checkpoint import load_model
-    from ipt.restore import Restorer, refined_restorer
+RECORD = "ipt-restore.json"  # what a folder run writes beside its outputs: how they were made
 
+
+def _open(args: argparse.Namespace):
+    from ipt.restore import open_restorer
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            restorer = open_restorer(
+                args.weights,
+                args.task,
+                tiling=args.tiling,
+                overlap=args.overlap,
+                batch=args.batch,
+                device=args.device,
+                precision=args.precision,
+                num_heads=args.num_heads,
+                tracking_uri=args.tracking_uri,
+            )
+        except (ValueError, RuntimeError) as e:  # a device that is not there, an overlap the window cannot take
+            raise UserError(str(e).splitlines()[0] if isinstance(e, IPTError) else f"{args.weights}: {e}") from None
+    for w in caught:  # one `warning:` line each, like the image notes
+        _warn(str(w.message))
+    for note in restorer.notes:
+        _warn(note)
+    return restorer
+
+
+def _check_record(out: Path) -> Path:
+    """The folder run's record file; an existing file of that name that is not an earlier run's is refused."""
+    import json
+
+    record = out / RECORD
+    if record.exists():
+        try:
+            ours = json.loads(record.read_text()).get("command") == "ipt restore"
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise UserError(f"{record}: exists and was not written by `ipt restore`; move it or choose another folder")
+    return record
+
+
+def _write_record(record: Path, args: argparse.Namespace, restorer, pairs, failed) -> None:
+    import json
+
+    from ipt.device import describe
+    from ipt.fileio import atomic_write, file_sha256
+
+    bad = {str(src) for src, _ in failed}
+    weights = str(args.weights)
+    info = {
+        "command": "ipt restore",
+        "weights": weights,
+        "weights_sha256": None if weights.startswith("models:/") else file_sha256(weights),
+        **restorer.describe(),
+        "hardware": describe(),
+        "inputs": str(args.input),
+        "outputs": [str(dst.relative_to(record.parent)) for src, dst in pairs if str(src) not in bad],
+        "failed": [{"input": str(src), "reason": why} for src, why in failed],
+    }
+    text = json.dumps(info, indent=1) + "\n"
+    atomic_write(record, lambda f: f.write(text.encode()))
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
     _check_restore_flags(args)
     pairs = _pairs(Path(args.input), Path(args.output))
-    weights = args.weights
-    if weights.startswith("models:/"):
-        from ipt.tracking import TrackingError, resolve_model_uri
-
-        try:
-            weights = resolve_model_uri(weights, args.tracking_uri)
-        except TrackingError as e:
-            raise UserError(str(e)) from None
-    options = {"tiling": args.tiling, "overlap": args.overlap, "batch": args.batch, "device": args.device}
-    try:  # a PTG-RM refiner checkpoint (ipt/refine): its base, then the refiner
-        restorer = refined_restorer(
-            weights,
-            args.task,
-            tracking_uri=args.tracking_uri,
-            num_heads=args.num_heads,
-            precision=args.precision,
-            **options,
-        )
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if restorer is not None:
-        args.task = restorer.task
-    else:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model = load_model(weights, args.task, num_heads=args.num_heads)
-        for w in caught:  # one `warning:` line each, like the image notes
-            _warn(str(w.message))
-        if args.task is None:
-            if len(model.spec.task_names) != 1:
-                raise UserError(f"{args.weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")
-            args.task = model.spec.task_names[0]
-        try:
-            restorer = Restorer(model, args.task, precision=args.precision, **options)
-        except (ValueError, RuntimeError) as e:  # a device that is not there, an overlap the window cannot take
-            raise UserError(f"{args.weights}: {str(e).splitlines()[0]}") from None
+    record = _check_record(Path(args.output)) if Path(args.input).is_dir() else None
+    restorer = _open(args)
+    args.task = restorer.task
     t0 = time.perf_counter()
     failed = _restore_all(restorer, pairs, progress=not args.quiet)
     done = len(pairs) - len(failed)
+    if record is not None:
+        _write_record(record, args, restorer, pairs, failed)
     print(
-        f"restored {done}/{len(pairs)} image(s) for {args.task} ({args.tiling} tiling, {restorer.precision_used}) "
-        f"in {time.perf_counter() - t0:.1f}s -> {args.output}",
+        f"restored {done}/{len(pairs)} image(s) for {args.task} ({args.tiling} tiling, "
+        f"{restorer.precision_info.label}) in {time.perf_counter() - t0:.1f}s -> {args.output}"
+        + (f" (how: {record})" if record is not None else ""),
         file=sys.stderr,
     )
     for _src, why in failed:
@@ -154,7 +188,13 @@ def add_restore(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=int, default=64, help="windows per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto picks bf16 only on fast-bf16 hardware")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: fp32 with --tiling official (the exact path), else bf16 where the hardware runs it natively "
+        "(the summary line says so)",
+    )
     p.add_argument("--num-heads", type=int, default=12, help="attention heads of an official-layout file (not stored)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_restore)

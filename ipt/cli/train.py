@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ipt.device import PRECISIONS
+
 EXIT_USAGE = 2
 
 
@@ -44,7 +46,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=int, help="independent data streams per task (0: one per global batch row)")
     p.add_argument("--shuffle-buffer", type=int, help="samples in each stream's shuffle buffer")
     p.add_argument("--stream-segment", type=int, help="steps after which every stream restarts from a fresh seed")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto: bf16 autocast where the device runs it natively (CUDA, AMX / AVX512-BF16 CPUs), else fp32",
+    )
     p.add_argument("--device", help="auto, cpu, cuda")
     p.add_argument("--resume", action="store_true", default=None, help="continue from the run's latest checkpoint")
     p.add_argument("--mlflow-run-id", default=None, help="log per-step metrics to this existing MLflow run")

@@ -22,7 +22,6 @@ on its own values; the model input is always RGB. Every problem raises :class:`B
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +32,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from corruptions import apply, get, imresize_uint8, sample_generator, validate_params
-from corruptions.bicubic_down import quantize_uint8
+from corruptions import apply, imresize_uint8, quantize_uint8, sample_generator
 from corruptions.gaussian_noise import gaussian_noise
 from ipt.data.images import IMAGE_EXTENSIONS, read_image
 from ipt.errors import IPTError
+from ipt.tasks import TaskError, from_entry, paper_kind
 
 DEFAULT_NOISE_SEED = 20210507  # params.yaml `seed`
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
@@ -47,7 +46,6 @@ DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
     "custom": ("Set5", "Set14"),  # a user's task: its corruption applied to these clean images
 }
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"})
-_SR, _DENOISE = re.compile(r"^sr_x([1-9]\d*)$"), re.compile(r"^denoise_s(\d+(?:\.\d+)?)$")
 _MAX_LISTED = 5
 
 
@@ -72,17 +70,19 @@ class BenchmarkSet:
     pairs: list[BenchmarkPair]
     notes: list[str] = field(default_factory=list)
     corruption: dict[str, Any] | None = None  # custom tasks: name, params, scale, seed of the inputs made here
+    total: int | None = None  # images the set holds (``pairs`` may be the first ``limit`` of them)
+
+    def __post_init__(self) -> None:
+        if self.total is None:
+            self.total = len(self.pairs)
 
 
 def task_kind(task: str, corruption: Mapping[str, Any] | None = None) -> tuple[str, float]:
     """``sr_x4`` -> ("sr", 4); ``denoise_s30`` -> ("denoise", 30.0); ``derain`` -> ("derain", 1); any other task
-    with a ``corruption`` spec (``{"name": ..., **params}``) -> ("custom", the spec's ``scale``, default 1)."""
-    if m := _SR.match(task):
-        return "sr", int(m.group(1))
-    if m := _DENOISE.match(task):
-        return "denoise", float(m.group(1))
-    if task == "derain":
-        return "derain", 1
+    with a ``corruption`` spec (``{"name": ..., **params}``) -> ("custom", the scale its corruption implies)."""
+    kind = paper_kind(task)
+    if kind is not None:
+        return kind
     if corruption is not None:
         return "custom", check_corruption(task, corruption)[2]
     raise BenchmarkDataError(
@@ -242,7 +242,7 @@ def _load_sr(folder: Path, task: str, s: int, limit: int | None) -> BenchmarkSet
             lr = imresize_uint8(np.ascontiguousarray(hr[: H - H % s, : W - W % s]), 1.0 / s)
         ref = hr[: min(H, lr.shape[0] * s), : min(W, lr.shape[1] * s)]
         pairs.append(BenchmarkPair(k, lr, _reference(np.ascontiguousarray(ref), gray)))
-    return BenchmarkSet(folder.name, task, s, folder, layout, pairs, notes)
+    return BenchmarkSet(folder.name, task, s, folder, layout, pairs, notes, total=len(hrs))
 
 
 # ------------------------------------------------------------------------------------------------ denoise
@@ -272,7 +272,7 @@ def _load_denoise(folder: Path, task: str, sigma: float, seed: int, limit: int |
         pairs.append(BenchmarkPair(k, noisy, _reference(rgb, gray)))
     layout = "HR/<name>.png" if src != folder else "<name>.png"
     note = f"{folder.name}: noisy inputs from seed {seed} (gaussian_noise, sigma {sigma:g}, sample_generator per name)"
-    return BenchmarkSet(folder.name, task, 1, folder, layout, pairs, [note])
+    return BenchmarkSet(folder.name, task, 1, folder, layout, pairs, [note], total=len(clean))
 
 
 # ------------------------------------------------------------------------------------------------ derain
@@ -300,7 +300,7 @@ def _load_derain(folder: Path, task: str, limit: int | None) -> BenchmarkSet:
             )
         pairs.append(BenchmarkPair(k, lq, _reference(rgb, gray)))
     layout = "rainy/rain-N + " + ("norain/norain-N" if clean_dir != folder else "norain-N beside rainy/")
-    return BenchmarkSet(folder.name, task, 1, folder, layout, pairs)
+    return BenchmarkSet(folder.name, task, 1, folder, layout, pairs, total=len(rainy))
 
 
 # ------------------------------------------------------------------------------------------------ custom tasks
@@ -313,16 +313,11 @@ def check_corruption(task: str, corruption: Mapping[str, Any]) -> tuple[str, dic
         raise BenchmarkDataError(
             f"{where}: expected a mapping with a 'name' (a registered corruption), got {corruption!r}"
         )
-    params = {k: v for k, v in corruption.items() if k != "name"}
     try:
-        get(corruption["name"])
-        validate_params(corruption["name"], params)
-    except (KeyError, TypeError) as e:
-        raise BenchmarkDataError(f"{where}: {e.args[0] if e.args else e}") from None
-    scale = params.get("scale", 1)  # as the corrupt stage (CorruptConfig.scale)
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise BenchmarkDataError(f"{where}: scale must be a positive integer, got {scale!r}")
-    return corruption["name"], params, scale
+        spec = from_entry(task, corruption)  # checked as the corrupt stage checks it; the scale from its out_size
+    except TaskError as e:
+        raise BenchmarkDataError(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+    return spec.corruption, dict(spec.params), spec.scale
 
 
 def corrupted_input(clean: np.ndarray, *, corruption: Mapping[str, Any], seed: int, task: str, name: str) -> np.ndarray:
@@ -357,4 +352,4 @@ def _load_custom(folder: Path, task: str, corruption: Mapping[str, Any], seed: i
         f"{folder.name}: {task} inputs made in memory from the clean images: {fn_name} {params}, seed {seed} "
         "(sample_generator per name), quantized to uint8 as the corrupt stage"
     )
-    return BenchmarkSet(folder.name, task, s, folder, layout, pairs, [note], spec)
+    return BenchmarkSet(folder.name, task, s, folder, layout, pairs, [note], spec, total=len(clean))

@@ -33,11 +33,11 @@ from ipt.refine.config import RefineError
 from ipt.refine.model import RefinedIPT
 from ipt.refine.priors import PriorContext, PriorError, build_prior
 from ipt.refine.ptgrm import PTGRM, PTGRMSpec
+from ipt.tracking import MODEL_URI_PREFIX
 
 FORMAT_VERSION = 1
 KIND = "ipt-ptgrm"
 BASE_FILE = "base.pt"
-MODEL_URI_PREFIX = "models:/"
 
 
 def is_refiner_checkpoint(path: str | os.PathLike) -> bool:

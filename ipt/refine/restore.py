@@ -42,6 +42,17 @@ class RefinedRestorer:
     def precision_used(self) -> str:
         return self.base.precision_used
 
+    @property
+    def precision_info(self):
+        return self.base.precision_info
+
+    @property
+    def notes(self) -> list[str]:
+        return self.base.notes
+
+    def describe(self) -> dict:
+        return self.base.describe() | {"refiner": "ptgrm", "refiner_precision": "fp32"}
+
     @torch.inference_mode()
     def restore_tensor(self, x: Tensor) -> Tensor:
         """(1, 3, H, W) float in [0, 255] -> (1, 3, H*s, W*s) unclamped float (on CPU)."""
@@ -55,10 +66,11 @@ class RefinedRestorer:
         return y[0].permute(1, 2, 0).to(torch.uint8).numpy()
 
 
-def open_refined(
+def open_restorer(
     path: str | os.PathLike, task: str | None = None, *, tracking_uri: str | None = None, num_heads: int = 12, **kw
 ) -> RefinedRestorer:
-    """A :class:`RefinedRestorer` for a refiner checkpoint; ``task``, if given, must be the one it was trained for."""
+    """A :class:`RefinedRestorer` for a refiner checkpoint (:data:`ipt.restore.OPENERS`); ``task``, if given, must
+    be the one it was trained for."""
     from ipt.refine.config import RefineError
 
     model = load_refined(path, tracking_uri=tracking_uri, num_heads=num_heads)
