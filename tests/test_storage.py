@@ -154,12 +154,18 @@ def test_local_temporaries_are_hidden_and_removable(tmp_path) -> None:
     (folder / ".progress" / f"{storage.TMP_PREFIX}def-shard.json").write_bytes(b"{")
     assert storage.list_files(str(folder)) == ["shard-000000.tar"]
     assert storage.list_names(str(folder)) == [".progress", "shard-000000.tar"]
-    removed = storage.remove_temporaries(str(folder))
-    assert removed == [
-        str(folder / ".progress" / f"{storage.TMP_PREFIX}def-shard.json"),
-        str(folder / f"{storage.TMP_PREFIX}abc-shard-000001.tar"),
-    ]
-    assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == ["shard-000000.tar"]
+    (folder / "sub").mkdir()
+    (folder / "sub" / f"{storage.TMP_PREFIX}a-user-file").write_bytes(b"not a temporary of this folder's writer")
+    (folder / ".tmp-notes.txt").write_bytes(b"a user's file with a prefix like the old one")
+    removed = storage.remove_temporaries(str(folder), subfolders=[".progress"])
+    assert removed == sorted(
+        [
+            str(folder / ".progress" / f"{storage.TMP_PREFIX}def-shard.json"),
+            str(folder / f"{storage.TMP_PREFIX}abc-shard-000001.tar"),
+        ]
+    )
+    left = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert left == [".tmp-notes.txt", "shard-000000.tar", f"sub/{storage.TMP_PREFIX}a-user-file"]
 
 
 def test_local_filesystem_paths_are_absolute(tmp_path, monkeypatch) -> None:

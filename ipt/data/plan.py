@@ -61,7 +61,7 @@ def check_not_empty(plan: Plan, manifest: dict[str, Any]) -> dict[str, Any]:
 def start(plan: Plan) -> tuple[dict[str, Any] | None, list[Any]]:
     """Under the caller's lock: (the manifest if already complete, else None; the jobs still to run). A complete
     folder without a single sample is an error (:func:`check_not_empty`)."""
-    manifest = shards.prepare_folder(plan.folder, plan.digest)
+    manifest = shards.prepare_folder(plan.folder, plan.digest, plan.format, plan.names)
     if manifest is not None:
         return check_not_empty(plan, manifest), []
     done = shards.completed(plan.folder, plan.digest, plan.names)

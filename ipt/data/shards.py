@@ -33,12 +33,14 @@ from typing import Any
 import numpy as np
 
 from ipt.data import storage
+from ipt.data.storage import StorageError
 from ipt.errors import IPTError
 
 FORMAT_CLEAN = "ipt-clean-v1"
 FORMAT_PAIRS = "ipt-pairs-v1"
 MANIFEST = "manifest.json"
 PROGRESS = ".progress"
+CLAIM = "claim.json"  # in .progress/: the plan a run started here and the shard names it may write
 SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
 
 
@@ -262,20 +264,74 @@ def record_progress(folder: str, digest: str, result: ShardResult) -> None:
     storage.atomic_write_bytes(storage.join(folder, PROGRESS, result.name + ".json"), json_bytes(result.record(digest)))
 
 
-def prepare_folder(folder: str, digest: str) -> dict[str, Any] | None:
-    """Under the lock: return the manifest if the folder already holds this plan; otherwise mark it incomplete
-    (remove a stale manifest) and clear temporary files left by a killed run."""
+def _json(url: str) -> Any:
+    try:
+        return json.loads(storage.read_bytes(url))
+    except (ValueError, StorageError):
+        return None
+
+
+def _our_manifest(obj: Any) -> bool:
+    return (
+        isinstance(obj, dict) and obj.get("format") in (FORMAT_CLEAN, FORMAT_PAIRS) and isinstance(obj.get("plan"), str)
+    )
+
+
+def _owned(folder: str) -> tuple[dict[str, Any] | None, set[str], list[str]]:
+    """(this stage's manifest in ``folder`` or None, the shard names a run of ours wrote or claimed there, the
+    entries no run of ours wrote: anything else than the manifest, ``.progress/`` with its records and claim, our
+    temporaries and claimed shards)."""
+    entries = storage.list_names(folder, temporaries=True)
+    manifest = _json(storage.join(folder, MANIFEST)) if MANIFEST in entries else None
+    ours = manifest if _our_manifest(manifest) else None
+    shards_: set[str] = {s.get("name") for s in (ours or {}).get("shards", []) if isinstance(s, dict)}
+    foreign: list[str] = []
+    progress = storage.join(folder, PROGRESS)
+    if PROGRESS in entries:
+        if not storage.is_folder(progress):
+            foreign.append(PROGRESS)
+        for name in storage.list_names(progress, temporaries=True) if storage.is_folder(progress) else []:
+            if name.startswith(storage.TMP_PREFIX):
+                continue
+            record = _json(storage.join(progress, name)) if name.endswith(".json") else None
+            if name == CLAIM and isinstance(record, dict) and isinstance(record.get("shards"), list):
+                shards_ |= {str(n) for n in record["shards"]}
+            elif isinstance(record, dict) and record.get("name") == name[: -len(".json")] and "plan" in record:
+                shards_.add(record["name"])
+            else:
+                foreign.append(f"{PROGRESS}/{name}")
+    for name in entries:
+        if name == PROGRESS or name.startswith(storage.TMP_PREFIX):
+            continue
+        if name == MANIFEST and ours is not None:
+            continue
+        if SHARD_RE.match(name) and name in shards_:
+            continue
+        foreign.append(name)
+    return ours, shards_, sorted(foreign)
+
+
+def prepare_folder(folder: str, digest: str, fmt: str = FORMAT_CLEAN, names: list[str] | None = None):
+    """Under the lock: the manifest if the folder already holds this plan; otherwise claim the folder for it (its
+    names in ``.progress/claim.json``), remove a stale manifest of ours and our killed writers' temporaries, and
+    return None. A folder holding anything a run of this stage did not write is refused, naming what (nothing is
+    changed): the stages write only into an empty folder or one of their own, and delete only what they wrote."""
     storage.makedirs(folder)
-    man_url = storage.join(folder, MANIFEST)
-    if storage.exists(man_url):
-        try:
-            manifest = json.loads(storage.read_bytes(man_url))
-        except ValueError:
-            manifest = {}
-        if manifest.get("plan") == digest:
-            return manifest
-        storage.remove(man_url)
-    storage.remove_temporaries(folder)
+    manifest, shards_, foreign = _owned(folder)
+    if foreign:
+        more = f" (+{len(foreign) - 5} more)" if len(foreign) > 5 else ""
+        raise ShardError(
+            f"{folder}: holds {len(foreign)} file(s) or folder(s) this stage did not write: "
+            f"{', '.join(foreign[:5])}{more}; it writes only into an empty folder or one of its own (move them, or "
+            "choose another output folder; nothing was changed)"
+        )
+    if manifest is not None and manifest.get("plan") == digest:
+        return manifest
+    claim = {"format": fmt, "plan": digest, "shards": sorted(shards_ | set(names or []))}
+    storage.atomic_write_bytes(storage.join(folder, PROGRESS, CLAIM), json_bytes(claim))
+    if manifest is not None:
+        storage.remove(storage.join(folder, MANIFEST))
+    storage.remove_temporaries(folder, [PROGRESS])
     return None
 
 
@@ -297,7 +353,7 @@ def finalize(
         "format": fmt,
         "plan": digest,
         "samples": sum(records[n]["samples"] for n in names),
-        "shards": [{k: records[n][k] for k in ("name", "samples", "sha256")} for n in names],
+        "shards": [{k: records[n][k] for k in ("name", "samples", "sha256", "size")} for n in names],
         "skipped": skipped,
         "params": params,
     }

@@ -6,8 +6,10 @@ workers, so nothing here holds an open file between calls).
 
 - A folder (ImageNet ``train/<wnid>/*.JPEG`` or any tree): every file whose suffix is an image suffix, any case.
 - A tar of per-class tars (``ILSVRC2012_img_train.tar``): read in place, never unpacked to disk; the relative path
-  of ``n01440764_10026.JPEG`` inside ``n01440764.tar`` is ``n01440764/n01440764_10026.JPEG``. A plain tar of images
-  works too.
+  of a member is its class tar's path without ``.tar``, then the member's full path inside it:
+  ``n01440764.tar:n01440764_10026.JPEG`` is ``n01440764/n01440764_10026.JPEG``, ``sub/n01.tar:a/x.JPEG`` is
+  ``sub/n01/a/x.JPEG``. A plain tar of images works too. Keys and seeds derive from the relative path, so two
+  members that would share one are an error naming both.
 - ``skimage``: the sample images bundled with scikit-image (the embedded default; gray, RGBA and tiny files
   included, so a default run exercises the conversion and skip paths).
 """
@@ -66,11 +68,17 @@ def list_source(source: str) -> list[SourceItem]:
     """Every image of ``source`` in sorted order of relative path (see the module docstring for the layouts)."""
     url = resolve_source(source)
     fs, path = _fs(url)
-    if not fs.exists(path):
+    from ipt.data.storage import errors
+
+    with errors(url):  # an unreachable S3 endpoint, missing credentials: one line naming the URL
+        found = fs.exists(path)
+        is_dir = found and fs.isdir(path)
+        listing = sorted(fs.find(path, detail=True).items()) if is_dir else []
+    if not found:
         raise SourceError(f"{source}: no such file or folder")
-    if fs.isdir(path):
+    if is_dir:
         items = []
-        for full, info in sorted(fs.find(path, detail=True).items()):
+        for full, info in listing:
             rel = PurePosixPath(full).relative_to(PurePosixPath(path)).as_posix()
             if _is_image(rel):
                 items.append(SourceItem(rel, _join(url, rel), int(info.get("size") or 0)))
@@ -78,7 +86,8 @@ def list_source(source: str) -> list[SourceItem]:
             raise SourceError(f"{source}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
         return items
     if url.lower().endswith(".tar"):
-        return _list_tarball(url, fs, path)
+        with errors(url):
+            return _list_tarball(url, fs, path)
     raise SourceError(f"{source}: not a folder or a .tar file")
 
 
@@ -94,12 +103,12 @@ def _list_tarball(url: str, fs, path: str) -> list[SourceItem]:
                 if not m.isfile():
                     continue
                 if m.name.lower().endswith(".tar"):
-                    wnid = PurePosixPath(m.name).stem
+                    cls = PurePosixPath(m.name).with_suffix("").as_posix()  # sub/n01.tar -> sub/n01
                     inner_f = outer.extractfile(m)
                     with tarfile.open(fileobj=inner_f, mode="r:") as inner:
                         for im in inner.getmembers():
                             if im.isfile() and _is_image(im.name):
-                                rel = f"{wnid}/{PurePosixPath(im.name).name}"
+                                rel = f"{cls}/{PurePosixPath(im.name).as_posix().lstrip('/')}"
                                 items.append(SourceItem(rel, url, im.size, inner=m.name, member=im.name))
                 elif _is_image(m.name):
                     items.append(SourceItem(PurePosixPath(m.name).as_posix(), url, m.size, inner=m.name))
@@ -108,7 +117,17 @@ def _list_tarball(url: str, fs, path: str) -> list[SourceItem]:
     if not items:
         raise SourceError(f"{url}: no images found in the tarball")
     items.sort(key=lambda it: it.relpath)
+    for a, b in zip(items, items[1:], strict=False):
+        if a.relpath == b.relpath:
+            raise SourceError(
+                f"{url}: members {_where(a)} and {_where(b)} would both be sample {a.relpath!r} (keys and seeds "
+                "come from it); rename one of them"
+            )
     return items
+
+
+def _where(it: SourceItem) -> str:
+    return f"{it.inner}:{it.member}" if it.member else str(it.inner)
 
 
 def read_items(items: list[SourceItem]) -> list[tuple[SourceItem, bytes | Exception]]:

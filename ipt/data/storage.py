@@ -14,7 +14,7 @@ S3 credentials and endpoint come from the environment only, never from arguments
   1.43 / aiobotocore 3.10 (under s3fs 2026.9) read these themselves; this module also passes the value to s3fs as
   ``endpoint_url`` so that the endpoint does not depend on the botocore version and appears in error messages.
 
-Atomicity: a local write goes to a temporary file in the destination folder (``.tmp-*``), is fsynced and renamed
+Atomicity: a local write goes to a temporary file in the destination folder (``.ipt-tmp-*``), is fsynced and renamed
 over the destination with ``os.replace``; readers see the old file or the new one, never a partial one. An S3 object
 is published by one ``PutObject`` (multipart above 100 MB, which S3 also makes visible only on
 ``CompleteMultipartUpload``), so readers likewise see the old object or the new one; no temporary keys are created.
@@ -34,7 +34,7 @@ from typing import IO, Any
 from ipt.errors import IPTError
 from ipt.fileio import atomic_write
 
-TMP_PREFIX = ".tmp-"  # atomic-write temporaries (local only); skipped by listings, removed by remove_temporaries
+TMP_PREFIX = ".ipt-tmp-"  # atomic-write temporaries (local only): a prefix no user file has; skipped by listings
 _ENV_KEYS = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -109,21 +109,21 @@ def exists(url: str) -> bool:
     if is_local(url):
         return os.path.exists(local_path(url))
     fs, path = filesystem(url)
-    with _errors(url):
+    with errors(url):
         return bool(fs.exists(path))
 
 
 def size(url: str) -> int:
     """Size in bytes of the file at ``url``."""
     fs, path = filesystem(url)
-    with _errors(url):
+    with errors(url):
         return int(fs.size(path))
 
 
 def open_read(url: str) -> IO[bytes]:
     """A binary file object for reading (close it, or use it as a context manager)."""
     fs, path = filesystem(url)
-    with _errors(url):
+    with errors(url):
         if fs.isdir(path):
             raise IsADirectoryError(path)
         return fs.open(path, "rb")
@@ -132,10 +132,10 @@ def open_read(url: str) -> IO[bytes]:
 def read_bytes(url: str) -> bytes:
     """The whole content of the file at ``url``."""
     if is_local(url):
-        with _errors(url), open(local_path(url), "rb") as f:
+        with errors(url), open(local_path(url), "rb") as f:
             return f.read()
     fs, path = filesystem(url)
-    with _errors(url):
+    with errors(url):
         return fs.cat_file(path)
 
 
@@ -147,7 +147,7 @@ def list_files(root: str, suffixes: Sequence[str] | None = None) -> list[str]:
         suffixes: keep only names ending in one of these (case-insensitive; ``"png"`` means ``".png"``).
     """
     fs, path = filesystem(root)
-    with _errors(root):
+    with errors(root):
         if not fs.isdir(path):
             raise (NotADirectoryError if fs.exists(path) else FileNotFoundError)(path)
         found = fs.find(path, withdirs=False, detail=False)
@@ -165,15 +165,22 @@ def list_files(root: str, suffixes: Sequence[str] | None = None) -> list[str]:
     return sorted(rels)
 
 
-def list_names(folder: str) -> list[str]:
-    """Sorted names of the files and folders directly in ``folder``; [] if it does not exist."""
+def list_names(folder: str, *, temporaries: bool = False) -> list[str]:
+    """Sorted names of the files and folders directly in ``folder`` (our atomic-write temporaries only with
+    ``temporaries``); [] if it does not exist."""
     fs, path = filesystem(folder)
-    with _errors(folder):
+    with errors(folder):
         if not fs.isdir(path):
             return []
         entries = fs.ls(path, detail=False)
     names = {PurePosixPath(e.rstrip("/")).name for e in entries if e.rstrip("/") != path.rstrip("/")}
-    return sorted(n for n in names if n and not n.startswith(TMP_PREFIX))
+    return sorted(n for n in names if n and (temporaries or not n.startswith(TMP_PREFIX)))
+
+
+def is_folder(url: str) -> bool:
+    fs, path = filesystem(url)
+    with errors(url):
+        return bool(fs.isdir(path))
 
 
 # ------------------------------------------------------------------------------------------------------- writing
@@ -182,23 +189,23 @@ def list_names(folder: str) -> list[str]:
 def makedirs(url: str) -> None:
     """Create a local folder (and parents). On S3 folders are implicit: only check that the bucket exists."""
     if is_local(url):
-        with _errors(url):
+        with errors(url):
             os.makedirs(local_path(url), exist_ok=True)
         return
     fs, _ = filesystem(url)
     bucket, _ = _split_s3(url)
-    with _errors(url):
+    with errors(url):
         fs.call_s3("head_bucket", Bucket=bucket)
 
 
 def atomic_write_bytes(url: str, data: bytes) -> None:
     """Replace the file at ``url`` with ``data`` atomically (see the module docstring); creates local parents."""
     if is_local(url):
-        with _errors(url):
+        with errors(url):
             _write_local(local_path(url), lambda f: f.write(data))
         return
     fs, path = filesystem(url)
-    with _errors(url):
+    with errors(url):
         fs.pipe_file(path, bytes(data))
 
 
@@ -214,7 +221,7 @@ def atomic_write_file(local_tmp_path: str | os.PathLike[str], url: str, *, keep:
         raise StorageNotFoundError(f"{url}: source file {src} does not exist")
     if is_local(url):
         dest = local_path(url)
-        with _errors(url):
+        with errors(url):
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             if not keep and os.stat(src).st_dev == os.stat(os.path.dirname(dest)).st_dev:
                 fd = os.open(src, os.O_RDONLY)
@@ -228,7 +235,7 @@ def atomic_write_file(local_tmp_path: str | os.PathLike[str], url: str, *, keep:
                 _write_local(dest, lambda out: shutil.copyfileobj(f, out, 16 * 2**20))
     else:
         fs, path = filesystem(url)
-        with _errors(url):
+        with errors(url):
             fs.put_file(src, path)
     if not keep:
         _unlink_quietly(src)
@@ -237,7 +244,7 @@ def atomic_write_file(local_tmp_path: str | os.PathLike[str], url: str, *, keep:
 def remove(url: str, *, missing_ok: bool = True) -> None:
     """Delete one file."""
     fs, path = filesystem(url)
-    with _errors(url):
+    with errors(url):
         if is_local(url):
             if os.path.isdir(path):
                 raise IsADirectoryError(path)
@@ -255,7 +262,7 @@ def remove(url: str, *, missing_ok: bool = True) -> None:
 def remove_tree(url: str) -> None:
     """Delete a folder and everything under it; nothing to do if it does not exist."""
     fs, path = filesystem(url)
-    with _errors(url):
+    with errors(url):
         if is_local(url):
             if os.path.isdir(path):
                 shutil.rmtree(path)
@@ -266,18 +273,22 @@ def remove_tree(url: str) -> None:
             fs.rm(path, recursive=True)
 
 
-def remove_temporaries(folder: str) -> list[str]:
-    """Remove ``.tmp-*`` files a killed writer left under a local folder (recursively); returns their paths.
-    S3 writes leave no temporaries (an aborted multipart upload is invisible; a bucket lifecycle rule
-    ``AbortIncompleteMultipartUpload`` reclaims its parts)."""
+def remove_temporaries(folder: str, subfolders: Sequence[str] = ()) -> list[str]:
+    """Remove the atomic-write temporaries (``.ipt-tmp-*``) a killed writer left directly in a local ``folder`` and
+    in its ``subfolders`` (not recursively: only where the caller writes); returns their paths. S3 writes leave no
+    temporaries (an aborted multipart upload is invisible; a bucket lifecycle rule ``AbortIncompleteMultipartUpload``
+    reclaims its parts)."""
     if not is_local(folder):
         return []
     removed = []
-    for dirpath, _dirs, files in os.walk(local_path(folder)):
-        for name in files:
-            if name.startswith(TMP_PREFIX):
-                _unlink_quietly(os.path.join(dirpath, name))
-                removed.append(os.path.join(dirpath, name))
+    for d in [local_path(folder), *(os.path.join(local_path(folder), s) for s in subfolders)]:
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            full = os.path.join(d, name)
+            if name.startswith(TMP_PREFIX) and os.path.isfile(full) and not os.path.islink(full):
+                _unlink_quietly(full)
+                removed.append(full)
     return sorted(removed)
 
 
@@ -330,7 +341,7 @@ def _where() -> str:
 
 
 @contextlib.contextmanager
-def _errors(url: str) -> Iterator[None]:
+def errors(url: str) -> Iterator[None]:
     """Re-raise backend errors as StorageError naming the URL (and the endpoint for S3)."""
     try:
         yield
@@ -425,8 +436,10 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_file",
     "endpoint_url",
+    "errors",
     "exists",
     "filesystem",
+    "is_folder",
     "is_local",
     "join",
     "list_files",
