@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from corruptions import imresize_uint8
-from ipt.data.benchmarks import BenchmarkSet, check_corruption, task_kind
+from ipt.data.benchmarks import BenchmarkDataError, BenchmarkSet, check_corruption, task_kind
 from ipt.errors import IPTError
 from ipt.fileio import atomic_write, file_sha256
 from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
@@ -92,8 +92,8 @@ def evaluate(
                 raise ValueError(f"output is {got} for a {h}x{w} input at x{scale}; expected {want}")
             H, W = pair.hr.shape[:2]
             record = {"name": pair.name, **score(sr[:, :H, :W], pair.hr, crop_border=border, protocol=protocol)}
-        except ValueError as e:
-            raise ValueError(f"{dataset.name}/{pair.name} in {dataset.folder} ({h}x{w} input): {e}") from None
+        except ValueError as e:  # the inference's own (too small for the tiling), a wrong output size
+            raise BenchmarkDataError(f"{dataset.name}/{pair.name} in {dataset.folder} ({h}x{w} input): {e}") from None
         seconds += dt
         per_image.append(record)
         if on_output is not None:

@@ -47,11 +47,25 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is reported the same way
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{p}: not a loadable weights file ({first})") from None
+        raise CheckpointError(f"{p}: {_load_failure(e)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p}: expected a state dict or an IPT checkpoint dict, got {type(obj).__name__}")
     return obj
+
+
+def _load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one line and without PyTorch's advice to load it with
+    ``weights_only=False`` (the unsafe option, which can run code inside the file)."""
+    text = str(e)
+    if m := re.search(r"Unsupported global: GLOBAL (\S+)", text):
+        return (
+            f"refused: it holds a pickled Python object ({m.group(1)}) besides tensors, and loading it could run code; "
+            "ipt reads tensors only (save the state dict alone: torch.save(model.state_dict(), path))"
+        )
+    if m := re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\s*\n|Check the documentation|$)", text, re.S):
+        return f"not a loadable weights file (not written by torch.save, or damaged: {m.group(1).splitlines()[0]})"
+    first = (text.strip().splitlines() or [type(e).__name__])[0]
+    return f"not a loadable weights file ({first})"
 
 
 def checkpoint_kind(path: str | os.PathLike) -> str | None:
@@ -199,7 +213,16 @@ def convert_official_ipt(
 ) -> tuple[ModelSpec, dict[str, Tensor]]:
     """Official state dict -> (spec, state dict ready for a strict load). Pure: no file access."""
     sd = strip_prefixes(sd)
-    cfg, scales = infer_official_spec(sd, num_heads=num_heads)
+    if not sd:
+        raise CheckpointError(f"{source}: an empty state dict (no tensors)")
+    try:
+        cfg, scales = infer_official_spec(sd, num_heads=num_heads)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    except KeyError as e:
+        raise CheckpointError(
+            f"{source}: no {e.args[0]!r}: not a complete IPT state dict in the official layout"
+        ) from None
     tasks = _name_tasks(scales, task, source)
     if task is not None and task not in tasks:
         raise CheckpointError(f"{source}: task {task!r} is not in this file; it has {list(tasks)}")
@@ -249,10 +272,23 @@ def _spec_from_project(obj: dict[str, Any], source: str) -> ModelSpec:
     version = obj.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{source}: checkpoint format_version {version!r}; this code reads {FORMAT_VERSION}")
+    spec, sd = obj["model_spec"], obj["state_dict"]
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{source}: model_spec is a {type(spec).__name__}, not a mapping of ModelSpec keys")
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()):
+        raise CheckpointError(f"{source}: state_dict is not a mapping of names to tensors ({type(sd).__name__})")
     try:
-        return ModelSpec.from_dict(obj["model_spec"])
-    except ValueError as e:
+        return ModelSpec.from_dict(spec)
+    except (ValueError, TypeError) as e:
         raise CheckpointError(f"{source}: bad model_spec: {e}") from None
+
+
+def check_finite(sd: dict[str, Tensor], source: str) -> None:
+    """:class:`CheckpointError` naming the first tensor (and how many) with NaN or infinite values."""
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        more = f" and {len(bad) - 1} more tensor(s)" if len(bad) > 1 else ""
+        raise CheckpointError(f"{source}: {bad[0]}{more} hold NaN or infinite values; these weights cannot restore")
 
 
 def load_model(path: str | os.PathLike, task: str | None = None, *, num_heads: int = 12) -> IPT:
@@ -275,6 +311,7 @@ def load_model(path: str | os.PathLike, task: str | None = None, *, num_heads: i
     model = build_ipt(spec)
     model_sd = model.state_dict()
     _compare(model_sd, sd, source, optional=set())
+    check_finite(sd, source)
     model.load_state_dict(sd, strict=True)
     return model.eval()
 

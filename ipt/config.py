@@ -18,6 +18,10 @@ class ConfigError(IPTError):
     """A configuration value is unknown, missing or of the wrong type."""
 
 
+class UnknownTaskError(ConfigError, KeyError):
+    """A task the model does not have (also a ``KeyError``, as a lookup by name)."""
+
+
 def _check_type(cls_name: str, name: str, value: Any, expected: Any) -> None:
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
@@ -124,7 +128,7 @@ class ModelSpec:
         try:
             return self.task_names.index(task)
         except ValueError:
-            raise KeyError(f"task {task!r} is not in this model; it has {list(self.task_names)}") from None
+            raise UnknownTaskError(f"task {task!r} is not in this model; it has {list(self.task_names)}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

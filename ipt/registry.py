@@ -225,10 +225,11 @@ def register(
             files["benchmark.json"] = d / "benchmark.json"
         version = tracking.register_files(tracker, files, name, tags=tags)
     uri = tracker.tracking_uri
-    before = tracking.alias_version(name, CHAMPION, uri)
-    promoted, reason = decide(score, key, before, allow_new_key=allow_new_key, setup=setup, checkpoint_sha256=sha)
-    if promoted:
-        tracking.set_alias(name, CHAMPION, version, uri)
+    with tracking.undo_version_on_error(name, version, uri):
+        before = tracking.alias_version(name, CHAMPION, uri)
+        promoted, reason = decide(score, key, before, allow_new_key=allow_new_key, setup=setup, checkpoint_sha256=sha)
+        if promoted:
+            tracking.set_alias(name, CHAMPION, version, uri)
     return {
         "name": name,
         "version": version,

@@ -35,6 +35,7 @@ class Restorer:
     device: str = "auto"
     precision: str = "auto"
     notes: list[str] = field(default_factory=list)  # warnings for the user (bf16 with the official tiling)
+    source: str | None = None  # the weights, for messages
 
     def __post_init__(self) -> None:
         self.model.spec.index_of(self.task)  # KeyError naming the model's tasks
@@ -78,9 +79,16 @@ class Restorer:
     def restore_tensor(self, x: Tensor) -> Tensor:
         """(1, 3, H, W) float in [0, 255] -> (1, 3, H*s, W*s) unclamped float."""
         p = self.model.spec.patch_size
-        return restore_image(
+        out = restore_image(
             self._windows, x, self.scale, tiling=self.tiling, patch=p, overlap=self.overlap, batch=self.batch
         )
+        if not torch.isfinite(out).all():
+            hint = "; try --precision fp32" if self.precision_info.name != "fp32" else ""
+            raise IPTError(
+                f"{self.source or 'the model'}: the output for {self.task} holds NaN or infinite values (nothing "
+                f"was written for this image){hint}"
+            )
+        return out
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H*s, W*s, 3) uint8, clamped and rounded as the official evaluation."""
@@ -120,4 +128,4 @@ def open_restorer(
         if len(model.spec.task_names) != 1:
             raise CheckpointError(f"{weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")
         task = model.spec.task_names[0]
-    return Restorer(model, task, **options)
+    return Restorer(model, task, source=str(weights), **options)

@@ -10,10 +10,14 @@ one project checkpoint ``model.pt``; ``models:/ipt-sr_x2@champion`` downloads th
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,10 +27,40 @@ from ipt.errors import IPTError
 
 MODEL_URI_PREFIX = "models:/"
 CHECKPOINT_NAME = "model.pt"
+FILES_SHA256_TAG = "ipt.files_sha256"  # on a registered version: {artifact file: sha256}, checked on download
 
 
 class TrackingError(IPTError):
     """A tracking URI, run or registered model cannot be used; the message says which."""
+
+
+def mask_uri(uri: str) -> str:
+    """``uri`` with the password of any ``user:password@`` part replaced by ``***``: what every message shows."""
+    return re.sub(r"(//[^/@:\s]*:)[^/@\s]*@", r"\1***@", str(uri))
+
+
+_UNREACHABLE = ("connectionerror", "max retries exceeded", "connection refused", "failed to establish")
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) says the tracking server could not be reached."""
+    seen: BaseException | None = e
+    while seen is not None:
+        text = f"{type(seen).__name__}: {seen}".lower()
+        if any(
+            k in text for k in ("connectionerror", "max retries exceeded", "connection refused", "failed to establish")
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _store_error(e: BaseException, what: str, uri: str) -> TrackingError:
+    """A one-line TrackingError for a failed store call: an unreachable server says so; credentials are masked."""
+    first = mask_uri((str(e).strip().splitlines() or [type(e).__name__])[0])[:300]
+    if _unreachable(e):
+        return TrackingError(f"cannot reach the MLflow tracking server at {mask_uri(uri)} ({what}): {first}")
+    return TrackingError(f"{what} at {mask_uri(uri)}: {first}")
 
 
 def default_tracking_uri() -> str:
@@ -83,10 +117,13 @@ def _client(tracking_uri: str | None, *, existing: bool = False):
         db = Path(uri[len("sqlite:///") :])
         if not db.is_file():
             raise TrackingError(
-                f"no MLflow store at {db} (tracking URI {uri}); point MLFLOW_TRACKING_URI or --tracking-uri at the "
-                "store that holds the runs and models"
+                f"no MLflow store at {db} (tracking URI {mask_uri(uri)}); point MLFLOW_TRACKING_URI or "
+                "--tracking-uri at the store that holds the runs and models"
             )
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # an unreachable server fails in seconds, not after MLflow's default 7 retries with doubling waits (~2 minutes)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     from mlflow.tracking import MlflowClient
 
     # "Creating initial MLflow database tables..." on every fresh sqlite store is noise on a CLI's stderr.
@@ -102,7 +139,7 @@ class MlflowTracker:
         try:
             self.client.get_run(run_id)
         except Exception as e:  # noqa: BLE001 - MlflowException and store errors alike
-            raise TrackingError(f"MLflow run {run_id!r} not found at {self.tracking_uri} ({e})") from None
+            raise _store_error(e, f"MLflow run {run_id!r} not found", self.tracking_uri) from None
         self.run_id = run_id
 
     @classmethod
@@ -115,14 +152,17 @@ class MlflowTracker:
     ) -> MlflowTracker:
         """Create a run (a child of ``parent_run_id`` if given) in ``experiment`` (created if needed)."""
         client, uri = _client(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = (
-            exp.experiment_id
-            if exp is not None
-            else client.create_experiment(experiment, artifact_location=artifact_location_for(uri, experiment))
-        )
-        tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
-        run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        try:
+            exp = client.get_experiment_by_name(experiment)
+            exp_id = (
+                exp.experiment_id
+                if exp is not None
+                else client.create_experiment(experiment, artifact_location=artifact_location_for(uri, experiment))
+            )
+            tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
+            run = client.create_run(exp_id, run_name=run_name, tags=tags)
+        except Exception as e:  # noqa: BLE001 - the store's own errors, a server that is not there
+            raise _store_error(e, f"cannot start a run in experiment {experiment!r}", uri) from None
         return cls(run.info.run_id, uri)
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -149,6 +189,21 @@ class MlflowTracker:
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+
+@contextlib.contextmanager
+def run_scope(tracker: MlflowTracker | None, owned: bool) -> Iterator[MlflowTracker | None]:
+    """A command's run ends, whatever happens: FINISHED when the block returns, FAILED on an error, KILLED on an
+    interrupt; a run the command did not open (``owned`` false) is left to its owner."""
+    try:
+        yield tracker
+    except BaseException as e:
+        if owned and tracker is not None:
+            with contextlib.suppress(Exception):  # the store may be what failed: the original error is the news
+                tracker.finish("KILLED" if isinstance(e, KeyboardInterrupt | SystemExit) else "FAILED")
+        raise
+    if owned and tracker is not None:
+        tracker.finish()
 
 
 # Environment that links a stage's run to the pipeline run that launched it (set by flows/pipeline.py).
@@ -268,11 +323,14 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
                 version = max(found, key=lambda v: int(v.version))
             else:
                 version = client.get_model_version(name, number)
+    except TrackingError:
+        raise
     except Exception as e:  # noqa: BLE001
-        raise TrackingError(
-            f"{uri}: no such registered model version at {tracking} ({str(e).splitlines()[0]})"
-        ) from None
-    folder = _cached_version(tracking, name, str(version.version), version.source)
+        if _unreachable(e):
+            raise _store_error(e, f"looking up {uri}", tracking) from None
+        first = mask_uri((str(e).splitlines() or [type(e).__name__])[0])
+        raise TrackingError(f"{uri}: no such registered model version at {mask_uri(tracking)} ({first})") from None
+    folder = _cached_version(tracking, name, version)
     found = sorted(folder.rglob(CHECKPOINT_NAME))
     if not found:
         raise TrackingError(f"{uri}: version {version.version} ({version.source}) holds no {CHECKPOINT_NAME}")
@@ -287,22 +345,49 @@ def model_cache_root() -> Path:
     return Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "ipt" / "models")
 
 
-def _cached_version(tracking: str, name: str, version: str, source: str) -> Path:
-    """The artifact folder of one registered version, downloaded once per store and version (a version's files never
-    change) into the cache; a download lands in a scratch folder renamed into place, so a reader never sees half."""
+VERSION_FILE = ".ipt-version.json"  # in a cached version's folder: which registered version it is a copy of
+
+
+def _identity(version: Any) -> dict[str, Any]:
+    """What tells one registered version from another one with the same name and number (a store recreated at the
+    same URI numbers its versions from 1 again): the run that made it, its creation time and its source."""
+    return {
+        "run_id": version.run_id,
+        "created": int(version.creation_timestamp or 0),
+        "source": str(version.source),
+        "files_sha256": (dict(version.tags or {})).get(FILES_SHA256_TAG),
+    }
+
+
+def _cached_version(tracking: str, name: str, version: Any) -> Path:
+    """The artifact folder of one registered version, downloaded once into the cache and reused only while the
+    store still holds that very version (:func:`_identity`; else it is downloaded again). A download lands in a
+    scratch folder renamed into place, so a reader never sees half of one; files the version recorded sha256s for
+    (``ipt.files_sha256``, set by :func:`register_files`) are checked on download."""
     import hashlib
     import shutil
 
     from mlflow.artifacts import download_artifacts
 
+    number, identity = str(version.version), _identity(version)
     store = hashlib.sha256(tracking.encode()).hexdigest()[:12]
-    final = model_cache_root() / store / name / version
+    final = model_cache_root() / store / name / number
     if final.is_dir():
-        return final
+        try:
+            if json.loads((final / VERSION_FILE).read_text()) == identity:
+                return final
+        except (OSError, ValueError):
+            pass
+        stale = final.with_name(f".stale-{number}-{os.getpid()}")  # another store's version under the same number
+        with contextlib.suppress(OSError):
+            os.rename(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
     final.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{number}.", dir=final.parent))
     try:
-        download_artifacts(artifact_uri=source, dst_path=str(scratch), tracking_uri=tracking)
+        download_artifacts(artifact_uri=version.source, dst_path=str(scratch), tracking_uri=tracking)
+        _check_files(scratch, identity["files_sha256"], f"models:/{name}/{number}")
+        (scratch / VERSION_FILE).write_text(json.dumps(identity))
         try:
             os.rename(scratch, final)
         except OSError:  # another process put it there first: use theirs
@@ -311,6 +396,17 @@ def _cached_version(tracking: str, name: str, version: str, source: str) -> Path
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return final
+
+
+def _check_files(folder: Path, recorded: str | None, what: str) -> None:
+    if not recorded:
+        return  # registered before versions recorded their files' sha256s
+    from ipt.fileio import file_sha256
+
+    for rel, sha in json.loads(recorded).items():
+        found = sorted(folder.rglob(rel))
+        if not found or file_sha256(found[0]) != sha:
+            raise TrackingError(f"{what}: the downloaded {rel} is not the registered file (sha256 differs or missing)")
 
 
 def register_files(
@@ -324,20 +420,59 @@ def register_files(
     as a new version of ``name``; returns the version number. ``model.pt`` must be among them."""
     if CHECKPOINT_NAME not in files:
         raise TrackingError(f"registering {name}: the files must include {CHECKPOINT_NAME}")
+    from ipt.fileio import file_sha256
+
     client = tracker.client
+    tags = dict(tags or {}) | {FILES_SHA256_TAG: json.dumps({a: file_sha256(p) for a, p in sorted(files.items())})}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / name
         folder.mkdir()
         for artifact, path in files.items():
             (folder / artifact).write_bytes(Path(path).read_bytes())
-        client.log_artifacts(tracker.run_id, str(folder), artifact_path=name)
+        try:
+            client.log_artifacts(tracker.run_id, str(folder), artifact_path=name)
+        except Exception as e:  # noqa: BLE001 - nothing is registered yet
+            raise _store_error(e, f"registering {name}: cannot log its files", tracker.tracking_uri) from None
+    created = False
+    try:
+        if not _exists(client, name):
+            client.create_registered_model(name)
+            created = True
+        source = f"{client.get_run(tracker.run_id).info.artifact_uri}/{name}"
+        mv = client.create_model_version(name, source=source, run_id=tracker.run_id, tags=tags or {})
+    except Exception as e:  # noqa: BLE001 - leave no empty registered model behind
+        if created:
+            with contextlib.suppress(Exception):
+                client.delete_registered_model(name)
+        raise _store_error(e, f"registering {name}: nothing was registered", tracker.tracking_uri) from None
+    return str(mv.version)
+
+
+def _exists(client: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
     try:
         client.get_registered_model(name)
-    except Exception:  # noqa: BLE001 - not registered yet
-        client.create_registered_model(name)
-    source = f"{client.get_run(tracker.run_id).info.artifact_uri}/{name}"
-    mv = client.create_model_version(name, source=source, run_id=tracker.run_id, tags=tags or {})
-    return str(mv.version)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def undo_version_on_error(name: str, version: str, tracking_uri: str | None = None) -> Iterator[None]:
+    """Around what follows a version's creation (the champion decision): if it fails, the version is deleted
+    again, so a failed ``ipt register`` leaves nothing half-registered."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):  # the store may be what failed; the original error is the news
+            client, _ = _client(tracking_uri)
+            client.delete_model_version(name, version)
+            if not client.search_model_versions(f"name = '{name}'"):
+                client.delete_registered_model(name)
+        raise
 
 
 def register_checkpoint(
@@ -357,17 +492,24 @@ def register_checkpoint(
 
 def alias_version(name: str, alias: str, tracking_uri: str | None = None) -> dict[str, Any] | None:
     """``{"version", "tags"}`` of the version ``name@alias`` points at, or None if the model or alias is absent."""
-    client, _ = _client(tracking_uri)
+    from mlflow.exceptions import MlflowException
+
+    client, uri = _client(tracking_uri)
     try:
         mv = client.get_model_version_by_alias(name, alias)
-    except Exception:  # noqa: BLE001 - no such model or alias
-        return None
+    except MlflowException as e:
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and not _unreachable(e):
+            return None  # no such model or alias
+        raise _store_error(e, f"reading {name}@{alias}", uri) from None
     return {"version": str(mv.version), "tags": dict(mv.tags or {})}
 
 
 def set_alias(name: str, alias: str, version: str, tracking_uri: str | None = None) -> None:
-    client, _ = _client(tracking_uri)
-    client.set_registered_model_alias(name, alias, version)
+    client, uri = _client(tracking_uri)
+    try:
+        client.set_registered_model_alias(name, alias, version)
+    except Exception as e:  # noqa: BLE001
+        raise _store_error(e, f"setting {name}@{alias} to version {version}", uri) from None
 
 
 def version_tags(name: str, version: str, tracking_uri: str | None = None) -> dict[str, str]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import pytest
 
 from helpers_pairs import make_pair_root
 from ipt.checkpoint import load_model
 from ipt.cli.train import PARSERS
+from ipt.errors import IPTError
 from ipt.train.state import read_metrics
 
 
@@ -20,7 +22,11 @@ def run(argv: list[str]) -> int:
     for add in PARSERS.values():
         add(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except IPTError as e:  # what ipt's main does with the project's errors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 @pytest.fixture(scope="module")

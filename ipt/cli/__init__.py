@@ -92,9 +92,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
-    except IPTError as e:
+    except IPTError as e:  # the project's own errors only: a KeyError or ValueError from anywhere else is a bug
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyError as e:  # unknown task names carry their own explanation
-        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return EXIT_USAGE

@@ -104,35 +104,30 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         if tracker is not None and dataset not in samples:
             samples[dataset] = comparison_image(pair.lq, output, pair.hr)
 
+    from ipt.tracking import run_scope
+
     try:
-        report = run_benchmark(
-            restore_fn,
-            sets,
-            task=args.task,
-            model=args.model,
-            protocol=args.protocol,
-            info=info,
-            hardware=describe(),
-            on_result=progress,
-            on_output=keep_first,
-            corruption=corruption,
-            seed=args.seed,
-            limit=limit,
-        )
-        _write_report(report, args.out, tracker, samples)
-        table = markdown_table(report)
-        if args.markdown:
-            Path(args.markdown).write_text(table)
-    except BaseException as e:  # the MLflow run this command owns ends FAILED, never stays RUNNING
-        if owned:
-            tracker.finish("FAILED")
-        if isinstance(e, ValueError):  # e.g. an image smaller than the official tiling's 48-px window
-            raise UserError(str(e)) from None
-        if isinstance(e, OSError):
-            raise UserError(f"{e.filename or args.out}: cannot write ({e.strerror or e})") from None
-        raise
-    if owned:
-        tracker.finish()
+        with run_scope(tracker, owned):  # the MLflow run this command owns ends FAILED, never stays RUNNING
+            report = run_benchmark(
+                restore_fn,
+                sets,
+                task=args.task,
+                model=args.model,
+                protocol=args.protocol,
+                info=info,
+                hardware=describe(),
+                on_result=progress,
+                on_output=keep_first,
+                corruption=corruption,
+                seed=args.seed,
+                limit=limit,
+            )
+            _write_report(report, args.out, tracker, samples)
+            table = markdown_table(report)
+            if args.markdown:
+                Path(args.markdown).write_text(table)
+    except OSError as e:
+        raise UserError(f"{e.filename or args.out}: cannot write ({e.strerror or e})") from None
     print(table, end="")
     return 0
 

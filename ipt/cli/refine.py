@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
 # RefineConfig fields a flag (or the params section) may set.
 CONFIG_KEYS = (
     "base prior prior_layer shards out steps batch_size crop flip lr min_lr betas grad_clip joint calibration "
@@ -131,8 +130,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
 
 
 def _refine(args: argparse.Namespace) -> int:
-    from ipt.refine.config import RefineConfig, RefineError
-    from ipt.tracking import TrackingError
+    from ipt.refine.config import RefineConfig
+    from ipt.refine.train import refine
+    from ipt.tracking import run_scope
 
     data = {k: getattr(args, k) for k in CONFIG_KEYS if getattr(args, k, None) is not None}
     if isinstance(data.get("betas"), str):
@@ -140,24 +140,14 @@ def _refine(args: argparse.Namespace) -> int:
     data["task"] = args.task
     if isinstance(data.get("base"), str):
         data["base"] = data["base"].replace("{task}", args.task)
-    tracker, owned = None, False
-    try:
-        cfg = RefineConfig.from_dict(data)
-        from ipt.refine.train import refine
-
-        tracker, owned = _tracker(args, start=args.register, run_name=f"refine {cfg.task} ({cfg.prior})")
+    cfg = RefineConfig.from_dict(data)
+    tracker, owned = _tracker(args, start=args.register, run_name=f"refine {cfg.task} ({cfg.prior})")
+    with run_scope(tracker, owned):  # FINISHED, or FAILED whatever goes wrong
         result = refine(cfg, tracker=tracker, progress=_progress(args.log_every), tracking_uri=args.tracking_uri)
         if args.register:
             from ipt.refine.registry import register_refiner
 
             result["registered"] = register_refiner(result["model"], tracker=tracker)
-        if owned:
-            tracker.finish()
-    except (RefineError, TrackingError, ValueError) as e:
-        if owned:
-            tracker.finish("FAILED")
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
     last = result["last"]
     print(
         f"refine {cfg.task} ({cfg.prior}): loss {last.get('loss', float('nan')):.5f} after {cfg.steps} steps, "
@@ -172,14 +162,13 @@ def _refine(args: argparse.Namespace) -> int:
 
 
 def cmd_refine_register(args: argparse.Namespace) -> int:
-    from ipt.refine.config import RefineError
     from ipt.refine.registry import register_refiner
-    from ipt.registry import RegistryError, read_report
-    from ipt.tracking import TrackingError
+    from ipt.registry import read_report
+    from ipt.tracking import run_scope
 
-    try:
-        report = read_report(args.report) if args.report else None
-        tracker, owned = _tracker(args, start=True, run_name=f"register {Path(args.checkpoint).parent.name} refiner")
+    report = read_report(args.report) if args.report else None
+    tracker, owned = _tracker(args, start=True, run_name=f"register {Path(args.checkpoint).parent.name} refiner")
+    with run_scope(tracker, owned):
         result = register_refiner(
             args.checkpoint,
             tracker=tracker,
@@ -190,11 +179,6 @@ def cmd_refine_register(args: argparse.Namespace) -> int:
             report_path=args.report,
             allow_new_key=args.allow_new_key,
         )
-    except (RefineError, RegistryError, TrackingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if owned:
-        tracker.finish()
     for note in result["warnings"]:
         print(f"warning: {note}", file=sys.stderr)
     print(

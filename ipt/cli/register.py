@@ -14,30 +14,25 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     from ipt import registry, tracking
 
-    try:
-        report = registry.read_report(args.report) if args.report else None
-    except registry.RegistryError as e:
-        raise UserError(str(e)) from None
+    report = registry.read_report(args.report) if args.report else None
     if not Path(args.checkpoint).is_file():
         raise UserError(f"{args.checkpoint}: no such checkpoint")
     name = args.name or (f"ipt-{args.task}" if args.task else "ipt-pretrained")
-    try:
-        # The version belongs to the run that trained the checkpoint when this store has it (its folder says which,
-        # see ipt.tracking.write_run_file); else to --mlflow-run-id, else to a new run in --experiment.
-        made_by = (
-            None if args.mlflow_run_id else tracking.run_from_file(Path(args.checkpoint).parent, args.tracking_uri)
+    # The version belongs to the run that trained the checkpoint when this store has it (its folder says which,
+    # see ipt.tracking.write_run_file); else to --mlflow-run-id, else to a new run in --experiment.
+    made_by = None if args.mlflow_run_id else tracking.run_from_file(Path(args.checkpoint).parent, args.tracking_uri)
+    if made_by is not None:
+        tracker, owned = made_by, False
+    else:
+        tracker, owned = tracking.stage_run(
+            args.experiment,
+            f"register {name}",
+            run_id=args.mlflow_run_id,
+            tracking_uri=args.tracking_uri,
+            tags={"ipt.stage": "register"} | ({"ipt.task": args.task} if args.task else {}),
+            required=True,  # registering needs a run, $IPT_TRACKING=off or not
         )
-        if made_by is not None:
-            tracker, owned = made_by, False
-        else:
-            tracker, owned = tracking.stage_run(
-                args.experiment,
-                f"register {name}",
-                run_id=args.mlflow_run_id,
-                tracking_uri=args.tracking_uri,
-                tags={"ipt.stage": "register"} | ({"ipt.task": args.task} if args.task else {}),
-                required=True,  # registering needs a run, $IPT_TRACKING=off or not
-            )
+    with tracking.run_scope(tracker, owned):
         result = registry.register(
             args.checkpoint,
             task=args.task,
@@ -49,10 +44,6 @@ def cmd_register(args: argparse.Namespace) -> int:
             allow_new_key=args.allow_new_key,
             tracker=tracker,
         )
-    except (registry.RegistryError, tracking.TrackingError) as e:
-        raise UserError(str(e)) from None
-    if owned:
-        tracker.finish()
     for note in result["warnings"]:
         _warn(note)
     print(f"register: {result['uri']} ({'champion' if result['promoted'] else 'not champion'}: {result['reason']})")

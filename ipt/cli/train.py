@@ -15,8 +15,6 @@ from typing import Any
 
 from ipt.device import PRECISIONS
 
-EXIT_USAGE = 2
-
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
     def parse(text: str) -> list:
@@ -151,33 +149,16 @@ def _progress(every: int) -> Callable[[dict[str, Any]], None] | None:
 
 
 def _run(stage: str, args: argparse.Namespace, data: dict[str, Any]) -> int:
-    from ipt.checkpoint import CheckpointError
-    from ipt.tracking import TrackingError, write_run_file
+    from ipt.tracking import run_scope, write_run_file
     from ipt.train import loop
-    from ipt.train.errors import TrainingError
 
-    try:
-        cfg = loop.config_for(stage, data)
-        tracker, owned = _tracker(args, stage)
-    except (TrainingError, TrackingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    cfg = loop.config_for(stage, data)
+    tracker, owned = _tracker(args, stage)
     fn = loop.pretrain if stage == "pretrain" else loop.finetune
-    try:
+    with run_scope(tracker, owned):  # FINISHED, FAILED on an error, KILLED on an interrupt
         result = fn(cfg, tracker=tracker, progress=_progress(args.log_every))
-    except (TrainingError, CheckpointError, TrackingError) as e:
-        if owned:
-            tracker.finish("FAILED")
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except BaseException:
-        if owned:
-            tracker.finish("KILLED")
-        raise
-    if tracker is not None:
-        write_run_file(result["run_dir"], tracker)
-    if owned:
-        tracker.finish()
+        if tracker is not None:
+            write_run_file(result["run_dir"], tracker)
     if int(os.environ.get("RANK", "0")) == 0:
         last = result["last"]
         done = f"loss {last['loss']:.4f} at step {last['step']}" if last else "nothing left to train"
@@ -203,14 +184,7 @@ def preflight(stage: str, args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ipt.train.errors import TrainingError
-
-    try:
-        data = stage_data("pretrain", args)
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    return _run("pretrain", args, data)
+    return _run("pretrain", args, stage_data("pretrain", args))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

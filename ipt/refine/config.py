@@ -79,6 +79,11 @@ class RefineConfig:
             raise RefineError(f"refine: need 0 < min_lr <= lr, got lr {self.lr}, min_lr {self.min_lr}")
         if self.grad_clip < 0:
             raise RefineError(f"refine.grad_clip must be >= 0, got {self.grad_clip}")
+        if "://" in str(self.shards) and not str(self.shards).startswith("file://"):
+            raise RefineError(
+                f"refine.shards {self.shards}: training reads pair shards from a local folder (remote URLs are not "
+                "supported yet); fetch them first (`dvc pull`, or `aws s3 sync`) and pass that folder"
+            )
 
     @property
     def out_dir(self) -> str:

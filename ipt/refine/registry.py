@@ -77,12 +77,13 @@ def register_refiner(
             files["benchmark.json"] = Path(tmp) / "benchmark.json"
             files["benchmark.json"].write_text(json.dumps(report, indent=1))
         version = tracking.register_files(tracker, files, name, tags=tags)
-    before = tracking.alias_version(name, CHAMPION, tracker.tracking_uri)
-    promoted, reason = decide(
-        score, key, before, allow_new_key=allow_new_key, checkpoint_sha256=tags["checkpoint_sha256"]
-    )
-    if promoted:
-        tracking.set_alias(name, CHAMPION, version, tracker.tracking_uri)
+    with tracking.undo_version_on_error(name, version, tracker.tracking_uri):
+        before = tracking.alias_version(name, CHAMPION, tracker.tracking_uri)
+        promoted, reason = decide(
+            score, key, before, allow_new_key=allow_new_key, checkpoint_sha256=tags["checkpoint_sha256"]
+        )
+        if promoted:
+            tracking.set_alias(name, CHAMPION, version, tracker.tracking_uri)
     return {
         "name": name,
         "version": version,

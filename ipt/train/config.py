@@ -78,9 +78,19 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainingError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lanes", "num_workers", "keep_checkpoints", "shuffle_buffer"):
+        for name in ("lanes", "num_workers", "shuffle_buffer"):
             if getattr(self, name) < 0:
                 raise TrainingError(f"{type(self).__name__}.{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise TrainingError(
+                f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}: the newest step checkpoint is what "
+                "--resume continues from after a crash (the final model.pt is always kept besides them)"
+            )
+        if "://" in str(self.shards) and not str(self.shards).startswith("file://"):
+            raise TrainingError(
+                f"shards {self.shards}: training reads pair shards from a local folder (remote URLs are not supported "
+                "yet); fetch them first (`dvc pull`, or `aws s3 sync`) and pass that folder"
+            )
         numbers = ("lr", "temperature", "gamma", "contrastive_weight", "grad_clip", "charbonnier_eps")
         for name in numbers:
             if not math.isfinite(getattr(self, name)):

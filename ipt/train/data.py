@@ -91,6 +91,9 @@ def read_shards(root: str | Path, tasks: Sequence[str]) -> ShardSet:
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise TrainingError(f"{folder}: {len(missing)} shard(s) listed in {MANIFEST} are missing: {missing[:5]}")
+        for entry in shards:
+            if entry.get("samples", 1) > 0:
+                check_shard(folder / entry["name"], entry, task)
         urls[task] = tuple(str(folder / n) for n in names)
         listed = sorted((s["name"], s.get("samples"), s.get("sha256")) for s in shards)
         versions[task] = hashlib.sha256(json.dumps(listed, separators=(",", ":")).encode()).hexdigest()
@@ -109,6 +112,28 @@ def _scale(folder: Path, task: str, params: dict[str, Any]) -> int:
         return task_scale(task)
     except TaskError:
         raise TrainingError(f"{folder / MANIFEST}: records no scale for task {task!r}; rerun `ipt corrupt`") from None
+
+
+def check_shard(path: Path, entry: dict[str, Any], task: str) -> None:
+    """Before the first step: the shard is the one its manifest lists (its size, when the manifest records it, else
+    a walk of its tar headers finding the listed sample count), so a truncated file fails now, naming itself, not
+    steps into the run."""
+    fix = f"rebuild it (`ipt corrupt --task {task}`) or restore it (`dvc checkout`)"
+    size = entry.get("size")
+    if isinstance(size, int):
+        actual = path.stat().st_size
+        if actual != size:
+            raise TrainingError(f"{path}: {actual} bytes, but {MANIFEST} lists {size} (truncated or changed); {fix}")
+        return
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            keys = {m.name.rsplit(".", 1)[0].split(".")[0] for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise TrainingError(
+            f"{path}: unreadable pair shard ({(str(e).splitlines() or [type(e).__name__])[0]}); {fix}"
+        ) from None
+    if "samples" in entry and len(keys) != entry["samples"]:
+        raise TrainingError(f"{path}: holds {len(keys)} samples, {MANIFEST} lists {entry['samples']}; {fix}")
 
 
 def find_shards(root: str | Path, tasks: Sequence[str]) -> dict[str, tuple[str, ...]]:
