@@ -129,3 +129,13 @@ def open_restorer(
             raise CheckpointError(f"{weights}: holds tasks {list(model.spec.task_names)}; choose one with --task")
         task = model.spec.task_names[0]
     return Restorer(model, task, source=str(weights), **options)
+
+
+def restore_file(src: str | os.PathLike, dst: str | os.PathLike, restorer: Any) -> list[str]:
+    """Read the image ``src`` (PNG, JPEG, ...), restore it, write ``dst`` as a PNG atomically; returns the notes
+    on how the input was read (grayscale replicated, alpha dropped, ...)."""
+    from ipt.data.images import read_image, write_png
+
+    img, notes = read_image(src)
+    write_png(dst, restorer(img))
+    return list(notes)
