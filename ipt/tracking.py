@@ -27,6 +27,9 @@ from ipt.errors import IPTError
 
 MODEL_URI_PREFIX = "models:/"
 CHECKPOINT_NAME = "model.pt"
+# MLflow 3's UI opens an experiment without a kind on its GenAI overview (traces, tokens: empty here); this kind
+# opens the runs table.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 FILES_SHA256_TAG = "ipt.files_sha256"  # on a registered version: {artifact file: sha256}, checked on download
 
 
@@ -61,6 +64,15 @@ def _store_error(e: BaseException, what: str, uri: str) -> TrackingError:
     if _unreachable(e):
         return TrackingError(f"cannot reach the MLflow tracking server at {mask_uri(uri)} ({what}): {first}")
     return TrackingError(f"{what} at {mask_uri(uri)}: {first}")
+
+
+def mlflow_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("mlflow") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def default_tracking_uri() -> str:
@@ -124,6 +136,11 @@ def _client(tracking_uri: str | None, *, existing: bool = False):
     # an unreachable server fails in seconds, not after MLflow's default 7 retries with doubling waits (~2 minutes)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per models:/ download otherwise
+    if not mlflow_installed():
+        raise TrackingError(
+            "MLflow is not installed (a tracking URI or models:/ needs it): pip install 'ipt-pipeline[pipeline]'"
+        )
     from mlflow.tracking import MlflowClient
 
     # "Creating initial MLflow database tables..." on every fresh sqlite store is noise on a CLI's stderr.
@@ -154,11 +171,14 @@ class MlflowTracker:
         client, uri = _client(tracking_uri)
         try:
             exp = client.get_experiment_by_name(experiment)
-            exp_id = (
-                exp.experiment_id
-                if exp is not None
-                else client.create_experiment(experiment, artifact_location=artifact_location_for(uri, experiment))
-            )
+            if exp is None:
+                location = artifact_location_for(uri, experiment)
+                exp_id = client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
+            else:
+                exp_id = exp.experiment_id
+                for k, v in EXPERIMENT_TAGS.items():  # an experiment made before the kind was set
+                    if exp.tags.get(k) != v:
+                        client.set_experiment_tag(exp_id, k, v)
             tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
             run = client.create_run(exp_id, run_name=run_name, tags=tags)
         except Exception as e:  # noqa: BLE001 - the store's own errors, a server that is not there
@@ -265,6 +285,11 @@ def stage_run(
     if run_id:
         return MlflowTracker(run_id, tracking_uri), False
     if not required and os.environ.get(TRACKING_ENV, "on").lower() in ("off", "0", "false", "no"):
+        return None, False
+    if not required and not mlflow_installed():  # a core install (pip install ipt-pipeline): nothing to log to
+        import sys
+
+        print(f"note: MLflow is not installed: no {experiment} run is logged", file=sys.stderr)
         return None, False
     tracker = MlflowTracker.start(
         experiment, run_name=run_name, tracking_uri=tracking_uri, parent_run_id=os.environ.get(PARENT_RUN_ENV)
@@ -404,7 +429,7 @@ def _check_files(folder: Path, recorded: str | None, what: str) -> None:
     from ipt.fileio import file_sha256
 
     for rel, sha in json.loads(recorded).items():
-        found = sorted(folder.rglob(rel))
+        found = [folder / rel] if (folder / rel).is_file() else sorted(folder.rglob(rel))
         if not found or file_sha256(found[0]) != sha:
             raise TrackingError(f"{what}: the downloaded {rel} is not the registered file (sha256 differs or missing)")
 
@@ -415,20 +440,28 @@ def register_files(
     name: str,
     *,
     tags: dict[str, str] | None = None,
+    task: str | None = None,
 ) -> str:
-    """Log ``files`` (artifact file name -> local path) under the run's ``<name>/`` folder and register that folder
-    as a new version of ``name``; returns the version number. ``model.pt`` must be among them."""
-    if CHECKPOINT_NAME not in files:
-        raise TrackingError(f"registering {name}: the files must include {CHECKPOINT_NAME}")
+    """Register ``files`` (artifact name -> local path) as a new version of ``name``: an MLflow Model
+    (:mod:`ipt.serving`: ``model.pt`` [and ``base.pt``] under ``data/weights/``, MLmodel, signature, input example,
+    pinned requirements) with the other files beside it, logged under the run's ``<name>/`` folder; returns the
+    version number. The version records every file's sha256 (``ipt.files_sha256``). ``task``: the task the served
+    model restores (None for a multi-task model)."""
+    from ipt import serving
     from ipt.fileio import file_sha256
 
+    if CHECKPOINT_NAME not in files:
+        raise TrackingError(f"registering {name}: the files must include {CHECKPOINT_NAME}")
     client = tracker.client
-    tags = dict(tags or {}) | {FILES_SHA256_TAG: json.dumps({a: file_sha256(p) for a, p in sorted(files.items())})}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / name
-        folder.mkdir()
+        weights = {k: v for k, v in files.items() if k in serving.WEIGHT_FILES}
+        serving.save_model(folder, weights, task=task)
         for artifact, path in files.items():
-            (folder / artifact).write_bytes(Path(path).read_bytes())
+            if artifact not in weights:
+                (folder / artifact).write_bytes(Path(path).read_bytes())
+        digests = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+        tags = dict(tags or {}) | {FILES_SHA256_TAG: json.dumps(digests)}
         try:
             client.log_artifacts(tracker.run_id, str(folder), artifact_path=name)
         except Exception as e:  # noqa: BLE001 - nothing is registered yet
@@ -439,7 +472,7 @@ def register_files(
             client.create_registered_model(name)
             created = True
         source = f"{client.get_run(tracker.run_id).info.artifact_uri}/{name}"
-        mv = client.create_model_version(name, source=source, run_id=tracker.run_id, tags=tags or {})
+        mv = client.create_model_version(name, source=source, run_id=tracker.run_id, tags=tags)
     except Exception as e:  # noqa: BLE001 - leave no empty registered model behind
         if created:
             with contextlib.suppress(Exception):

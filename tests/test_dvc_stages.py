@@ -126,7 +126,7 @@ def test_paper_scale_dry_run_lists_the_stages_and_the_torchrun_lines(repo: Path)
     out = _run([sys.executable, "-m", "flows.pipeline", "--dry-run", "--workdir", str(repo)], ROOT)
     planned = re.findall(r"^(\S+):$", out, flags=re.M)
     tasks = list(params["corrupt"]["tasks"])
-    assert planned[0] == "shard" and set(planned) == {"shard", "pretrain"} | {
+    assert planned[0] == "shard" and set(planned) == {"shard", "pretrain", "register-pretrained"} | {
         f"{s}@{t}" for s in ("corrupt", "finetune", "benchmark", "register") for t in tasks
     }
     assert planned.index("pretrain") > max(planned.index(f"corrupt@{t}") for t in tasks)

@@ -249,6 +249,16 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         deployment = client.read_deployment_by_name("ipt-pipeline/default")
     assert [s.schedule.cron for s in deployment.schedules] == ["0 0 1 1 *"]
 
+    # A new shell in the project folder, no PREFECT_API_URL exported: the project's prefect.toml (its port moved to
+    # this test's server) sends the README's command to the server, not to a temporary one of its own.
+    port = api.rsplit(":", 1)[1].split("/")[0]
+    (repo / "prefect.toml").write_text(
+        (ROOT / "prefect.toml").read_text().replace("127.0.0.1:4200", f"127.0.0.1:{port}")
+    )
+    shell = {k: v for k, v in _env().items() if not k.startswith("PREFECT_")}
+    r = subprocess.run([str(BIN / "prefect"), "deployment", "ls"], cwd=repo, env=shell, capture_output=True, text=True)
+    assert r.returncode == 0 and "pretrain-ipt/default" in r.stdout.replace("\n", " "), r.stdout + r.stderr
+
     worker = [str(BIN / "prefect"), "worker", "start", "--pool", "local-process"]
     worker_env = _env(**env, PREFECT_WORKER_QUERY_SECONDS="1")
     # on exit the worker passes SIGTERM on to its flow run processes, then exits
@@ -265,7 +275,9 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
 
         # ... then the whole DAG: only the stages after pretrain are stale.
         fr1, _ = _deployment_run()
-        assert _task_names(fr1.id) == ["benchmark@sr_x2", "finetune@sr_x2", "refine@sr_x2", "register@sr_x2"]
+        assert _task_names(fr1.id) == [
+            "benchmark@sr_x2", "finetune@sr_x2", "refine@sr_x2", "register-pretrained", "register@sr_x2"
+        ]  # fmt: skip
         runs = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pipeline").experiment_id])
         (parent,) = [r for r in runs if r.data.tags.get("ipt.pipeline_run") == str(fr1.id)]
         (ft,) = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-finetune").experiment_id])
@@ -273,6 +285,8 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         assert "sr_x2/Set5/gain_db" in parent.data.metrics
         (v1,) = mlflow.search_model_versions("name = 'ipt-sr_x2'")
         assert v1.run_id == ft.info.run_id  # the registered version links to the run that trained it
+        (body,) = mlflow.search_model_versions("name = 'ipt-pretrained'")  # the pretrained body, its run's version
+        assert body.run_id == pre.info.run_id
         (refiner,) = mlflow.search_model_versions("name = 'ipt-sr_x2-ptgrm'")  # and the refiner, with its base
         assert refiner.tags["prior"] == "none" and refiner.tags["base_sha256"]
 
@@ -302,7 +316,7 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         assert ran == sorted(
             ["corrupt@jpeg_q10", "pretrain", "dvc push"]
             + [f"{s}@{t}" for s in ("finetune", "benchmark", "register") for t in ("sr_x2", "jpeg_q10")]
-            + ["refine@sr_x2"]  # its base changed
+            + ["refine@sr_x2", "register-pretrained"]  # their bases changed
         )
         logs = _logs(fr3.id, until="Running stage 'finetune@jpeg_q10'")
         assert {"pretrain", "finetune@sr_x2", "finetune@jpeg_q10"} <= set(re.findall(r"Running stage '([^']+)'", logs))

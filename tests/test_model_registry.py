@@ -83,8 +83,10 @@ def test_task_versions_hold_model_head_tail_and_champion_moves_only_up(tmp_path:
     assert sorted(p.name for p in (cache / three.relative_to(cache).parts[0] / "ipt-sr_x2").iterdir()) == ["3"]
     mv = client.get_model_version("ipt-sr_x2", "2")
     assert mv.tags["task"] == "sr_x2" and float(mv.tags["score"]) == pytest.approx(28.75)
-    files = sorted(a.path.split("/")[-1] for a in client.list_artifacts(mv.run_id, "ipt-sr_x2"))
-    assert files == ["benchmark.json", "head.pt", "model.pt", "official.pt", "tail.pt"]
+    files = {a.path.split("/")[-1] for a in client.list_artifacts(mv.run_id, "ipt-sr_x2")}
+    assert {"benchmark.json", "head.pt", "official.pt", "tail.pt", "MLmodel", "data"} <= files  # an MLflow Model
+    weights = {a.path.split("/")[-1] for a in client.list_artifacts(mv.run_id, "ipt-sr_x2/data/weights")}
+    assert weights == {"model.pt"}
 
     local = Path(client.download_artifacts(mv.run_id, "ipt-sr_x2", str(tmp_path / "dl")))
     official = official_state_dict(model, "sr_x2")
@@ -92,7 +94,7 @@ def test_task_versions_hold_model_head_tail_and_champion_moves_only_up(tmp_path:
     tail = torch.load(local / "tail.pt", weights_only=True)
     assert head and all(k.startswith("head.0.") and torch.equal(v, official[k]) for k, v in head.items())
     assert tail and all(k.startswith("tail.0.") and torch.equal(v, official[k]) for k, v in tail.items())
-    single = load_model(local / "model.pt")
+    single = load_model(local / "data" / "weights" / "model.pt")
     assert single.spec.task_names == ("sr_x2",)
     assert all(torch.equal(v, official[k]) for k, v in single.state_dict().items())
 
@@ -109,7 +111,8 @@ def test_pretrained_and_rescoring_rules(tmp_path: Path, uri: str) -> None:
     ckpt = save_checkpoint(tmp_path / "pretrained.pt", model)
     d = _register(tmp_path, ckpt, None, None, 1)
     assert d["name"] == "ipt-pretrained" and d["promoted"] and d["score"] is None
-    assert not _register(tmp_path, ckpt, None, None, 2)["promoted"]  # without a score, the first stays champion
+    d2 = _register(tmp_path, ckpt, None, None, 2)  # unscored after unscored: the newest is the champion
+    assert d2["promoted"] and d2["champion"] == "2" and "the newest version" in d2["reason"]
     _register(tmp_path, ckpt, "denoise_s30", _report("denoise_s30", 30.0, 30.0, ckpt, seed=1), 3)
     d = _register(tmp_path, ckpt, "denoise_s30", _report("denoise_s30", 40.0, 40.0, ckpt, "matlab", seed=1), 4)
     # another protocol is not comparable: the champion stays, the version is registered, no rescore is claimed

@@ -66,8 +66,10 @@ def test_refiner_version_links_to_its_base_version_and_restores_from_the_registr
     assert mv.tags["base_model"] == "ipt-sr_x2" and mv.tags["base_version"] == "1"
     assert mv.tags["base_uri"] == "models:/ipt-sr_x2@champion" and mv.tags["prior"] == "random"
     assert mv.tags["base_sha256"] == mv.tags["base_sha256"].lower() and len(mv.tags["base_sha256"]) == 64
-    files = sorted(a.path.split("/")[-1] for a in client.list_artifacts(mv.run_id, "ipt-sr_x2-ptgrm"))
-    assert files == ["base.pt", "benchmark.json", "model.pt"]
+    files = {a.path.split("/")[-1] for a in client.list_artifacts(mv.run_id, "ipt-sr_x2-ptgrm")}
+    assert {"benchmark.json", "MLmodel", "data"} <= files  # an MLflow Model, the refiner and its base inside
+    weights = {a.path.split("/")[-1] for a in client.list_artifacts(mv.run_id, "ipt-sr_x2-ptgrm/data/weights")}
+    assert weights == {"base.pt", "model.pt"}
     first = client.get_model_version("ipt-sr_x2-ptgrm", "1")
     train_run = client.get_run(first.run_id)
     assert train_run.data.tags["refine.prior"] == "random" and "loss" in train_run.data.metrics

@@ -134,3 +134,27 @@ def test_unknown_model_uri_and_run_are_clear_errors(tmp_path, tracking_uri, caps
     )
     err = capsys.readouterr().err
     assert rc == 2 and "models:/nope@x: no such registered model version" in err and len(err.splitlines()) == 1
+
+
+def test_experiments_open_on_the_runs_table_and_benchmark_runs_say_model_and_task(tmp_path, monkeypatch) -> None:
+    """MLflow 3 opens an experiment without a kind on its GenAI overview ("No data" here): ours carry the kind of
+    the runs table, also an experiment made before the kind was set; a benchmark run is named '<task>: <model>'."""
+    from mlflow.tracking import MlflowClient
+
+    from ipt.tracking import EXPERIMENT_TAGS, MlflowTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.create_experiment("ipt-old")  # as an older version of the project made it
+    for name in ("ipt-old", "ipt-new"):
+        MlflowTracker.start(name, tracking_uri=uri).finish()
+        tags = client.get_experiment_by_name(name).tags
+        assert (
+            tags.get("mlflow.experimentKind") == EXPERIMENT_TAGS["mlflow.experimentKind"] == "custom_model_development"
+        )
+    monkeypatch.setenv("IPT_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    root = make_sr_set(tmp_path / "bench", "Set5", scales=(2,))
+    assert main(["benchmark", "--task", "sr_x2", "--model", "baseline", "--root", str(root), "--quiet"]) == 0
+    runs = client.search_runs([client.get_experiment_by_name("ipt-benchmark").experiment_id])
+    assert [r.info.run_name for r in runs] == ["sr_x2: baseline (bicubic)"]

@@ -17,10 +17,14 @@ def _tracker(args: argparse.Namespace):
     ``ipt-benchmark`` (unless $IPT_TRACKING=off); see :func:`ipt.tracking.stage_run`."""
     from ipt.tracking import stage_run
 
-    label = "baseline" if args.model == "baseline" else Path(str(args.model)).parent.name or str(args.model)
+    label = (
+        f"{args.model} ({'bicubic' if args.task.startswith('sr_x') else 'input'})"
+        if args.model == "baseline"
+        else str(args.model)
+    )
     tags = {"ipt.stage": "benchmark", "ipt.task": args.task, "ipt.model": str(args.model)}
     return stage_run(
-        "ipt-benchmark", f"{args.task} {label}", run_id=args.mlflow_run_id, tracking_uri=args.tracking_uri, tags=tags
+        "ipt-benchmark", f"{args.task}: {label}", run_id=args.mlflow_run_id, tracking_uri=args.tracking_uri, tags=tags
     )
 
 

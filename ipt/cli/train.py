@@ -78,7 +78,10 @@ def add_pretrain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def add_finetune(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", help="fine-tune a pretrained IPT on one task; writes a single-task checkpoint")
     _common(f)
-    f.add_argument("--init", help="project checkpoint, run folder (its model.pt) or official IPT_*.pt")
+    f.add_argument(
+        "--init",
+        help="project checkpoint, run folder (its model.pt), official IPT_*.pt, or models:/ipt-pretrained@champion",
+    )
     f.add_argument("--task", required=True, help="the task to fine-tune (sr_x2, denoise_s30, derain, ...)")
     f.add_argument("--init-num-heads", type=int, help="attention heads of an official-layout init (12)")
     f.set_defaults(func=cmd_finetune, required_from_params=("shards", "out", "init"))
@@ -173,7 +176,12 @@ def stage_data(stage: str, args: argparse.Namespace) -> dict[str, Any]:
     if stage == "pretrain":
         return _given(args, TRAIN_KEYS + ["tasks", "task_weights"]) | {"model": _model_dict(args)}
     args.out = args.out.format(task=args.task)
-    return _given(args, TRAIN_KEYS + ["init", "task", "init_num_heads"])
+    data = _given(args, TRAIN_KEYS + ["init", "task", "init_num_heads"])
+    if str(data.get("init", "")).startswith("models:/"):  # a registered version: its model.pt, downloaded once
+        from ipt.tracking import resolve_model_uri
+
+        data["init"] = str(resolve_model_uri(data["init"], args.tracking_uri))
+    return data
 
 
 def preflight(stage: str, args: argparse.Namespace) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -55,34 +56,52 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, list[str]]:
     p = Path(path)
     if not p.is_file():
         raise ImageReadError(f"{p}: no such file")
+    return _decode(p, str(p))
+
+
+def decode_image(data: bytes, name: str = "<image>") -> tuple[np.ndarray, list[str]]:
+    """:func:`read_image` of an image file's bytes (``name`` in messages): what serving reads from a request."""
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, name: str) -> tuple[np.ndarray, list[str]]:
     try:
-        with Image.open(p) as img:
+        with Image.open(source) as img:
             sixteen = _sixteen_bit_colour(img)
             img.load()  # force full decode: truncated files fail here, not later
             orientation = img.getexif().get(0x0112, 1)
             upright = ImageOps.exif_transpose(img) if orientation not in (1, None) else img
             arr, notes = _to_rgb8(upright)
     except ImageReadError as e:
-        raise ImageReadError(f"{p}: {e}") from None
+        raise ImageReadError(f"{name}: {e}") from None
     except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{p}: refused, too many pixels ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{p}: cannot decode image ({e})") from None
+        raise ImageReadError(f"{name}: refused, too many pixels ({e})") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: cannot decode image (not a recognised image format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{name}: cannot decode image ({e})") from None
     if sixteen:
         notes.insert(0, "16-bit colour read at 8 bits (each sample's high byte: at most 1 level below rounding)")
     if orientation not in (1, None):
         notes.append(f"EXIF orientation {orientation} applied")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageReadError(f"{p}: empty image")
+        raise ImageReadError(f"{name}: empty image")
     return arr, notes
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    """The PNG ``ipt restore`` writes for an (H, W, 3) or (H, W) uint8 array (serving returns the same bytes)."""
+    if arr.dtype != np.uint8:
+        raise TypeError(f"png_bytes needs uint8, got {arr.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def write_png(path: str | os.PathLike, arr: np.ndarray) -> Path:
     """Write an (H, W, 3) or (H, W) uint8 array as PNG atomically (temp file, then rename)."""
-    p = Path(path)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"write_png needs uint8, got {arr.dtype}")
-    return atomic_write(p, lambda f: Image.fromarray(arr).save(f, format="PNG"), fsync=False)
+    data = png_bytes(arr)
+    return atomic_write(Path(path), lambda f: f.write(data), fsync=False)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -76,7 +76,7 @@ def register_refiner(
         if report is not None:
             files["benchmark.json"] = Path(tmp) / "benchmark.json"
             files["benchmark.json"].write_text(json.dumps(report, indent=1))
-        version = tracking.register_files(tracker, files, name, tags=tags)
+        version = tracking.register_files(tracker, files, name, tags=tags, task=task)
     with tracking.undo_version_on_error(name, version, tracker.tracking_uri):
         before = tracking.alias_version(name, CHAMPION, tracker.tracking_uri)
         promoted, reason = decide(
