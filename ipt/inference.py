@@ -134,26 +134,33 @@ def _pad_to(x: Tensor, patch: int) -> tuple[Tensor, int, int]:
 def forward_tiled(
     window_fn: WindowFn, x: Tensor, scale: int, patch: int = 48, overlap: int = 12, batch: int = 64
 ) -> Tensor:
-    """Restore (B, C, H, W) images of any size with overlapping ``patch`` windows, each computed once."""
+    """Restore (B, C, H, W) images of any size with overlapping ``patch`` windows, each computed once.
+
+    Windows are cut and evaluated ``batch`` at a time and each output is blended into the canvas as it comes, so
+    memory holds the input, the canvas and one batch: it grows with the image, not with its window count."""
     if not 0 <= overlap < patch:
         raise ValueError(f"overlap must be in [0, {patch}), got {overlap}")
     xp, h, w = _pad_to(x, patch)
     b, c, hh, ww = xp.shape
     rows, cols = _starts(hh, patch, patch - overlap), _starts(ww, patch, patch - overlap)
-    win = xp.unfold(2, patch, 1).unfold(3, patch, 1)  # (B, C, hh-p+1, ww-p+1, p, p) view, no copy
-    windows = win[:, :, rows][:, :, :, cols].permute(0, 2, 3, 1, 4, 5).reshape(-1, c, patch, patch)
-    out = run_windows(window_fn, windows, batch)
+    coords = [(i, r, cc) for i in range(b) for r in rows for cc in cols]
     P = patch * scale
-    out = out.view(b, len(rows), len(cols), c, P, P)
-    ramp = _ramp(P, overlap * scale).to(out.device)
-    weight = (ramp[:, None] * ramp[None, :]).to(out.dtype)
-    acc = torch.zeros(b, c, hh * scale, ww * scale, dtype=out.dtype, device=out.device)
-    norm = torch.zeros(hh * scale, ww * scale, dtype=out.dtype, device=out.device)
-    for i, r in enumerate(rows):
-        for j, cc in enumerate(cols):
-            acc[:, :, r * scale : r * scale + P, cc * scale : cc * scale + P] += out[:, i, j] * weight
+    ramp = _ramp(P, overlap * scale)
+    acc = norm = weight = None
+    for k in range(0, len(coords), batch):
+        chunk = coords[k : k + batch]
+        out = window_fn(torch.stack([xp[i, :, r : r + patch, cc : cc + patch] for i, r, cc in chunk]))
+        if acc is None:
+            weight = (ramp[:, None] * ramp[None, :]).to(device=out.device, dtype=out.dtype)
+            acc = torch.zeros(b, out.shape[1], hh * scale, ww * scale, dtype=out.dtype, device=out.device)
+        for (i, r, cc), o in zip(chunk, out, strict=True):
+            acc[i, :, r * scale : r * scale + P, cc * scale : cc * scale + P] += o * weight
+        del out
+    norm = torch.zeros(hh * scale, ww * scale, dtype=acc.dtype, device=acc.device)
+    for r in rows:
+        for cc in cols:
             norm[r * scale : r * scale + P, cc * scale : cc * scale + P] += weight
-    return (acc / norm)[:, :, : h * scale, : w * scale]
+    return acc.div_(norm)[:, :, : h * scale, : w * scale]  # in place: the canvas becomes the output
 
 
 def restore_image(

@@ -92,3 +92,24 @@ def test_tilings_build_their_output_on_the_input_device(tiling: str) -> None:
     x = torch.empty(1, 3, 60, 70, device="meta")
     out = restore_image(lambda w: w.repeat_interleave(2, -1).repeat_interleave(2, -2), x, 2, tiling=tiling)
     assert (out.device.type, tuple(out.shape)) == ("meta", (1, 3, 120, 140))
+
+
+def test_overlap_tiling_streams_windows_with_one_batch_of_outputs_alive() -> None:
+    """Memory grows with the image, not with its window count: each batch of outputs is blended into the canvas as
+    it comes and dropped, so while a batch is computed at most the previous batch's output is still alive."""
+    import weakref
+
+    alive_at_call: list[int] = []
+    outputs: list[weakref.ref] = []
+
+    def fn(w):
+        alive_at_call.append(sum(r() is not None for r in outputs))
+        y = w.repeat_interleave(2, -1).repeat_interleave(2, -2).clone()
+        outputs.append(weakref.ref(y))
+        return y
+
+    x = torch.rand(1, 3, 300, 260) * 255
+    out = forward_tiled(fn, x, 2, batch=4)
+    assert len(alive_at_call) > 10  # 9 x 8 windows in batches of 4
+    assert max(alive_at_call) <= 1, alive_at_call
+    assert torch.allclose(out, _shift_fn(2)(x), atol=1e-3)
