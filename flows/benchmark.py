@@ -22,7 +22,8 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from flows.pipeline import params_tasks, project_dir, run_dag, stage_bodies
+from flows.dvc import params_tasks, project_dir, stage_bodies
+from flows.pipeline import run_dag
 from flows.stages import run_stage
 from ipt.tracking import MlflowTracker
 
@@ -204,7 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         resolve_out_dir(a.model, a.out_dir, a.tasks, a.workdir)
     except ValueError as e:
         p.error(str(e))
-    summary = benchmark_ipt(
+    from flows.server import prefect_api
+
+    with prefect_api():
+        summary = _run(a)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run(a) -> dict:
+    return benchmark_ipt(
         tasks=a.tasks,
         model=a.model,
         root=a.root,
@@ -218,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         workdir=a.workdir,
         lock_timeout=a.lock_timeout,
     )
-    print(json.dumps(summary, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from ipt.cli.data import code_digest
+from ipt.config import DEFAULT_SEED
 from ipt.data import clean as clean_stage
 from ipt.data import pairs, plan, shards
 from ipt.tasks import task_entry
@@ -153,7 +154,7 @@ def corrupt_ipt(
             out=out or p.get("out", "data/pairs/{task}"),
             patch_size=int(p.get("patch_size", 48)),
             png_level=int(p.get("png_level", 0)),
-            seed=int(p.get("seed", plan.DEFAULT_SEED)),
+            seed=int(p.get("seed", DEFAULT_SEED)),
             code=code_digest("corrupt", name),
         )
         manifest = _execute(

@@ -18,180 +18,25 @@ flows/benchmark.py). No torch import here.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 import os
-import re
-import shutil
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.dvc import (
+    UnknownStage,
+    check_targets,
+    dvc_executable,
+    params_tasks,
+    plan,
+    project_dir,
+    stage_commands,
+    workspace_lock,
+)
+from flows.report import report, summary, summary_table
 from flows.stages import run_command
-
-LOCK_FILE = ".dvc/tmp/ipt-pipeline.lock"
-
-
-class PipelineBusy(RuntimeError):
-    """Another pipeline run holds this workspace."""
-
-
-class UnknownStage(ValueError):
-    """A target that names no stage of dvc.yaml."""
-
-
-def project_dir(workdir: str | None = None) -> Path:
-    """The workspace: ``workdir``, else ``$IPT_PROJECT_DIR``, else the current directory. It must hold dvc.yaml."""
-    d = Path(workdir or os.environ.get("IPT_PROJECT_DIR") or ".").resolve()
-    if not (d / "dvc.yaml").is_file():
-        raise FileNotFoundError(f"{d}: no dvc.yaml here; pass workdir= or set IPT_PROJECT_DIR to the project root")
-    return d
-
-
-@contextlib.contextmanager
-def workspace_lock(workdir: Path, timeout: float = 3600.0, poll: float = 1.0) -> Iterator[Path]:
-    """Hold the workspace's pipeline lock; wait up to ``timeout`` seconds for another run to release it."""
-    path = workdir / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    f.seek(0)
-                    holder = f.read().strip() or "another process"
-                    raise PipelineBusy(
-                        f"{path}: held by {holder} for more than {timeout:.0f} s; one pipeline run per workspace"
-                    ) from None
-                time.sleep(poll)
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        f.flush()
-        try:
-            yield path
-        finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def dvc_executable() -> str:
-    """The ``dvc`` beside this interpreter (a venv's), else the one on PATH."""
-    here = Path(sys.executable).parent / "dvc"
-    return str(here) if here.is_file() else (shutil.which("dvc") or "dvc")
-
-
-def _dvc(args: Sequence[str], workdir: Path) -> str:
-    import subprocess
-
-    proc = subprocess.run([dvc_executable(), *args], cwd=workdir, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc {' '.join(args)} failed in {workdir}:\n{(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
-
-
-def dag(workdir: Path) -> tuple[list[str], list[tuple[str, str]]]:
-    """Stage names and (upstream, downstream) edges of dvc.yaml, from ``dvc dag --dot``."""
-    text = _dvc(["dag", "--dot"], workdir)
-    edges = [(a, b) for a, b in re.findall(r'"([^"]+)"\s*->\s*"([^"]+)"', text)]
-    nodes = re.findall(r'^"([^"]+)";', text, flags=re.M)
-    for a, b in edges:
-        for n in (a, b):
-            if n not in nodes:
-                nodes.append(n)
-    return nodes, edges
-
-
-def stale_stages(workdir: Path, targets: Sequence[str] = ()) -> list[str]:
-    """Stages ``dvc status`` reports as changed (of ``targets`` and their upstream, or of the whole DAG)."""
-    out = _dvc(["status", "--json", *(["--with-deps", *targets] if targets else [])], workdir).strip()
-    status = json.loads(out) if out else {}
-    return [name.split(":")[-1] for name in status]  # "dvc.yaml:stage" when several dvc.yaml files exist
-
-
-def stage_names(workdir: Path) -> list[str]:
-    """Every stage of dvc.yaml, foreach stages expanded (``finetune@sr_x2``), from ``dvc stage list``."""
-    out = _dvc(["stage", "list", "--name-only"], workdir)
-    return [line.strip().split(":")[-1] for line in out.splitlines() if line.strip()]
-
-
-def _known(names: Sequence[str]) -> str:
-    """``shard, corrupt@{sr_x2,sr_x3}, pretrain``: the stage names, foreach groups folded."""
-    groups: dict[str, list[str]] = {}
-    for n in names:
-        base, _, key = n.partition("@")
-        groups.setdefault(base, []).extend([key] if key else [])
-    return ", ".join(f"{b}@{{{','.join(keys)}}}" if keys else b for b, keys in groups.items())
-
-
-def check_targets(workdir: Path, targets: Sequence[str]) -> None:
-    """Raise :class:`UnknownStage` naming every target that is no stage (nor foreach group) of dvc.yaml."""
-    if not targets:
-        return
-    names = stage_names(workdir)
-    bad = [t for t in targets if not _expand([t], names)]
-    if bad:
-        raise UnknownStage(
-            f"unknown stage{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))} in {workdir / 'dvc.yaml'};"
-            f" known stages: {_known(names)}"
-        )
-
-
-def plan(workdir: Path, targets: Sequence[str] = ()) -> list[str]:
-    """The stages to visit, in topological order: the stale ones and everything downstream of them, limited to
-    ``targets`` and their upstream when targets are given. Empty when DVC says nothing is stale."""
-    try:
-        stale = set(stale_stages(workdir, targets))
-    except RuntimeError:
-        check_targets(workdir, targets)  # a bad target: say so, not DVC's traceback
-        raise
-    if not stale:
-        return []
-    nodes, edges = dag(workdir)
-    down: dict[str, list[str]] = {n: [] for n in nodes}
-    up: dict[str, list[str]] = {n: [] for n in nodes}
-    for a, b in edges:
-        down[a].append(b)
-        up[b].append(a)
-    selected = _closure(stale, down)
-    if targets:
-        selected &= _closure(_expand(targets, nodes), up)
-    order: list[str] = []
-    indegree = {n: sum(1 for u in up[n] if u in selected) for n in selected}
-    ready = [n for n in nodes if n in selected and indegree[n] == 0]
-    while ready:
-        n = ready.pop(0)
-        order.append(n)
-        for d in down[n]:
-            if d in indegree:
-                indegree[d] -= 1
-                if indegree[d] == 0:
-                    ready.append(d)
-    return order
-
-
-def _closure(start: set[str], graph: dict[str, list[str]]) -> set[str]:
-    seen, todo = set(start), list(start)
-    while todo:
-        for n in graph.get(todo.pop(), []):
-            if n not in seen:
-                seen.add(n)
-                todo.append(n)
-    return seen
-
-
-def _expand(targets: Sequence[str], nodes: Sequence[str]) -> set[str]:
-    """``finetune`` names every ``finetune@<task>``; ``finetune@sr_x2`` names itself."""
-    return {n for t in targets for n in nodes if n == t or n.startswith(f"{t}@")}
 
 
 @task(name="dvc-stage", task_run_name="{stage}")
@@ -205,51 +50,6 @@ def repro_stage(stage: str, workdir: str, env: dict[str, str]) -> str:
 @task(name="dvc-push", task_run_name="dvc push")
 def push(workdir: str, remote: str | None) -> None:
     run_command([dvc_executable(), "push", *(["-r", remote] if remote else [])], cwd=workdir)
-
-
-def summary(workdir: Path, tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per (task, dataset): model and baseline Y-PSNR from metrics/benchmark and metrics/baseline."""
-    rows = []
-    bench = workdir / "metrics" / "benchmark"
-    names = list(tasks) if tasks is not None else sorted(p.stem for p in bench.glob("*.json"))
-    for t in names:
-        try:
-            model = json.loads((bench / f"{t}.json").read_text())
-            base = json.loads((workdir / "metrics" / "baseline" / f"{t}.json").read_text())
-        except (OSError, ValueError):
-            continue
-        for ds, r in model.get("datasets", {}).items():
-            b = base.get("datasets", {}).get(ds, {}).get("psnr_y")
-            total = r.get("images_total") or r.get("images")
-            images = f"{r.get('images')} of {total}" if total != r.get("images") else str(total)
-            rows.append({"task": t, "dataset": ds, "images": images, "model": r["psnr_y"], "baseline": b})
-    return rows
-
-
-def summary_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: task, dataset, images scored (``10 of 14``: make run's subset, not the paper's full-set protocol),
-    model and baseline Y-PSNR, the gain, and whether the model beats the baseline."""
-    out = [
-        "| task | dataset | images | model Y-PSNR | baseline Y-PSNR | gain (dB) | beats baseline |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        b = r["baseline"]
-        gain = "" if b is None else f"{r['model'] - b:+.2f}"
-        verdict = "" if b is None else ("yes" if r["model"] > b else "**NO**")
-        base = "" if b is None else f"{b:.2f}"
-        row = (
-            f"| {r['task']} | {r['dataset']} | {r.get('images', '')} | {r['model']:.2f} | {base} | {gain} | {verdict} |"
-        )
-        out.append(row)
-    return "\n".join(out) + "\n"
-
-
-def params_tasks(workdir: Path) -> list[str]:
-    import yaml
-
-    data = yaml.safe_load((workdir / "params.yaml").read_text()) or {}
-    return list((data.get("corrupt") or {}).get("tasks") or {})
 
 
 def run_dag(
@@ -334,52 +134,6 @@ def ipt_pipeline(
     )
 
 
-def stage_bodies(workdir: Path) -> dict[str, dict[str, Any]]:
-    """``{stage: its body}`` as dvc.yaml writes them (a foreach stage's ``do`` body, ``${key}`` unexpanded)."""
-    import yaml
-
-    stages = (yaml.safe_load((workdir / "dvc.yaml").read_text()) or {}).get("stages") or {}
-    return {name: (body or {}).get("do", body) or {} for name, body in stages.items()}
-
-
-def stage_commands(workdir: Path, stages: Sequence[str]) -> dict[str, list[str]]:
-    """The command lines each stage would run, from dvc.yaml; an ``ipt launch`` line is shown as what it execs
-    under params.yaml ``launch`` (the torchrun line when more than one process)."""
-    import shlex
-
-    import yaml
-
-    from ipt import launch
-
-    bodies = stage_bodies(workdir)
-    params = yaml.safe_load((workdir / "params.yaml").read_text()) or {}
-    cfg = launch.LaunchConfig(**(params.get("launch") or {}))
-    out: dict[str, list[str]] = {}
-    for stage in stages:
-        name, _, key = stage.partition("@")
-        body = bodies[name]
-        cmds = body["cmd"] if isinstance(body["cmd"], list) else [body["cmd"]]
-        lines = []
-        for cmd in cmds:
-            argv = shlex.split(cmd.replace("${key}", key).replace("${item}", key))
-            if argv[:4] == ["python", "-m", "ipt.cli", "launch"] and len(argv) > 4:
-                rest = argv[5:][1:] if argv[5:6] == ["--"] else argv[5:]
-                argv = launch.command(argv[4], rest, cfg, python="python")
-            lines.append(shlex.join(argv))
-        out[stage] = lines
-    return out
-
-
-def report(rows: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
-    """The summary table and one line per (task, dataset) whose model does not beat its baseline."""
-    losers = [
-        f"{r['task']} on {r['dataset']}: {r['model']:.2f} dB does not beat the baseline's {r['baseline']:.2f} dB"
-        for r in rows
-        if r["baseline"] is not None and r["model"] <= r["baseline"]
-    ]
-    return summary_table(rows), losers
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m flows.pipeline` (what `make run` calls): run the flow here, print the table and the UI commands."""
     import argparse
@@ -392,7 +146,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", default=None, help="project root (default: $IPT_PROJECT_DIR or .)")
     p.add_argument("--push", action="store_true", help="dvc push when done")
     p.add_argument("--dry-run", action="store_true", help="print the stages DVC would run and their commands; run none")
+    p.add_argument(
+        "--cost",
+        metavar="PLAN",
+        default=None,
+        help="with --dry-run: price PLAN (e.g. benchmarks/paper_scale.yaml) per stage at measured rates",
+    )
+    p.add_argument("--workers", type=int, default=2, help="data workers the --cost plan assumes (default 2)")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs the --cost plan assumes (default 8)")
+    p.add_argument("--png-level", type=int, default=None, help="PNG level the --cost plan assumes (default the plan's)")
     a = p.parse_args(argv)
+    if a.cost is not None:
+        if not a.dry_run:
+            p.error("--cost prices a plan; it goes with --dry-run")
+        from flows import cost
+
+        try:
+            root = project_dir(a.workdir)
+            print(cost.report(cost.load_plan(a.cost), root, workers=a.workers, gpus=a.gpus, png_level=a.png_level))
+        except (cost.CostError, FileNotFoundError, RuntimeError) as e:
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+        return 0
     try:  # bad arguments: one line and exit 2, before any flow run starts
         root = project_dir(a.workdir)
         check_targets(root, a.targets)
@@ -408,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
             for line in lines:
                 print(f"  {line}")
         return 0
-    result = ipt_pipeline(targets=a.targets or None, workdir=a.workdir, push=a.push)
+    from flows.server import prefect_api
+
+    with prefect_api():
+        result = ipt_pipeline(targets=a.targets or None, workdir=a.workdir, push=a.push)
     table, losers = report(result["summary"])
     ran = result["ran"]
     print(f"\nstages run: {', '.join(ran) if ran else 'none (everything was up to date)'}")

@@ -50,30 +50,6 @@ def run_cli(args: Sequence[str], env: Mapping[str, str] | None = None, cwd: str 
         raise StageFailed(f"ipt {args[0]}: {e}") from None
 
 
-def torchrun_command(
-    args: Sequence[str],
-    nproc_per_node: int = 1,
-    nnodes: int = 1,
-    node_rank: int = 0,
-    master_addr: str = "127.0.0.1",
-    master_port: int = 29500,
-) -> list[str]:
-    """``torchrun`` (as ``python -m torch.distributed.run``) of ``ipt.cli *args`` on this node."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc_per_node}",
-        f"--nnodes={nnodes}",
-        f"--node-rank={node_rank}",
-        f"--master-addr={master_addr}",
-        f"--master-port={master_port}",
-        "-m",
-        "ipt.cli",
-        *args,
-    ]
-
-
 @task(name="ipt-stage", task_run_name="{stage}")
 def run_stage(stage: str, args: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None) -> str:
     """One CLI stage as a Prefect task; returns its output."""

@@ -3,13 +3,14 @@
 By default (no ``args``) a flow runs the DVC stage ``pretrain`` / ``finetune@<task>`` and whatever upstream stage
 is stale, through the same machinery as `ipt-pipeline` (flows/pipeline.py): the workspace lock, one Prefect task
 per stage, DVC deciding what runs; the stage command is ``ipt launch``, so torchrun's settings come from
-params.yaml ``launch``. With ``args`` the flow runs that one stage directly under torchrun, outside DVC, for
-ad-hoc runs on data and outputs of your choosing:
+params.yaml ``launch``. With ``args`` the flow runs that one stage directly, outside DVC, for ad-hoc runs on data
+and outputs of your choosing, with the command line :func:`ipt.launch.command` builds (one process, or torchrun).
 
 The flow owns an MLflow run (experiment ``ipt-pretrain`` / ``ipt-finetune``) and hands its id to rank 0 through
 ``IPT_MLFLOW_RUN_ID``; torchrun's output (every rank's lines) goes to the Prefect log as it is printed. The stage
 options come from params.yaml (``pretrain`` / ``finetune``) in ``workdir``; ``args`` adds or overrides flags.
-For several nodes, run the same deployment on each node with its ``node_rank`` (docs/training.md).
+For several nodes, run the same deployment on each node with the same ``rdzv_endpoint`` (host:port of one node, a
+c10d rendezvous: no node ranks to hand out; docs/training.md).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ import sys
 from prefect import flow, get_run_logger
 
 from flows.pipeline import run_dag
-from flows.stages import run_command, torchrun_command
+from flows.stages import run_command
+from ipt import launch
 from ipt.tracking import MlflowTracker
 
 # The flow parameters that a direct (``args``) run hands to torchrun and MLflow.
-DIRECT_RUN_PARAMS = "nproc_per_node nnodes node_rank master_addr master_port workdir experiment tracking_uri".split()
+DIRECT_RUN_PARAMS = "nproc_per_node nnodes rdzv_endpoint workdir experiment tracking_uri".split()
 
 
 def _direct(flow_params: dict) -> dict:
@@ -39,9 +41,7 @@ def _train(
     run_name: str,
     nproc_per_node: int,
     nnodes: int,
-    node_rank: int,
-    master_addr: str,
-    master_port: int,
+    rdzv_endpoint: str | None,
     workdir: str | None,
     experiment: str,
     tracking_uri: str | None,
@@ -49,7 +49,8 @@ def _train(
     logger = get_run_logger()
     run = MlflowTracker.start(experiment, run_name=run_name, tracking_uri=tracking_uri)
     run.set_tags({"stage": stage, "nproc_per_node": str(nproc_per_node), "nnodes": str(nnodes)})
-    cmd = torchrun_command([stage, *args], nproc_per_node, nnodes, node_rank, master_addr, master_port)
+    cfg = launch.LaunchConfig(nproc_per_node=nproc_per_node, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint)
+    cmd = launch.command(stage, args, cfg)
     env = {"IPT_MLFLOW_RUN_ID": run.run_id, "MLFLOW_TRACKING_URI": run.tracking_uri}
     try:
         lines = run_command(cmd, env=env, cwd=workdir)
@@ -67,16 +68,14 @@ def pretrain_ipt(
     args: list[str] | None = None,
     nproc_per_node: int = 1,
     nnodes: int = 1,
-    node_rank: int = 0,
-    master_addr: str = "127.0.0.1",
-    master_port: int = 29500,
+    rdzv_endpoint: str | None = None,
     workdir: str | None = None,
     experiment: str = "ipt-pretrain",
     tracking_uri: str | None = None,
     lock_timeout: float = 3600.0,
 ) -> dict:
     """Multi-task pre-training: the DVC stage ``pretrain`` (and its stale upstream) by default; with ``args``,
-    `ipt pretrain ARGS` under torchrun directly (returns the run folder, model and MLflow run id)."""
+    `ipt pretrain ARGS` directly, torchrun for more than one process (returns the run folder, model, MLflow run)."""
     if args is None:
         return run_dag(
             ["pretrain"], workdir=workdir, lock_timeout=lock_timeout, tracking_uri=tracking_uri, run_name="pretrain-ipt"
@@ -90,16 +89,14 @@ def finetune_ipt(
     args: list[str] | None = None,
     nproc_per_node: int = 1,
     nnodes: int = 1,
-    node_rank: int = 0,
-    master_addr: str = "127.0.0.1",
-    master_port: int = 29500,
+    rdzv_endpoint: str | None = None,
     workdir: str | None = None,
     experiment: str = "ipt-finetune",
     tracking_uri: str | None = None,
     lock_timeout: float = 3600.0,
 ) -> dict:
     """Fine-tuning of one task: the DVC stage ``finetune@TASK`` (and its stale upstream) by default; with
-    ``args``, `ipt finetune --task TASK ARGS` under torchrun directly."""
+    ``args``, `ipt finetune --task TASK ARGS` directly (torchrun when more than one process)."""
     if args is None:
         return run_dag(
             [f"finetune@{task}"],
@@ -115,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m flows.train {pretrain,finetune}`: run the flow in this process ($PREFECT_API_URL if set)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     stage_args = None
-    if "--" in argv:  # everything after `--` goes to the stage: a direct torchrun run, outside DVC
+    if "--" in argv:  # everything after `--` goes to the stage: a direct run, outside DVC
         stage_args, argv = argv[argv.index("--") + 1 :], argv[: argv.index("--")]
     p = argparse.ArgumentParser(
         prog="python -m flows.train",
         description="Run the pretrain-ipt / finetune-ipt flow: the DVC stage pretrain / finetune@TASK (and stale "
-        "upstream stages) by default; with `-- ARGS`, `ipt pretrain|finetune ARGS` under torchrun directly.",
+        "upstream stages) by default; with `-- ARGS`, `ipt pretrain|finetune ARGS` directly (torchrun for several "
+        "processes).",
         epilog="example: python -m flows.train finetune --task sr_x2 -- --steps 10",
     )
     sub = p.add_subparsers(dest="flow", required=True, metavar="{pretrain,finetune}")
@@ -131,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--workdir", default=None, help="project root (default: $IPT_PROJECT_DIR or .)")
         q.add_argument("--nproc-per-node", type=int, default=1, help="torchrun processes per node (with -- ARGS)")
         q.add_argument("--nnodes", type=int, default=1, help="torchrun nodes (with -- ARGS)")
-        q.add_argument("--node-rank", type=int, default=0, help="this node's rank (with -- ARGS)")
-        q.add_argument("--master-addr", default="127.0.0.1", help="torchrun master address (with -- ARGS)")
-        q.add_argument("--master-port", type=int, default=29500, help="torchrun master port (with -- ARGS)")
+        q.add_argument(
+            "--rdzv-endpoint", default=None, help="host:port of the c10d rendezvous, for --nnodes > 1 (with -- ARGS)"
+        )
         q.add_argument("--experiment", default=f"ipt-{name}", help="MLflow experiment (with -- ARGS)")
         q.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
         q.add_argument("--lock-timeout", type=float, default=3600.0, help="seconds to wait for the workspace lock")
@@ -142,15 +140,16 @@ def main(argv: list[str] | None = None) -> int:
         args=stage_args,
         nproc_per_node=a.nproc_per_node,
         nnodes=a.nnodes,
-        node_rank=a.node_rank,
-        master_addr=a.master_addr,
-        master_port=a.master_port,
+        rdzv_endpoint=a.rdzv_endpoint,
         workdir=a.workdir,
         experiment=a.experiment,
         tracking_uri=a.tracking_uri,
         lock_timeout=a.lock_timeout,
     )
-    result = pretrain_ipt(**common) if a.flow == "pretrain" else finetune_ipt(task=a.task, **common)
+    from flows.server import prefect_api
+
+    with prefect_api():
+        result = pretrain_ipt(**common) if a.flow == "pretrain" else finetune_ipt(task=a.task, **common)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

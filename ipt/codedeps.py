@@ -122,7 +122,7 @@ def command_entries(argv: list[str]) -> list[str]:
         return []  # `python -c ...` and the like run no project module
     if argv[2] != "ipt.cli":
         return [argv[2]]
-    from ipt.cli import COMMANDS  # a table of names only (no subcommand module is imported)
+    from ipt.cli.commands import COMMANDS  # a table of names only (no subcommand module is imported)
 
     rest = [a for a in argv[3:] if not a.startswith("-")]
     entries = ["ipt.cli.__main__"]

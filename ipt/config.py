@@ -13,6 +13,9 @@ from ipt.errors import IPTError
 # `ipt.checkpoint` when it reads an official multi-task file. Everything else addresses tasks by name.
 OFFICIAL_PRETRAIN_TASKS: tuple[str, ...] = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_s30", "denoise_s50")
 
+# The project's seed (params.yaml `seed`): shard crops, corruptions, training, benchmark noise. One value, one home.
+DEFAULT_SEED = 20210507
+
 
 class ConfigError(IPTError):
     """A configuration value is unknown, missing or of the wrong type."""

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ipt.inference import quantize  # the official evaluation's clamp(0, 255).round()
+
 ImageLike = np.ndarray | Tensor
 
 PROTOCOLS: dict[str, str] = {
@@ -69,11 +71,6 @@ def as_chw(img: ImageLike) -> Tensor:
     if t.dim() != 3 or t.shape[0] not in (1, 3):
         raise ValueError(f"expected an image with 1 or 3 channels, got shape {tuple(img.shape)}")
     return t.to(torch.float64)
-
-
-def quantize(x: Tensor) -> Tensor:
-    """The official evaluation's ``clamp(0, 255).round()``."""
-    return x.clamp(0, 255).round()
 
 
 def _weighted(c: Tensor, weights: tuple[float, float, float]) -> Tensor:

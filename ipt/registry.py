@@ -22,7 +22,7 @@
   reserves that name). The decision, its reason and any warnings are returned (and written by ``ipt register
   --out``).
 
-No mlflow import here: the client calls are in :mod:`ipt.tracking`.
+No mlflow import here: the client calls are in :mod:`ipt.tracking`, :mod:`ipt.modeluri` and :mod:`ipt.versions`.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from typing import Any
 
 import torch
 
-from ipt import tracking
+from ipt import tracking, versions
 from ipt.checkpoint import extract_task, load_model, official_state_dict, save_checkpoint
 from ipt.errors import IPTError
 from ipt.fileio import file_sha256
+from ipt.modeluri import CHECKPOINT_NAME, MODEL_URI_PREFIX, alias_version
 from ipt.tasks import BASELINES, paper_kind
-from ipt.tracking import MODEL_URI_PREFIX
 
 CHAMPION = "champion"
 TIE_DB = 1e-6  # scores within this of the champion's tie (older versions stored 6 decimals)
@@ -208,7 +208,7 @@ def register(
         if task:
             single = extract_task(model, task)
             tags["task"] = task
-            files[tracking.CHECKPOINT_NAME] = save_checkpoint(d / "model.pt", single, meta={"task": task})
+            files[CHECKPOINT_NAME] = save_checkpoint(d / "model.pt", single, meta={"task": task})
             sd = official_state_dict(model, task)
             if not model.spec.image_residual:  # the official code cannot run an image-residual model
                 torch.save(sd, d / "official.pt")
@@ -217,19 +217,17 @@ def register(
                 torch.save({k: v for k, v in sd.items() if k.startswith(f"{part}.0.")}, d / f"{part}.pt")
                 files[f"{part}.pt"] = d / f"{part}.pt"
         else:
-            files[tracking.CHECKPOINT_NAME] = save_checkpoint(
-                d / "model.pt", model, meta={"tasks": model.spec.task_names}
-            )
+            files[CHECKPOINT_NAME] = save_checkpoint(d / "model.pt", model, meta={"tasks": model.spec.task_names})
         if report is not None:
             (d / "benchmark.json").write_text(json.dumps(report, indent=1))
             files["benchmark.json"] = d / "benchmark.json"
-        version = tracking.register_files(tracker, files, name, tags=tags, task=task)
+        version = versions.register_files(tracker, files, name, tags=tags, task=task)
     uri = tracker.tracking_uri
-    with tracking.undo_version_on_error(name, version, uri):
-        before = tracking.alias_version(name, CHAMPION, uri)
+    with versions.undo_version_on_error(name, version, uri):
+        before = alias_version(name, CHAMPION, uri)
         promoted, reason = decide(score, key, before, allow_new_key=allow_new_key, setup=setup, checkpoint_sha256=sha)
         if promoted:
-            tracking.set_alias(name, CHAMPION, version, uri)
+            versions.set_alias(name, CHAMPION, version, uri)
     return {
         "name": name,
         "version": version,

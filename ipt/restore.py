@@ -113,7 +113,7 @@ def open_restorer(
     checkpoint, a refiner checkpoint, or a ``models:/`` URI. ``task`` may be left out for a single-task model.
     Errors name the file (:class:`~ipt.checkpoint.CheckpointError`, a ``ValueError`` for a bad option)."""
     from ipt.checkpoint import CheckpointError, checkpoint_kind, load_model
-    from ipt.tracking import MODEL_URI_PREFIX, resolve_model_uri
+    from ipt.modeluri import MODEL_URI_PREFIX, resolve_model_uri
 
     path = str(weights)
     if path.startswith(MODEL_URI_PREFIX):

@@ -1,7 +1,7 @@
 """Benchmark runner: a restore callable over benchmark sets -> per-image and mean metrics (JSON- and markdown-ready).
 
 :func:`evaluate` is the pure-ish core: it takes any callable ``restore_fn(lq) -> output`` and a loaded
-:class:`~ipt.data.benchmarks.BenchmarkSet`, and reports through an optional ``on_result`` callback (the hook for
+:class:`~ipt.data.testsets.BenchmarkSet`, and reports through an optional ``on_result`` callback (the hook for
 experiment tracking; nothing here imports a tracker). ``lq`` is a uint8 (h, w, 3) array, or a float32 (1, 3, H, W)
 tensor in [0, 255] for denoising; the output may be a uint8/float (H, W, 3) array or a (1, 3, H, W) / (3, H, W)
 tensor on 0..255, unclamped: it is quantized (``clamp(0, 255).round()``) before scoring, as the official evaluation.
@@ -22,12 +22,12 @@ import torch
 from torch import Tensor
 
 from corruptions import imresize_uint8
-from ipt.data.benchmarks import BenchmarkDataError, BenchmarkSet, check_corruption, task_kind
+from ipt.data.testsets import BenchmarkDataError, BenchmarkSet, check_corruption, task_kind
 from ipt.errors import IPTError
 from ipt.fileio import atomic_write, file_sha256
 from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
+from ipt.modeluri import MODEL_URI_PREFIX
 from ipt.tasks import BASELINES  # noqa: F401 (re-exported: the names --model takes besides weights)
-from ipt.tracking import MODEL_URI_PREFIX
 
 RestoreFn = Callable[[np.ndarray | Tensor], np.ndarray | Tensor]
 OnResult = Callable[[str, dict[str, Any]], None]
@@ -181,7 +181,7 @@ def make_restore_fn(
     )
     local = model
     if model.startswith(MODEL_URI_PREFIX):
-        from ipt.tracking import resolve_model_uri
+        from ipt.modeluri import resolve_model_uri
 
         local = str(resolve_model_uri(model, tracking_uri))  # cached: the file open_restorer read
     info = runner.describe() | {"model_sha256": file_sha256(local), "notes": list(runner.notes)}

@@ -4,8 +4,7 @@ Every call goes to an explicit ``run_id`` through ``MlflowClient`` (the fluent A
 breaks under Prefect's thread pools). The tracking URI defaults to a local sqlite store, ``sqlite:///<cwd>/mlflow.db``,
 which needs no server; ``$MLFLOW_TRACKING_URI`` or ``--tracking-uri`` override it.
 
-Registry convention (read by :func:`resolve_model_uri`): a model version's ``source`` is an artifact folder holding
-one project checkpoint ``model.pt``; ``models:/ipt-sr_x2@champion`` downloads that folder and returns the file.
+Registered versions: :mod:`ipt.modeluri` reads them (``models:/`` URIs), :mod:`ipt.versions` writes them.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +22,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from ipt.errors import IPTError
+from ipt.provenance import git_commit
 
-MODEL_URI_PREFIX = "models:/"
-CHECKPOINT_NAME = "model.pt"
 # MLflow 3's UI opens an experiment without a kind on its GenAI overview (traces, tokens: empty here); this kind
 # opens the runs table.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-FILES_SHA256_TAG = "ipt.files_sha256"  # on a registered version: {artifact file: sha256}, checked on download
 
 
 class TrackingError(IPTError):
@@ -234,36 +230,6 @@ TRACKING_ENV = "IPT_TRACKING"  # "off": stages start no run of their own (the te
 RUN_FILE = "mlflow_run.json"  # written into a training run's folder: which MLflow run made it
 
 
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
-def dvc_versions(folders: dict[str, str | os.PathLike], lock: str | os.PathLike = "dvc.lock") -> dict[str, str]:
-    """``{key: md5}`` for each folder that ``lock`` (a dvc.lock; paths in it are relative to its folder) records as
-    a stage output: the DVC data version of that folder (``<md5>.dir``) as the last ``dvc repro``/``dvc commit``
-    left it. Folders DVC does not track, or no readable lock, are left out."""
-    import yaml
-
-    lock = Path(lock)
-    try:
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return {}
-    outs: dict[Path, str] = {}
-    for stage in stages.values():
-        for out in (stage or {}).get("outs") or []:
-            if isinstance(out, dict) and out.get("path") and out.get("md5"):
-                outs[(lock.parent / out["path"]).resolve()] = str(out["md5"])
-    found = {key: outs.get(Path(folder).resolve()) for key, folder in folders.items()}
-    return {key: md5 for key, md5 in found.items() if md5}
-
-
 def stage_run(
     experiment: str,
     run_name: str,
@@ -297,7 +263,7 @@ def stage_run(
     all_tags = dict(tags or {})
     if os.environ.get(PIPELINE_RUN_ENV):
         all_tags["ipt.pipeline_run"] = os.environ[PIPELINE_RUN_ENV]
-    commit = _git_commit()
+    commit = git_commit()
     if commit:
         all_tags["mlflow.source.git.commit"] = commit
     tracker.set_tags(all_tags)
@@ -306,7 +272,6 @@ def stage_run(
 
 def write_run_file(folder: str | os.PathLike, tracker: MlflowTracker) -> Path:
     """Record in ``folder`` which run made it, so ``ipt register`` can link the model version to that run."""
-    import json
 
     path = Path(folder) / RUN_FILE
     exp = tracker.client.get_run(tracker.run_id).info.experiment_id
@@ -316,7 +281,6 @@ def write_run_file(folder: str | os.PathLike, tracker: MlflowTracker) -> Path:
 
 def run_from_file(folder: str | os.PathLike, tracking_uri: str | None = None) -> MlflowTracker | None:
     """The run recorded by :func:`write_run_file` in ``folder`` if this tracking store has it, else None."""
-    import json
 
     path = Path(folder) / RUN_FILE
     try:
@@ -327,224 +291,3 @@ def run_from_file(folder: str | os.PathLike, tracking_uri: str | None = None) ->
         return MlflowTracker(run_id, tracking_uri)
     except TrackingError:  # another machine's store (a `dvc pull`ed folder): the caller starts its own run
         return None
-
-
-def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
-    """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> the local path of its ``model.pt``."""
-    if not uri.startswith(MODEL_URI_PREFIX):
-        raise TrackingError(f"{uri}: not a models:/ URI")
-    client, tracking = _client(tracking_uri, existing=True)
-    ref = uri[len(MODEL_URI_PREFIX) :]
-    try:
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = ref.rsplit("/", 1)
-            if number == "latest":
-                found = client.search_model_versions(f"name = '{name}'")
-                if not found:
-                    raise TrackingError(f"registered model {name!r} has no versions")
-                version = max(found, key=lambda v: int(v.version))
-            else:
-                version = client.get_model_version(name, number)
-    except TrackingError:
-        raise
-    except Exception as e:  # noqa: BLE001
-        if _unreachable(e):
-            raise _store_error(e, f"looking up {uri}", tracking) from None
-        first = mask_uri((str(e).splitlines() or [type(e).__name__])[0])
-        raise TrackingError(f"{uri}: no such registered model version at {mask_uri(tracking)} ({first})") from None
-    folder = _cached_version(tracking, name, version)
-    found = sorted(folder.rglob(CHECKPOINT_NAME))
-    if not found:
-        raise TrackingError(f"{uri}: version {version.version} ({version.source}) holds no {CHECKPOINT_NAME}")
-    return found[0]
-
-
-MODEL_CACHE_ENV = "IPT_MODEL_CACHE"
-
-
-def model_cache_root() -> Path:
-    """Where registered versions are kept once downloaded: ``$IPT_MODEL_CACHE``, else ``~/.cache/ipt/models``."""
-    return Path(os.environ.get(MODEL_CACHE_ENV) or Path.home() / ".cache" / "ipt" / "models")
-
-
-VERSION_FILE = ".ipt-version.json"  # in a cached version's folder: which registered version it is a copy of
-
-
-def _identity(version: Any) -> dict[str, Any]:
-    """What tells one registered version from another one with the same name and number (a store recreated at the
-    same URI numbers its versions from 1 again): the run that made it, its creation time and its source."""
-    return {
-        "run_id": version.run_id,
-        "created": int(version.creation_timestamp or 0),
-        "source": str(version.source),
-        "files_sha256": (dict(version.tags or {})).get(FILES_SHA256_TAG),
-    }
-
-
-def _cached_version(tracking: str, name: str, version: Any) -> Path:
-    """The artifact folder of one registered version, downloaded once into the cache and reused only while the
-    store still holds that very version (:func:`_identity`; else it is downloaded again). A download lands in a
-    scratch folder renamed into place, so a reader never sees half of one; files the version recorded sha256s for
-    (``ipt.files_sha256``, set by :func:`register_files`) are checked on download."""
-    import hashlib
-    import shutil
-
-    from mlflow.artifacts import download_artifacts
-
-    number, identity = str(version.version), _identity(version)
-    store = hashlib.sha256(tracking.encode()).hexdigest()[:12]
-    final = model_cache_root() / store / name / number
-    if final.is_dir():
-        try:
-            if json.loads((final / VERSION_FILE).read_text()) == identity:
-                return final
-        except (OSError, ValueError):
-            pass
-        stale = final.with_name(f".stale-{number}-{os.getpid()}")  # another store's version under the same number
-        with contextlib.suppress(OSError):
-            os.rename(final, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{number}.", dir=final.parent))
-    try:
-        download_artifacts(artifact_uri=version.source, dst_path=str(scratch), tracking_uri=tracking)
-        _check_files(scratch, identity["files_sha256"], f"models:/{name}/{number}")
-        (scratch / VERSION_FILE).write_text(json.dumps(identity))
-        try:
-            os.rename(scratch, final)
-        except OSError:  # another process put it there first: use theirs
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return final
-
-
-def _check_files(folder: Path, recorded: str | None, what: str) -> None:
-    if not recorded:
-        return  # registered before versions recorded their files' sha256s
-    from ipt.fileio import file_sha256
-
-    for rel, sha in json.loads(recorded).items():
-        found = [folder / rel] if (folder / rel).is_file() else sorted(folder.rglob(rel))
-        if not found or file_sha256(found[0]) != sha:
-            raise TrackingError(f"{what}: the downloaded {rel} is not the registered file (sha256 differs or missing)")
-
-
-def register_files(
-    tracker: MlflowTracker,
-    files: dict[str, str | os.PathLike],
-    name: str,
-    *,
-    tags: dict[str, str] | None = None,
-    task: str | None = None,
-) -> str:
-    """Register ``files`` (artifact name -> local path) as a new version of ``name``: an MLflow Model
-    (:mod:`ipt.serving`: ``model.pt`` [and ``base.pt``] under ``data/weights/``, MLmodel, signature, input example,
-    pinned requirements) with the other files beside it, logged under the run's ``<name>/`` folder; returns the
-    version number. The version records every file's sha256 (``ipt.files_sha256``). ``task``: the task the served
-    model restores (None for a multi-task model)."""
-    from ipt import serving
-    from ipt.fileio import file_sha256
-
-    if CHECKPOINT_NAME not in files:
-        raise TrackingError(f"registering {name}: the files must include {CHECKPOINT_NAME}")
-    client = tracker.client
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / name
-        weights = {k: v for k, v in files.items() if k in serving.WEIGHT_FILES}
-        serving.save_model(folder, weights, task=task)
-        for artifact, path in files.items():
-            if artifact not in weights:
-                (folder / artifact).write_bytes(Path(path).read_bytes())
-        digests = {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-        tags = dict(tags or {}) | {FILES_SHA256_TAG: json.dumps(digests)}
-        try:
-            client.log_artifacts(tracker.run_id, str(folder), artifact_path=name)
-        except Exception as e:  # noqa: BLE001 - nothing is registered yet
-            raise _store_error(e, f"registering {name}: cannot log its files", tracker.tracking_uri) from None
-    created = False
-    try:
-        if not _exists(client, name):
-            client.create_registered_model(name)
-            created = True
-        source = f"{client.get_run(tracker.run_id).info.artifact_uri}/{name}"
-        mv = client.create_model_version(name, source=source, run_id=tracker.run_id, tags=tags)
-    except Exception as e:  # noqa: BLE001 - leave no empty registered model behind
-        if created:
-            with contextlib.suppress(Exception):
-                client.delete_registered_model(name)
-        raise _store_error(e, f"registering {name}: nothing was registered", tracker.tracking_uri) from None
-    return str(mv.version)
-
-
-def _exists(client: Any, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
-    return True
-
-
-@contextlib.contextmanager
-def undo_version_on_error(name: str, version: str, tracking_uri: str | None = None) -> Iterator[None]:
-    """Around what follows a version's creation (the champion decision): if it fails, the version is deleted
-    again, so a failed ``ipt register`` leaves nothing half-registered."""
-    try:
-        yield
-    except BaseException:
-        with contextlib.suppress(Exception):  # the store may be what failed; the original error is the news
-            client, _ = _client(tracking_uri)
-            client.delete_model_version(name, version)
-            if not client.search_model_versions(f"name = '{name}'"):
-                client.delete_registered_model(name)
-        raise
-
-
-def register_checkpoint(
-    tracker: MlflowTracker,
-    checkpoint: str | os.PathLike,
-    name: str,
-    *,
-    alias: str | None = None,
-    tags: dict[str, str] | None = None,
-) -> str:
-    """Log ``checkpoint`` under the run as ``<name>/model.pt`` and register it as a new version of ``name``."""
-    version = register_files(tracker, {CHECKPOINT_NAME: checkpoint}, name, tags=tags)
-    if alias:
-        set_alias(name, alias, version, tracker.tracking_uri)
-    return version
-
-
-def alias_version(name: str, alias: str, tracking_uri: str | None = None) -> dict[str, Any] | None:
-    """``{"version", "tags"}`` of the version ``name@alias`` points at, or None if the model or alias is absent."""
-    from mlflow.exceptions import MlflowException
-
-    client, uri = _client(tracking_uri)
-    try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and not _unreachable(e):
-            return None  # no such model or alias
-        raise _store_error(e, f"reading {name}@{alias}", uri) from None
-    return {"version": str(mv.version), "tags": dict(mv.tags or {})}
-
-
-def set_alias(name: str, alias: str, version: str, tracking_uri: str | None = None) -> None:
-    client, uri = _client(tracking_uri)
-    try:
-        client.set_registered_model_alias(name, alias, version)
-    except Exception as e:  # noqa: BLE001
-        raise _store_error(e, f"setting {name}@{alias} to version {version}", uri) from None
-
-
-def version_tags(name: str, version: str, tracking_uri: str | None = None) -> dict[str, str]:
-    client, _ = _client(tracking_uri)
-    return dict(client.get_model_version(name, version).tags or {})

@@ -16,7 +16,7 @@ from test_cli_benchmark import TOP_KEYS  # the one report schema
 
 from corruptions import quantize_uint8, sample_generator
 from ipt.cli import main
-from ipt.data.benchmarks import BenchmarkDataError, load_benchmark, resolve_datasets, task_kind
+from ipt.data.testsets import BenchmarkDataError, load_benchmark, resolve_datasets, task_kind
 
 SET_KEYS = {"images", "images_total", "psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image", "per_image"}
 JPEG_Q10 = {"name": "jpeg", "quality": 10}

@@ -1,4 +1,4 @@
-"""Benchmark-set loading (ipt/data/benchmarks.py) on tiny image trees: layouts, pairing, noise and every error."""
+"""Benchmark-set loading (ipt/data/testsets.py) on tiny image trees: layouts, pairing, noise and every error."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from corruptions import imresize_uint8
-from ipt.data.benchmarks import BenchmarkDataError, load_benchmark, resolve_datasets, task_kind
+from ipt.data.testsets import BenchmarkDataError, load_benchmark, resolve_datasets, task_kind
 
 
 def _img(h: int, w: int, seed: int, gray: bool = False) -> np.ndarray:

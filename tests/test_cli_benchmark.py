@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from corruptions import imresize_uint8
-from ipt.benchmark import evaluate, identity_fn, restorer_fn
 from ipt.cli import main
-from ipt.data.benchmarks import BenchmarkPair, BenchmarkSet
+from ipt.data.testsets import BenchmarkPair, BenchmarkSet
 from ipt.metrics import PROTOCOLS, PSNR_CAP_DB
+from ipt.scoring import evaluate, identity_fn, restorer_fn
 
 TOP_KEYS = {"task", "model", "model_sha256", "protocol", "protocol_id", "tiling", "precision", "seed", "limit"}
 TOP_KEYS |= {"precision_reason", "device", "hardware", "datasets"}

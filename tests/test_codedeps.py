@@ -46,8 +46,8 @@ def test_each_stage_lists_every_module_its_command_imports(stage: str) -> None:
 
 def test_the_closure_follows_imports_inside_functions_and_parent_packages() -> None:
     files = codedeps.closure(codedeps.command_entries(["python", "-m", "ipt.cli", "benchmark"]))
-    # ipt/cli/benchmark.py imports ipt.benchmark inside cmd_benchmark, which imports ipt.restore inside a function
-    assert {"ipt/cli/benchmark.py", "ipt/benchmark.py", "ipt/restore.py", "ipt/inference.py"} <= set(files)
+    # ipt/cli/benchmark.py imports ipt.scoring inside cmd_benchmark, which imports ipt.restore inside a function
+    assert {"ipt/cli/benchmark.py", "ipt/scoring.py", "ipt/restore.py", "ipt/inference.py"} <= set(files)
     assert {"ipt/__init__.py", "ipt/cli/__init__.py", "ipt/cli/__main__.py", "ipt/model/__init__.py"} <= set(files)
     # the launch command runs the stage it launches: pretrain's module is in its closure
     launch = codedeps.closure(codedeps.command_entries(["python", "-m", "ipt.cli", "launch", "pretrain", "--"]))
@@ -66,7 +66,9 @@ def test_registered_corruptions_are_plugins_named_after_their_module() -> None:
     for plugin in plugins:  # a plugin imports helpers, never another plugin (a stage lists only its own)
         found = codedeps.imports_of(plugin)
         assert not (found & plugins) - {plugin}, f"{plugin} imports {sorted(found & plugins)}"
-    everything = set(codedeps.closure([f"ipt.cli.{m}" for m, _ in __import__("ipt.cli").cli.COMMANDS.values()]))
+    everything = set(
+        codedeps.closure([f"ipt.cli.{m}" for m, _ in __import__("ipt.cli.commands").cli.commands.COMMANDS.values()])
+    )
     assert "corruptions/catalog.py" not in everything  # no command imports the whole list
     corrupt = codedeps.stage_code("corrupt", "jpeg")
     assert "corruptions/jpeg.py" in corrupt and "corruptions/bicubic_down.py" not in corrupt

@@ -8,12 +8,12 @@ import stat
 import numpy as np
 import pytest
 
-from ipt.benchmark import write_json
 from ipt.checkpoint import save_checkpoint
 from ipt.config import ModelSpec
 from ipt.data.images import write_png
 from ipt.fileio import atomic_write
 from ipt.model import build_ipt
+from ipt.scoring import write_json
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def test_pipeline_workdir_without_dvc_yaml_is_one_line_exit_2(tmp_path: Path) ->
 
 
 def test_pipeline_accepts_stages_and_foreach_groups(dvc_repo: Path, tmp_path: Path) -> None:
-    from flows.pipeline import UnknownStage, check_targets, plan
+    from flows.dvc import UnknownStage, check_targets, plan
 
     check_targets(dvc_repo, ["shard", "finetune", "finetune@sr_x2", "benchmark@derain"])
     with pytest.raises(UnknownStage, match=r"'fine', 'finetune@nope'.*known stages: shard, corrupt@\{sr_x2,"):
@@ -122,3 +122,31 @@ def test_benchmark_cli_refuses_a_dvc_output_folder_with_a_usage_error(dvc_repo: 
     )
     assert r.returncode == 2 and "DVC stage output" in r.stderr and "Traceback" not in r.stderr
     assert not (dvc_repo / "metrics").exists()
+
+
+def test_a_flow_cli_without_a_server_runs_on_a_temporary_one_with_no_errors(tmp_path: Path) -> None:
+    """PREFECT_API_URL empty (make run with no server up): the run gets a temporary server that its events reach
+    too; Prefect 3.8 alone logs `Service 'EventsWorker' failed` and a traceback for every event of such a run."""
+    script = tmp_path / "one_flow.py"
+    script.write_text(
+        "from prefect import flow, task\n"
+        "from flows.server import prefect_api\n"
+        "@task\ndef double(x):\n    return 2 * x\n"
+        "@flow\ndef f():\n    return double(21)\n"
+        "with prefect_api() as url:\n    print('result', f(), url)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    env.update(
+        PYTHONPATH=str(ROOT),
+        PREFECT_API_URL="",
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    )  # as the Makefile exports
+    r = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "result 42 http://127.0.0.1:" in r.stdout
+    assert "a temporary server for this run" in r.stderr
+    for bad in ("EventsWorker", "Traceback", "ERROR"):
+        assert bad not in r.stderr, r.stderr[-3000:]

@@ -73,7 +73,7 @@ def test_task_versions_hold_model_head_tail_and_champion_moves_only_up(tmp_path:
 
     client = MlflowClient(uri)
     assert str(client.get_model_version_by_alias("ipt-sr_x2", "champion").version) == "3"
-    from ipt.tracking import resolve_model_uri
+    from ipt.modeluri import resolve_model_uri
 
     latest, three = resolve_model_uri("models:/ipt-sr_x2/latest"), resolve_model_uri("models:/ipt-sr_x2/3")
     assert latest == three  # the same cached download, not a fresh temp copy per call

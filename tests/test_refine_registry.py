@@ -80,7 +80,7 @@ def test_refiner_version_links_to_its_base_version_and_restores_from_the_registr
     assert main(["restore", str(img), str(out), "--weights", "models:/ipt-sr_x2-ptgrm@champion", "--quiet"]) == 0
     assert Image.open(out).size == (42, 26)
 
-    from ipt.benchmark import make_restore_fn
+    from ipt.scoring import make_restore_fn
 
     fn, info = make_restore_fn("models:/ipt-sr_x2-ptgrm/2", "sr_x2", tiling="overlap", precision="fp32")
     assert info["refiner"] == "ptgrm" and tuple(fn(np.zeros((13, 21, 3), np.uint8)).shape[-2:]) == (26, 42)

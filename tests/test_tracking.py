@@ -17,7 +17,9 @@ from ipt.model import build_ipt
 
 pytest.importorskip("mlflow")
 
-from ipt.tracking import MlflowTracker, TrackingError, register_checkpoint, resolve_model_uri  # noqa: E402
+from ipt.modeluri import resolve_model_uri  # noqa: E402
+from ipt.tracking import MlflowTracker, TrackingError  # noqa: E402
+from ipt.versions import register_checkpoint  # noqa: E402
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT
 from helpers_pairs import make_pair_root
 
 pytest.importorskip("prefect")
@@ -26,7 +26,6 @@ def test_pretrain_then_finetune_flows_log_to_mlflow(tmp_path: Path, prefect_serv
     pre = pretrain_ipt(
         args=[*common, *tiny, "--out", str(tmp_path / "pre")],
         nproc_per_node=2,
-        master_port=free_port(),
         workdir=str(ROOT),
         tracking_uri=uri,
     )
@@ -39,7 +38,6 @@ def test_pretrain_then_finetune_flows_log_to_mlflow(tmp_path: Path, prefect_serv
     fine = finetune_ipt(
         task="denoise_s30",
         args=[*common, "--steps", "2", "--init", str(tmp_path / "pre"), "--out", str(tmp_path / "fine")],
-        master_port=free_port(),
         workdir=str(ROOT),
         tracking_uri=uri,
     )
@@ -54,7 +52,6 @@ def test_training_flow_failure_is_reported_with_the_error_line(tmp_path: Path, p
     with pytest.raises(StageFailed, match="no pair shards|manifest"):
         pretrain_ipt(
             args=["--shards", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--model-size", "tiny"],
-            master_port=free_port(),
             workdir=str(ROOT),
             tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         )

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ipt.cli import UserError, warn
+from ipt.cli.commands import UserError, warn
 from ipt.cli.params import params_source
 from ipt.device import PRECISIONS
 from ipt.inference import TILINGS
@@ -60,9 +60,9 @@ def _benchmark_corruption(args: argparse.Namespace) -> dict | None:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Score a model (or the bicubic / identity baseline) on benchmark sets; a table to stdout, JSON to --out."""
-    from ipt.benchmark import comparison_image, make_restore_fn, markdown_table, run_benchmark
-    from ipt.data.benchmarks import load_benchmark, resolve_datasets
+    from ipt.data.testsets import load_benchmark, resolve_datasets
     from ipt.device import describe
+    from ipt.scoring import comparison_image, make_restore_fn, markdown_table, run_benchmark
 
     root = Path(args.root)
     if args.out:
@@ -140,7 +140,7 @@ def _write_report(report: dict, out: str | None, tracker, samples: dict) -> None
     """The JSON report to ``out`` (only where --out says), and to the MLflow run with the metrics and images."""
     import tempfile
 
-    from ipt.benchmark import log_report, write_json
+    from ipt.scoring import log_report, write_json
 
     if out:
         write_json(out, report)
@@ -168,7 +168,7 @@ def _check_writable(path: Path) -> None:
 
 
 def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ipt.data.benchmarks import DEFAULT_NOISE_SEED
+    from ipt.config import DEFAULT_SEED
 
     p = sub.add_parser("benchmark", help="score a model or a baseline on benchmark sets (Y-PSNR, SSIM, RGB-PSNR)")
     p.add_argument(
@@ -191,7 +191,7 @@ def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64, help="windows per forward pass")
     p.add_argument("--num-heads", type=int, default=12, help="attention heads of an official-layout file (not stored)")
     p.add_argument(
-        "--seed", type=int, default=DEFAULT_NOISE_SEED, help="seed of the denoising noise (and custom task) inputs"
+        "--seed", type=int, default=DEFAULT_SEED, help="seed of the denoising noise (and custom task) inputs"
     )
     p.add_argument(
         "--limit",

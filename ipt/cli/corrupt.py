@@ -7,6 +7,7 @@ import dataclasses
 
 from ipt.cli.data import FANOUT_KEYS, add_fanout_flags, code_digest, report, run_plan
 from ipt.cli.params import params_source
+from ipt.config import DEFAULT_SEED
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
@@ -41,7 +42,7 @@ def add_corrupt(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder; '{task}' is replaced by the task name")
     p.add_argument("--patch-size", type=int, default=48, help="LQ patch size (HR is patch x scale)")
     p.add_argument("--png-level", type=int, default=0)
-    p.add_argument("--seed", type=int, default=20210507)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     add_fanout_flags(p)
     p.set_defaults(func=cmd_corrupt, required_from_params=("clean", "out"))
     return p

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ipt.cli import warn
+from ipt.cli.commands import warn
 
 
 def progress_bar(args: argparse.Namespace, desc: str):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ipt.cli import UserError, parse_args
+from ipt.cli.commands import UserError
+from ipt.cli.parsing import parse_args
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ipt.cli import COMMANDS, UserError, command_module
+from ipt.cli.commands import COMMANDS, UserError, command_module
 
 # Top-level params.yaml keys that a section inherits when it does not set them itself.
 PARAMS_GLOBALS = ("seed", "patch_size")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ipt.cli import UserError
-from ipt.cli import warn as _warn
+from ipt.cli.commands import UserError
+from ipt.cli.commands import warn as _warn
 
 
 def cmd_register(args: argparse.Namespace) -> int:

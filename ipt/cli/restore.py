@@ -8,8 +8,9 @@ import time
 import warnings
 from pathlib import Path
 
-from ipt.cli import EXIT_PARTIAL, UserError, main
-from ipt.cli import warn as _warn
+from ipt.cli.commands import EXIT_PARTIAL, UserError
+from ipt.cli.commands import warn as _warn
+from ipt.cli.parsing import parse_args
 from ipt.data.images import ImageReadError, list_images, read_image, write_png
 from ipt.device import PRECISIONS
 from ipt.errors import IPTError
@@ -238,7 +239,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "--quiet",
         ]
         print("demo: ipt " + " ".join(argv))
-        rc = main(argv)
+        rc = cmd_restore(parse_args(argv))
         if rc:
             return rc
     print(f"demo: outputs in {out}/overlap and {out}/official")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ipt.cli.data import FANOUT_KEYS, add_fanout_flags, code_digest, report, run_plan
+from ipt.config import DEFAULT_SEED
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -35,7 +36,7 @@ def add_shard(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--crops", type=int, default=2, help="random crops per image")
     p.add_argument("--images-per-shard", type=int, default=256)
     p.add_argument("--png-level", type=int, default=0, help="zlib level of the stored PNGs (0: stored, fastest)")
-    p.add_argument("--seed", type=int, default=20210507)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     add_fanout_flags(p)
     p.set_defaults(func=cmd_shard, required_from_params=("source", "out"))
     return p

@@ -151,6 +151,16 @@ def _progress(every: int) -> Callable[[dict[str, Any]], None] | None:
     return show
 
 
+def _dvc_tags(cfg: Any) -> dict[str, str]:
+    """``ipt.dvc.<task>``: DVC's version of each task's shard folder where ./dvc.lock (the project this command
+    runs in) records it as a stage output."""
+    from ipt.provenance import dvc_versions
+
+    tasks = cfg.tasks if hasattr(cfg, "tasks") else (cfg.task,)
+    found = dvc_versions({t: Path(cfg.shards) / t for t in tasks})
+    return {f"ipt.dvc.{t}": v for t, v in found.items()}
+
+
 def _run(stage: str, args: argparse.Namespace, data: dict[str, Any]) -> int:
     from ipt.tracking import run_scope, write_run_file
     from ipt.train import loop
@@ -159,7 +169,7 @@ def _run(stage: str, args: argparse.Namespace, data: dict[str, Any]) -> int:
     tracker, owned = _tracker(args, stage)
     fn = loop.pretrain if stage == "pretrain" else loop.finetune
     with run_scope(tracker, owned):  # FINISHED, FAILED on an error, KILLED on an interrupt
-        result = fn(cfg, tracker=tracker, progress=_progress(args.log_every))
+        result = fn(cfg, tracker=tracker, progress=_progress(args.log_every), tags=_dvc_tags(cfg))
         if tracker is not None:
             write_run_file(result["run_dir"], tracker)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -178,7 +188,7 @@ def stage_data(stage: str, args: argparse.Namespace) -> dict[str, Any]:
     args.out = args.out.format(task=args.task)
     data = _given(args, TRAIN_KEYS + ["init", "task", "init_num_heads"])
     if str(data.get("init", "")).startswith("models:/"):  # a registered version: its model.pt, downloaded once
-        from ipt.tracking import resolve_model_uri
+        from ipt.modeluri import resolve_model_uri
 
         data["init"] = str(resolve_model_uri(data["init"], args.tracking_uri))
     return data

@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from corruptions import numpy_generator
+from ipt.config import DEFAULT_SEED
 from ipt.data import shards
-from ipt.data.plan import DEFAULT_SEED, Plan
+from ipt.data.plan import Plan
 from ipt.data.sources import SourceItem, list_source, listing_digest, read_items
 
 

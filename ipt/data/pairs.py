@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from corruptions import numpy_generator
+from ipt.config import DEFAULT_SEED
 from ipt.data import shards, storage
-from ipt.data.plan import DEFAULT_SEED, Plan
+from ipt.data.plan import Plan
 from ipt.tasks import TaskError, TaskSpec, check_task_name, from_entry, where
 
 

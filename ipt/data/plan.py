@@ -12,8 +12,6 @@ from typing import Any
 from ipt.data import shards, storage
 from ipt.data.executors import map_unordered
 
-DEFAULT_SEED = 20210507
-
 
 @dataclass(frozen=True)
 class Plan:

@@ -34,11 +34,11 @@ from torch import Tensor
 
 from corruptions import apply, imresize_uint8, quantize_uint8, sample_generator
 from corruptions.gaussian_noise import gaussian_noise
+from ipt.config import DEFAULT_SEED
 from ipt.data.images import IMAGE_EXTENSIONS, read_image
 from ipt.errors import IPTError
 from ipt.tasks import TaskError, from_entry, paper_kind
 
-DEFAULT_NOISE_SEED = 20210507  # params.yaml `seed`
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
     "sr": ("Set5", "Set14", "B100", "Urban100"),
     "denoise": ("CBSD68", "McMaster", "Urban100"),
@@ -122,7 +122,7 @@ def load_benchmark(
     name: str,
     task: str,
     *,
-    seed: int = DEFAULT_NOISE_SEED,
+    seed: int = DEFAULT_SEED,
     limit: int | None = None,
     corruption: Mapping[str, Any] | None = None,
 ) -> BenchmarkSet:

@@ -29,11 +29,11 @@ import torch
 from ipt.checkpoint import CheckpointError, extract_task, load_model
 from ipt.fileio import atomic_write, file_sha256
 from ipt.model import IPT
+from ipt.modeluri import MODEL_URI_PREFIX, alias_version, resolve_model_uri
 from ipt.refine.config import RefineError
 from ipt.refine.model import RefinedIPT
 from ipt.refine.priors import PriorContext, PriorError, build_prior
 from ipt.refine.ptgrm import PTGRM, PTGRMSpec
-from ipt.tracking import MODEL_URI_PREFIX
 
 FORMAT_VERSION = 1
 KIND = "ipt-ptgrm"
@@ -68,12 +68,11 @@ class BaseRef:
 
 
 def _registry_info(uri: str, tracking_uri: str | None) -> dict[str, str]:
-    from ipt import tracking
 
     ref = uri[len(MODEL_URI_PREFIX) :]
     if "@" in ref:
         name, alias = ref.split("@", 1)
-        found = tracking.alias_version(name, alias, tracking_uri)
+        found = alias_version(name, alias, tracking_uri)
         return {"name": name, "version": found["version"] if found else "?", "alias": alias}
     name, number = ref.rsplit("/", 1)
     return {"name": name, "version": number}
@@ -84,7 +83,7 @@ def _local_file(uri: str, tracking_uri: str | None) -> tuple[Path, dict[str, str
         from ipt import tracking
 
         try:
-            return tracking.resolve_model_uri(uri, tracking_uri), _registry_info(uri, tracking_uri)
+            return resolve_model_uri(uri, tracking_uri), _registry_info(uri, tracking_uri)
         except tracking.TrackingError as e:
             raise RefineError(f"base {uri}: {e}") from None
     p = Path(uri)

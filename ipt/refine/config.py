@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ipt.config import strict_from_dict
+from ipt.config import DEFAULT_SEED, strict_from_dict
 from ipt.errors import IPTError
 
 
@@ -49,7 +49,7 @@ class RefineConfig:
     channels: int = 16
     blocks: int = 4
     zero_init: bool = True
-    seed: int = 20210507
+    seed: int = DEFAULT_SEED
     shuffle_buffer: int = 64
     num_workers: int = 0
     device: str = "auto"

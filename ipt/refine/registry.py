@@ -15,8 +15,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ipt import tracking
+from ipt import tracking, versions
 from ipt.fileio import file_sha256
+from ipt.modeluri import CHECKPOINT_NAME, alias_version
 from ipt.refine.checkpoint import BASE_FILE, find_base, read_refined
 from ipt.refine.config import RefineError
 from ipt.registry import CHAMPION, RegistryError, check_report_model, decide, score_of
@@ -71,19 +72,19 @@ def register_refiner(
         score, key = score_of(report, metric, dataset)
         tags |= {"score": repr(score), "score_key": key, "report_check": check}
     base_file = find_base(checkpoint, obj["base"], tracker.tracking_uri)
-    files: dict[str, Path] = {tracking.CHECKPOINT_NAME: checkpoint, BASE_FILE: base_file}
+    files: dict[str, Path] = {CHECKPOINT_NAME: checkpoint, BASE_FILE: base_file}
     with tempfile.TemporaryDirectory() as tmp:
         if report is not None:
             files["benchmark.json"] = Path(tmp) / "benchmark.json"
             files["benchmark.json"].write_text(json.dumps(report, indent=1))
-        version = tracking.register_files(tracker, files, name, tags=tags, task=task)
-    with tracking.undo_version_on_error(name, version, tracker.tracking_uri):
-        before = tracking.alias_version(name, CHAMPION, tracker.tracking_uri)
+        version = versions.register_files(tracker, files, name, tags=tags, task=task)
+    with versions.undo_version_on_error(name, version, tracker.tracking_uri):
+        before = alias_version(name, CHAMPION, tracker.tracking_uri)
         promoted, reason = decide(
             score, key, before, allow_new_key=allow_new_key, checkpoint_sha256=tags["checkpoint_sha256"]
         )
         if promoted:
-            tracking.set_alias(name, CHAMPION, version, tracker.tracking_uri)
+            versions.set_alias(name, CHAMPION, version, tracker.tracking_uri)
     return {
         "name": name,
         "version": version,

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec, strict_from_dict
+from ipt.config import DEFAULT_SEED, OFFICIAL_PRETRAIN_TASKS, ModelSpec, strict_from_dict
 from ipt.device import PRECISIONS
 from ipt.train.errors import TrainingError
 from ipt.train.losses import PIXEL_LOSSES
@@ -56,7 +56,7 @@ class TrainConfig:
     temperature: float = 0.07
     pixel_loss: str = "l1"  # l1 (the paper's) | charbonnier (sqrt(d^2 + eps^2) - eps, eps in grey levels)
     charbonnier_eps: float = 1.0
-    seed: int = 20210507
+    seed: int = DEFAULT_SEED
     checkpoint_every: int = 500
     keep_checkpoints: int = 2  # step checkpoints kept besides the final model.pt
     lanes: int = 0

@@ -24,7 +24,7 @@ from ipt.checkpoint import CheckpointError, extract_task, load_model, official_s
 from ipt.config import ModelSpec
 from ipt.device import autocast, resolve_precision
 from ipt.model import IPT, build_ipt
-from ipt.tracking import NullTracker, Tracker, dvc_versions
+from ipt.tracking import NullTracker, Tracker
 from ipt.train import distributed as D
 from ipt.train import state as S
 from ipt.train.config import FinetuneConfig, PretrainConfig, TrainConfig
@@ -36,19 +36,32 @@ from ipt.train.schedule import StepDecay
 LogFn = Callable[[dict[str, Any]], None]
 
 
-def pretrain(cfg: PretrainConfig, *, tracker: Tracker | None = None, progress: LogFn | None = None) -> dict[str, Any]:
-    """Multi-task pre-training from scratch into ``cfg.out``; returns the last step's metrics and the output paths."""
+def pretrain(
+    cfg: PretrainConfig,
+    *,
+    tracker: Tracker | None = None,
+    progress: LogFn | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Multi-task pre-training from scratch into ``cfg.out``; returns the last step's metrics and the output paths.
+    ``tags``: provenance the caller knows (e.g. DVC's version of each shard folder), set on the run."""
     if not isinstance(cfg, PretrainConfig):
         raise TrainingError(f"pretrain needs a PretrainConfig, got {type(cfg).__name__}")
-    return _stage(cfg, tracker, progress)
+    return _stage(cfg, tracker, progress, tags)
 
 
-def finetune(cfg: FinetuneConfig, *, tracker: Tracker | None = None, progress: LogFn | None = None) -> dict[str, Any]:
+def finetune(
+    cfg: FinetuneConfig,
+    *,
+    tracker: Tracker | None = None,
+    progress: LogFn | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Fine-tune ``cfg.init`` on ``cfg.task`` (body + that task's head/tail); writes a single-task ``model.pt`` and
-    the official single-task layout ``official.pt``."""
+    the official single-task layout ``official.pt``. ``tags`` as :func:`pretrain`."""
     if not isinstance(cfg, FinetuneConfig):
         raise TrainingError(f"finetune needs a FinetuneConfig, got {type(cfg).__name__}")
-    return _stage(cfg, tracker, progress)
+    return _stage(cfg, tracker, progress, tags)
 
 
 # ------------------------------------------------------------------------------------------------ the inner loop
@@ -112,10 +125,12 @@ def train_steps(
 # ------------------------------------------------------------------------------------------------ one stage
 
 
-def _stage(cfg: TrainConfig, tracker: Tracker | None, progress: LogFn | None) -> dict[str, Any]:
+def _stage(
+    cfg: TrainConfig, tracker: Tracker | None, progress: LogFn | None, tags: dict[str, str] | None
+) -> dict[str, Any]:
     env = D.setup(cfg.device)
     try:
-        return _run(cfg, env, tracker or NullTracker(), progress)
+        return _run(cfg, env, tracker or NullTracker(), progress, dict(tags or {}))
     finally:
         D.teardown(env)
 
@@ -253,18 +268,15 @@ def _check_same_data(cfg: TrainConfig, resumed: dict | None, versions: dict[str,
         )
 
 
-def _announce(cfg: TrainConfig, tracker: Tracker, start: int, versions: dict[str, str]) -> None:
+def _announce(cfg: TrainConfig, tracker: Tracker, start: int, versions: dict[str, str], extra: dict[str, str]) -> None:
     """Rank 0, before the first step: clean a killed run's temporaries, write config.json, log params and tags
-    (the recipe hash, each task's data version from the shard manifests, and DVC's version of the shard folders
-    where ./dvc.lock tracks them)."""
+    (the recipe hash, each task's data version from the shard manifests, and the caller's provenance tags)."""
     S.remove_temporaries(Path(cfg.out))
     S.write_json(Path(cfg.out) / S.CONFIG, {"stage": cfg.stage, **cfg.to_dict(), "data_versions": versions})
     if start == 0:
         tracker.log_params({f"{cfg.stage}.{k}": v for k, v in cfg.to_dict().items()})
-    dvc = dvc_versions({t: Path(cfg.shards) / t for t in versions})
     tags = {"ipt.stage": cfg.stage, "ipt.resumed_from": str(start), "ipt.params_hash": cfg.recipe_hash()}
-    tags |= {f"ipt.data.{t}": v[:16] for t, v in versions.items()} | {f"ipt.dvc.{t}": v for t, v in dvc.items()}
-    tracker.set_tags(tags)
+    tracker.set_tags(tags | {f"ipt.data.{t}": v[:16] for t, v in versions.items()} | extra)
 
 
 def _logger(log: S.MetricsLog | None, tracker: Tracker, progress: LogFn | None) -> LogFn:
@@ -280,7 +292,9 @@ def _logger(log: S.MetricsLog | None, tracker: Tracker, progress: LogFn | None) 
     return on_log
 
 
-def _run(cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | None) -> dict[str, Any]:
+def _run(
+    cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | None, tags: dict[str, str]
+) -> dict[str, Any]:
     if cfg.batch_size % env.world:
         raise TrainingError(f"global batch_size {cfg.batch_size} is not divisible by {env.world} ranks")
     # The shards are checked before any file is written; a fresh pretrain model takes its scales from them (each
@@ -294,7 +308,7 @@ def _run(cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | N
     stream, versions = _stream(cfg, model.spec, shards)
     _check_same_data(cfg, resumed, versions)
     if env.is_main:
-        _announce(cfg, tracker, start, versions)
+        _announce(cfg, tracker, start, versions, tags)
     precision = resolve_precision(cfg.precision, env.device)  # the one rule (ipt.device): auto = bf16 where native
     net: nn.Module = model
     if env.distributed:
