@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import save_results  # noqa: E402
 
-from ipt.benchmark import evaluate, make_restore_fn  # noqa: E402
 from ipt.config import ModelSpec  # noqa: E402
-from ipt.data.benchmarks import load_benchmark  # noqa: E402
+from ipt.data.testsets import load_benchmark  # noqa: E402
 from ipt.device import cpu_has_fast_bf16, describe  # noqa: E402
 from ipt.model import build_ipt  # noqa: E402
+from ipt.scoring import evaluate, make_restore_fn  # noqa: E402
 
 SECTION = "bench_tiling"
 

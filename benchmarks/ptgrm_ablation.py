@@ -191,7 +191,7 @@ def isolated_extra(a: argparse.Namespace, task: str, prior: str) -> float:
     import numpy as np
     import torch
 
-    from ipt.data.benchmarks import load_benchmark
+    from ipt.data.testsets import load_benchmark
     from ipt.refine.checkpoint import load_refined
 
     torch.set_num_threads(a.threads)

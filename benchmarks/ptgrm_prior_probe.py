@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ipt.data.benchmarks import load_benchmark
+from ipt.data.testsets import load_benchmark
 from ipt.refine.checkpoint import load_refined
 from ipt.refine.ptgrm import PTGRM, PTGRMSpec
 from ipt.train.data import seed_of

@@ -19,9 +19,10 @@ from typing import Any
 
 from bench_inference import write_section  # benchmarks/ is on sys.path when this file runs as a script
 
-from ipt.benchmark import PUBLISHED_BICUBIC, PUBLISHED_INPUT, bicubic_fn, identity_fn, run_benchmark, write_json
-from ipt.data.benchmarks import DEFAULT_NOISE_SEED, load_benchmark, resolve_datasets, task_kind
+from ipt.config import DEFAULT_SEED  # noqa: E402
+from ipt.data.testsets import load_benchmark, resolve_datasets, task_kind
 from ipt.device import describe
+from ipt.scoring import PUBLISHED_BICUBIC, PUBLISHED_INPUT, bicubic_fn, identity_fn, run_benchmark, write_json
 
 SECTION = "baselines"
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def to_markdown(results: dict[str, dict], notes: list[str], command: str, seed: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=ROOT.parent / "shared" / "benchmarks")
-    ap.add_argument("--seed", type=int, default=DEFAULT_NOISE_SEED)
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ap.add_argument("--out", type=Path, default=None, help="markdown file to update (e.g. docs/BENCHMARKS.md)")
     ap.add_argument("--json", type=Path, default=None, help="folder for one JSON report per task and protocol")
     args = ap.parse_args()

@@ -1,0 +1,359 @@
+"""Inference variants on this CPU kind: speed at paper size, Y-PSNR change on trained weights.
+
+For each variant (fp32, channels-last, torch.compile, int8 dynamic quantization of the Linear layers, bf16 autocast,
+bf16 weights, bf16 autocast + compile): the paper-size IPT's time per 48x48 window (random weights, batch 8) against
+the measured matmul peak of the dtype it computes in, the whole-image Set5 x2 time with the default overlap tiling,
+and the change of Set5 x2 Y-PSNR against the exact path (official tiling, fp32) on each trained model given.
+The exact path itself is timed beside the official code's window count (it recomputes the top/left strips).
+
+    python benchmarks/bench_variants.py --root ../shared/benchmarks --trained runs/finetune/sr_x2/model.pt \
+        --out docs/BENCHMARKS.md
+
+The section is named after the CPU kind (``bench_variants_avx2``, ``bench_variants_avx512_bf16``,
+``bench_variants_amx``), so every kind met keeps its own table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_inference import save_results  # noqa: E402
+
+from ipt.checkpoint import load_model  # noqa: E402
+from ipt.config import ModelSpec  # noqa: E402
+from ipt.data.testsets import load_benchmark  # noqa: E402
+from ipt.device import cpu_flags, describe  # noqa: E402
+from ipt.inference import _starts, forward_chop_official, forward_tiled, quantize, run_windows  # noqa: E402
+from ipt.metrics import psnr_y  # noqa: E402
+from ipt.model import build_ipt  # noqa: E402
+
+SECTION = "bench_variants"
+GFLOP_X2_WINDOW = 66.65  # paper-size IPT, one 48x48 x2 window (IPT_REFERENCE 3.5)
+VARIANTS = (
+    "fp32",
+    "channels_last",
+    "compile",
+    "int8_dynamic",
+    "bf16_autocast",
+    "bf16_weights",
+    "bf16_compile",
+)
+BF16 = {"bf16_autocast", "bf16_weights", "bf16_compile"}
+WindowFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def cpu_kind() -> str:
+    """amx, avx512_bf16 or torch's capability name (avx2, ...): the key of this machine's table."""
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512_bf16"
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+def variant(name: str, model: nn.Module, task: str) -> WindowFn:
+    """A window function (N, 3, P, P) float -> (N, 3, P*s, P*s) float computing ``model`` as ``name`` says."""
+    if name == "fp32":
+        return lambda w: model(w, task)
+    if name == "channels_last":
+        m = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        return lambda w: m(w.contiguous(memory_format=torch.channels_last), task).contiguous()
+    if name == "int8_dynamic":  # (under bf16 autocast its quantized Linear refuses bf16 inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+            from torch.ao.quantization import quantize_dynamic
+
+            q = quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
+        return lambda w: q(w, task)
+    if name == "bf16_weights":
+        m = copy.deepcopy(model).to(torch.bfloat16)
+        return lambda w: m(w.to(torch.bfloat16), task).float()
+    if name in ("compile", "bf16_compile"):
+        compiled = torch.compile(model, dynamic=False)
+        if name == "compile":
+            return lambda w: compiled(w, task)
+
+        def fn(w: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return compiled(w, task).float()
+
+        return fn
+    if name == "bf16_autocast":
+
+        def fn(w: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return model(w, task).float()
+
+        return fn
+    raise ValueError(f"unknown variant {name!r}; known: {list(VARIANTS)}")
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, trials: int = 3, repeat: int = 5) -> float:
+    """GFLOP/s of an n^3 matmul in ``dtype`` on this CPU, best of ``trials`` after a warm-up."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    return 2 * n**3 * repeat / _best(lambda: [a @ b for _ in range(repeat)], trials) / 1e9
+
+
+def _best(fn: Callable[[], object], repeat: int) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def official_window_count(h: int, w: int, patch: int = 48) -> tuple[int, int]:
+    """(distinct windows the exact path evaluates, windows the official forward_chop evaluates) for an h x w input:
+    the official code runs the grid, its top/left strips again, the bottom/right strips and the corner."""
+    step = patch // 4
+    hp, wp = h - (h - patch) % step, w - (w - patch) % step
+    nr, nc = len(range(0, hp - patch + 1, step)), len(range(0, wp - patch + 1, step))
+    rows, cols = set(range(0, hp - patch + 1, step)), set(range(0, wp - patch + 1, step))
+    coords = {(r, c) for r in rows for c in cols} | {(h - patch, c) for c in cols} | {(r, w - patch) for r in rows}
+    coords.add((h - patch, w - patch))
+    return len(coords), nr * nc + 2 * nr + 2 * nc + 1
+
+
+def official_code_windows(fn: WindowFn, x: torch.Tensor, batch: int = 64, patch: int = 48) -> torch.Tensor:
+    """The official forward_chop's window evaluations (its duplicates included, batched 64 as its
+    ``--crop_batch_size``): the compute the official code spends on ``x``, for timing only."""
+    _, n_official = official_window_count(x.shape[2], x.shape[3], patch)
+    step = patch // 4
+    h, w = x.shape[2:]
+    rows, cols = _starts(h, patch, step), _starts(w, patch, step)
+    coords = [(r, c) for r in rows for c in cols]
+    coords = (coords * (n_official // len(coords) + 1))[:n_official]
+    windows = torch.stack([x[0, :, r : r + patch, c : c + patch] for r, c in coords])
+    return run_windows(fn, windows, batch)
+
+
+def window_times(names: list[str], batch: int, repeat: int) -> dict[str, dict]:
+    torch.manual_seed(0)
+    model = build_ipt(ModelSpec.for_tasks(["sr_x2"])).eval()
+    x = torch.rand(batch, 3, 48, 48) * 255
+    out: dict[str, dict] = {}
+    with torch.inference_mode():
+        ref = model(x, "sr_x2")
+        for name in names:
+            fn = variant(name, model, "sr_x2")
+            t0 = time.perf_counter()
+            y = fn(x)  # warm-up (and the compile, for the compiled variants)
+            first = time.perf_counter() - t0
+            t = _best(lambda fn=fn: fn(x), repeat)
+            diff = (quantize(y.float()) - quantize(ref)).abs()
+            out[name] = {
+                "s_per_window": t / batch,
+                "first_call_s": first,
+                "gflops": GFLOP_X2_WINDOW * batch / t,
+                "max_abs_vs_fp32_random": diff.max().item(),
+            }
+            print(f"window {name}: {t / batch:.3f} s/window (first call {first:.1f} s)", flush=True)
+            del fn
+            gc.collect()
+    return out
+
+
+def set5(root: Path) -> list:
+    return load_benchmark(root, "Set5", "sr_x2").pairs
+
+
+def whole_image_times(names: list[str], pairs: list, batch: int) -> dict[str, float]:
+    """Seconds for the whole of Set5 x2 at paper size (random weights): the exact path, the official code's window
+    count, and each variant with the overlap tiling."""
+    torch.manual_seed(0)
+    model = build_ipt(ModelSpec.for_tasks(["sr_x2"])).eval()
+    xs = [torch.from_numpy(p.lq.copy()).permute(2, 0, 1)[None].float() for p in pairs]
+    res: dict[str, float] = {}
+    with torch.inference_mode():
+        fp32 = variant("fp32", model, "sr_x2")
+        t0 = time.perf_counter()
+        for x in xs:
+            forward_chop_official(fp32, x, 2, batch=batch)
+        res["exact_path"] = time.perf_counter() - t0
+        print(f"Set5 exact path: {res['exact_path']:.1f} s", flush=True)
+        t0 = time.perf_counter()
+        for x in xs:
+            official_code_windows(fp32, x)
+        res["official_code_windows"] = time.perf_counter() - t0
+        print(f"Set5 official code's windows: {res['official_code_windows']:.1f} s", flush=True)
+        for name in names:
+            fn = variant(name, model, "sr_x2")
+            fn(xs[0][:, :, :48, :48])  # warm-up / compile outside the timing
+            t0 = time.perf_counter()
+            for x in xs:
+                forward_tiled(fn, x, 2, batch=batch)
+            res[name] = time.perf_counter() - t0
+            print(f"Set5 overlap {name}: {res[name]:.1f} s", flush=True)
+            del fn
+            gc.collect()
+    return res
+
+
+def trained_psnr_changes(weights: Path, names: list[str], pairs: list, batch: int) -> dict:
+    """Set5 x2 Y-PSNR of the trained model ``weights``: exact path, and each variant with the overlap tiling
+    (and the change against the exact path); the overlap tiling's own change is the fp32 row."""
+    model = load_model(str(weights), "sr_x2").eval()
+    res: dict = {"weights": str(weights), "params": sum(p.numel() for p in model.parameters())}
+
+    def mean_psnr(fn: WindowFn, tiling: str) -> float:
+        vals = []
+        for p in pairs:
+            x = torch.from_numpy(p.lq.copy()).permute(2, 0, 1)[None].float()
+            if tiling == "official":
+                y = forward_chop_official(fn, x, 2, batch=batch)
+            else:
+                y = forward_tiled(fn, x, 2, batch=batch)
+            sr = quantize(y)[0].permute(1, 2, 0).to(torch.uint8).numpy()
+            vals.append(psnr_y(sr, p.hr, crop_border=2))
+        return sum(vals) / len(vals)
+
+    with torch.inference_mode():
+        res["exact_path_psnr"] = mean_psnr(variant("fp32", model, "sr_x2"), "official")
+        for name in names:
+            res[name] = mean_psnr(variant(name, model, "sr_x2"), "overlap") - res["exact_path_psnr"]
+            print(f"trained {weights}: {name} {res[name]:+.4f} dB", flush=True)
+    return res
+
+
+def to_markdown(r: dict, command: str) -> str:
+    hw = r["hardware"]
+    peak32, peak16 = r["peak_gflops"]["fp32"], r["peak_gflops"]["bf16"]
+    lines = [
+        f"## Inference variants, paper-size IPT, CPU kind `{r['kind']}`",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Hardware: {hw['cpu_model']} (torch CPU capability {hw['cpu_capability']}, native bf16: {hw['cpu_bf16']}, "
+        f"{hw['threads']} threads), torch {hw['torch']}; {r['date']}. Measured matmul peak (2048^3): fp32 "
+        f"{peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s. One run; compare rows of this table only.",
+        "",
+        f"Windows: random weights, batch {r['batch']}, best of {r['repeat']} after a warm-up; GFLOP/s from "
+        f"{GFLOP_X2_WINDOW} GFLOP per window, '% peak' against the dtype the matmuls run in (int8: fp32's). Set5 "
+        f"x2 (5 images, LR files): paper size, random weights, batch {r['image_batch']}, the overlap tiling "
+        "(12-px overlap) for every variant; speed-up against the exact path (official tiling, fp32). Y-PSNR change: "
+        "Set5 x2 on the trained model(s) below, the variant with the overlap tiling against the exact path.",
+        "",
+    ]
+    trained = r.get("trained", [])
+    head = (
+        "| variant | s / window | GFLOP/s | % peak | first call (s) | Set5 x2 (s) | speed-up vs exact | "
+        "vs the official code's windows |"
+    )
+    sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    for t in trained:
+        head += f" ΔY-PSNR, {t['label']} |"
+        sep += "---:|"
+    lines += [head, sep]
+    exact = r["images"].get("exact_path")
+    if exact is not None:
+        oc = r["images"]["official_code_windows"]
+        lines.append(
+            f"| official code's windows (its duplicates, batch 64, fp32; windows only) | | | | | {oc:.1f} | "
+            f"{exact / oc:.2f}x | 1.00x |" + " |" * len(trained)
+        )
+        lines.append(
+            f"| exact path (official tiling, fp32) | | | | | {exact:.1f} | 1.00x | {oc / exact:.2f}x |"
+            + "".join(f" 0 ({t['exact_path_psnr']:.2f} dB) |" for t in trained)
+        )
+    oc = r["images"].get("official_code_windows")
+    for name, w in r["windows"].items():
+        peak = peak16 if name in BF16 else peak32
+        img = r["images"].get(name)
+        cells = [
+            name,
+            f"{w['s_per_window']:.3f}",
+            f"{w['gflops']:.0f}",
+            "n/a" if name == "int8_dynamic" else f"{100 * w['gflops'] / peak:.0f}%",
+            f"{w['first_call_s']:.1f}",
+            f"{img:.1f}" if img is not None else "",
+            f"{exact / img:.1f}x" if img and exact else "",
+            f"{oc / img:.1f}x" if img and oc else "",
+        ]
+        cells += [f"{t[name]:+.4f}" if name in t else "" for t in trained]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for t in trained:
+        lines.append(
+            f"- {t['label']}: `{t['weights']}`, {t['params']:,} parameters, exact path {t['exact_path_psnr']:.3f} dB."
+        )
+    if r.get("notes"):
+        lines += [f"- {n}" for n in r["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=Path("../shared/benchmarks"))
+    ap.add_argument("--trained", type=Path, action="append", default=[], help="trained sr_x2 model (repeatable)")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--batch", type=int, default=8, help="windows per forward for the window timings")
+    ap.add_argument("--image-batch", type=int, default=64, help="windows per forward for whole images")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-images", action="store_true", help="skip the whole-image Set5 timings")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--render", type=Path, default=None, help="rewrite the section from this saved JSON; run nothing")
+    args = ap.parse_args()
+    if args.render:
+        r = json.loads(args.render.read_text())
+        save_results(
+            args.out or Path("docs/BENCHMARKS.md"), f"{SECTION}_{r['kind']}", "cpu", to_markdown(r, r["command"]), r
+        )
+        return
+    names = [n for n in args.variants.split(",") if n]
+    for n in names:
+        if n not in VARIANTS:
+            ap.error(f"unknown variant {n!r}; known: {', '.join(VARIANTS)}")
+    r: dict = {
+        "hardware": describe(),
+        "kind": cpu_kind(),
+        "date": time.strftime("%Y-%m-%d"),
+        "batch": args.batch,
+        "image_batch": args.image_batch,
+        "repeat": args.repeat,
+        "peak_gflops": {
+            "fp32": matmul_peak(torch.float32),
+            "bf16": matmul_peak(torch.bfloat16, n=2048 if cpu_kind() != "avx2" else 512, trials=1, repeat=1),
+        },
+    }
+    print(f"{r['kind']}: matmul peak {r['peak_gflops']}", flush=True)
+    r["windows"] = window_times(names, args.batch, args.repeat)
+    pairs = set5(args.root)
+    r["images"] = {} if args.no_images else whole_image_times(names, pairs, args.image_batch)
+    r["trained"] = []
+    for i, w in enumerate(args.trained):
+        t = trained_psnr_changes(w, names, pairs, args.image_batch)
+        t["label"] = f"trained #{i + 1}"
+        r["trained"].append(t)
+    command = "python benchmarks/bench_variants.py " + " ".join(
+        [f"--root {args.root}"]
+        + [f"--trained {w}" for w in args.trained]
+        + ([f"--variants {args.variants}"] if args.variants != ",".join(VARIANTS) else [])
+        + [f"--batch {args.batch}", f"--repeat {args.repeat}"]
+        + (["--no-images"] if args.no_images else [])
+        + ([f"--out {args.out}"] if args.out else [])
+    )
+    r["command"] = command
+    md = to_markdown(r, command)
+    print(md)
+    if args.out:
+        save_results(args.out, f"{SECTION}_{r['kind']}", "cpu", md, r)
+
+
+if __name__ == "__main__":
+    main()
