@@ -50,6 +50,7 @@ def params(work: Path, train: Path, a: argparse.Namespace) -> dict:
             "batch_size": a.batch,
             "lr": a.lr,
             "checkpoint_every": 250,
+            "precision": a.precision,
         },
         "finetune": {
             "shards": str(work / "pairs"),
@@ -61,6 +62,7 @@ def params(work: Path, train: Path, a: argparse.Namespace) -> dict:
             "lr": a.finetune_lr or a.lr,
             "milestones": [round(a.finetune_steps * 2 / 3)],
             "checkpoint_every": 250,
+            "precision": a.precision,
         },
     }
 
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--finetune-lr", type=float, default=None, help="default: --lr")
     ap.add_argument("--image-residual", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--pixel-loss", choices=("l1", "charbonnier"), default="l1")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="training precision (both stages)")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -120,20 +123,27 @@ def main() -> None:
         "train_minutes": train_s / 60,
         "total_minutes": sum(times.values()) / 60,
         "clean_samples": clean["samples"],
+        "precision": a.precision,
+        "pretrain_steps_per_s": a.pretrain_steps / times["pretrain"],
+        "finetune_steps_per_s": a.finetune_steps / times["finetune"],
         "params": yaml.safe_load(p.read_text()),
     }
     print(json.dumps(result, indent=1))
     (a.work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
     if a.out:
         cmd = " ".join(["python benchmarks/quality_run.py", *sys.argv[1:]])
-        from ipt.device import cpu_model
+        from ipt.device import cpu_bf16_flags, cpu_model
 
         loss = "L1" if a.pixel_loss == "l1" else "Charbonnier eps 1"
+        suffix = "" if a.precision == "fp32" else f", {a.precision} training"
+        section = SECTION if a.precision == "fp32" else f"{SECTION}_{a.precision}"
 
         lines = [
-            "## Quality run: small IPT, pretrained + fine-tuned on CPU, Set5 x2",
+            f"## Quality run: small IPT, pretrained + fine-tuned on CPU, Set5 x2{suffix}",
             "",
-            f"`{cmd}` on {cpu_model()} (2 cores). Training data: {clean['samples']} crops of 192 px from"
+            f"`{cmd}` on {cpu_model()} (2 cores, native bf16: {cpu_bf16_flags()}), training in {a.precision} "
+            f"({result['pretrain_steps_per_s']:.2f} pretrain / {result['finetune_steps_per_s']:.2f} finetune steps/s)."
+            f" Training data: {clean['samples']} crops of 192 px from"
             f" ../shared/train (T91, SunHays80), pairs for sr_x2/x3/x4 made by `ipt corrupt`. Model `small`"
             f" (n_feats 16, 2+2 layers, 4 heads, 48-px windows{', image-residual' if a.image_residual else ''}),"
             f" batch {a.batch}, Adam halved at 2/3 of each stage; pretrain {a.pretrain_steps} steps at lr {a.lr:g}"
@@ -153,8 +163,8 @@ def main() -> None:
             f"Target: >= 35.5 dB. {'Met.' if r['psnr_y'] >= 35.5 else 'Not met.'}",
             "",
         ]
-        write_section(a.out, SECTION, "\n".join(lines))
-        (a.out.parent / "quality_run.json").write_text(json.dumps(result, indent=1) + "\n")
+        write_section(a.out, section, "\n".join(lines))
+        (a.out.parent / f"{section}.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
