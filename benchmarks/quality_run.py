@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--image-residual", action=argparse.BooleanOptionalAction, default=False)
     ap.add_argument("--pixel-loss", choices=("l1", "charbonnier"), default="l1")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="training precision (both stages)")
+    ap.add_argument("--target", type=float, default=35.5, help="Set5 x2 Y-PSNR the run is judged against")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def main() -> None:
             f"| bicubic | {b['psnr_y']:.2f} | {b['ssim_y']:.4f} |",
             f"| small IPT (this run) | **{r['psnr_y']:.2f}** | {r['ssim_y']:.4f} |",
             "",
-            f"Target: >= 35.5 dB. {'Met.' if r['psnr_y'] >= 35.5 else 'Not met.'}",
+            f"Target: >= {a.target} dB. {'Met.' if r['psnr_y'] >= a.target else 'Not met.'}",
             "",
         ]
         write_section(a.out, section, "\n".join(lines))
