@@ -74,15 +74,15 @@ def crops_of(img: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarr
 def measure(train: Path, n_images: int, crops: int) -> dict:
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    jpegs = []
+    jpegs, pixels = [], []
     for p in source_files(train, 4 * n_images):
         data = jpeg_bytes(p)
-        img = png_decode(data)
-        if min(img.shape[:2]) >= CROP:
+        h, w = png_decode(data).shape[:2]
+        if min(h, w) >= CROP:
             jpegs.append(data)
+            pixels.append(h * w)
         if len(jpegs) == n_images:
             break
-    pixels = [png_decode(j).shape[0] * png_decode(j).shape[1] for j in jpegs]
     res: dict = {
         "hardware": describe(),
         "images": len(jpegs),

@@ -137,18 +137,15 @@ def _count(n: float) -> str:
 
 
 def storage_by_level(plan: dict[str, Any], root: Path) -> list[tuple[int, float, float, float]]:
-    """``(level, clean bytes, pair bytes, CPU-hours of shard + corrupt)`` for every measured PNG level."""
-    data = _read_json(root / plan["rates"]["data"])
-    images = float(plan["source"]["images"])
-    crops = images * float(plan["shard"]["crops"])
+    """``(level, clean bytes, pair bytes, CPU-hours of shard + corrupt)`` for every measured PNG level: the data
+    rows of :func:`price` at each level, on one worker."""
     out = []
-    for level in data["levels"]:
-        c = data["clean"][str(level)]
-        pairs = [data["pairs"][t][str(level)] for t in plan["corrupt"]["tasks"]]
-        cpu_s = images * data["decode_s_per_image"] + crops * (c["s_per_crop"] + sum(p["s_per_sample"] for p in pairs))
-        out.append(
-            (int(level), crops * c["bytes_per_sample"], crops * sum(p["bytes_per_sample"] for p in pairs), cpu_s / 3600)
-        )
+    for level in _read_json(root / plan["rates"]["data"])["levels"]:
+        rows = price(plan, root, workers=1, gpus=1, png_level=int(level))
+        clean = sum(r.bytes for r in rows if r.stage == "shard")
+        pairs = sum(r.bytes for r in rows if r.stage.startswith("corrupt@"))
+        cpu_h = sum(r.hours for r in rows if r.stage == "shard" or r.stage.startswith("corrupt@"))
+        out.append((int(level), clean, pairs, cpu_h))
     return out
 
 
