@@ -133,3 +133,29 @@ def test_the_prior_path_gets_gradients_and_learns_a_prior_only_target() -> None:
         zero = (model(x, x, torch.zeros_like(g)) - hr).abs().mean()
         swapped = (model(x, x, g.flip(0)) - hr).abs().mean()  # n even: each sample gets the other class's g
     assert right < 0.01 and zero > 0.04 and swapped > 0.08, (right.item(), zero.item(), swapped.item())
+
+
+def test_spatial_prior_variant_size_shapes_and_position_dependence() -> None:
+    torch.manual_seed(0)
+    spec = PTGRMSpec(prior_dim=128, spatial_prior=True)
+    model = PTGRM(spec)
+    # T_m, T_c as 1x1 convs: 2 (128 * 256 + 256 * 64) weights instead of the pooled 2 (320 * 256 + 256 * 64)
+    assert count_parameters(model) == 573_431 - 2 * (320 * 256 + 256 * 64) + 2 * (128 * 256 + 256 * 64) < 1_000_000
+    restored, degraded = torch.rand(1, 3, 34, 26), torch.rand(1, 3, 17, 13)  # SR: maps of the LQ, resized to f
+    g = torch.randn(1, 128, 3, 2)
+    out = model(restored, degraded, g)
+    assert out.shape == (1, 3, 34, 26)
+    # a change of the map at one position changes the output more near it than far from it
+    g2 = g.clone()
+    g2[:, :, 0, 0] += 5
+    delta = (model(restored, degraded, g2) - out).abs().mean(dim=1)[0]
+    assert delta[:8, :8].mean() > 1.5 * delta[-8:, -8:].mean() > 0
+    # zero maps inject nothing (bias-free projections), as the pooled g = 0 does
+    zero = model(restored, degraded, torch.zeros(1, 128, 3, 2))
+    model.sve.project.net[0].weight.data.mul_(3)
+    model.csa.project.net[0].weight.data.mul_(3)
+    assert torch.equal(model(restored, degraded, torch.zeros(1, 128, 3, 2)), zero)
+    with pytest.raises(ValueError, match="spatial prior must be"):
+        model(restored, degraded, torch.randn(1, 128))
+    with pytest.raises(ValueError, match="prior vector must be"):
+        PTGRM(PTGRMSpec(prior_dim=128))(restored, degraded, g)

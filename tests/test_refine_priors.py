@@ -110,3 +110,35 @@ def test_backbone_is_the_imagenet_classifier(benchmark_root: Path) -> None:
     with torch.no_grad():
         top = net.eval()(normalize_imagenet(x)).argmax().item()
     assert top == 96  # toucan (PTGRM_REFERENCE section 7 sanity check)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_imagenet", "random", "none"])
+def test_spatial_priors_give_maps_at_an_eighth_normalised_at_every_position(name: str) -> None:
+    if name == "mobilenet_v2_imagenet":
+        _needs_backbone()
+    prior = P.build_prior(name, P.PriorContext("sr_x2", calibration=_calibration(), spatial=True))
+    x = torch.rand(2, 3, 29, 41)  # odd sizes: ceil(29/8) x ceil(41/8) positions
+    g = prior(x)
+    assert prior.spatial and prior.dim == 32 + 96 and g.shape == (2, 128, 4, 6)
+    assert prior.identity["options"]["spatial"] is True
+    if name == "none":
+        assert torch.equal(g, torch.zeros_like(g))
+        return
+    torch.testing.assert_close(g.norm(dim=1), torch.ones(2, 4, 6))
+    assert torch.equal(g, prior(x)) and not torch.allclose(g[:, :, 0, 0], g[:, :, -1, -1])
+    pooled = P.build_prior(name, P.PriorContext("sr_x2", calibration=_calibration()))
+    assert not pooled.spatial and pooled(x).shape == (2, 320)
+
+
+def test_the_random_spatial_prior_recalibrates_the_layers_its_taps_use() -> None:
+    prior = P.build_prior("random", P.PriorContext("sr_x2", calibration=_calibration(), spatial=True))
+    bn = prior.net.features[13].conv[-1]  # the last BN before the 1/16 tap: recalibrated, not the default 0 / 1
+    assert not torch.allclose(bn.running_mean, torch.zeros_like(bn.running_mean))
+    again = P.build_prior("random", P.PriorContext("sr_x2", spatial=True, state=prior.state()))
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(again(x), prior(x)) and again.sha256 == prior.sha256
+
+
+def test_ipt_body_has_no_spatial_variant() -> None:
+    with pytest.raises(P.PriorError, match="no spatial variant"):
+        P.build_prior("ipt-body", P.PriorContext("sr_x2", base=_tiny_base(), spatial=True))

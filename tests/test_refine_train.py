@@ -183,3 +183,13 @@ def test_cli_errors_are_one_line(setup: dict, capsys) -> None:
     argv = ["refine", "--task", "sr_x3", "--base", str(setup["base"]), "--shards", str(setup["shards"])]
     assert main(argv) == 2
     assert "sr_x3" in capsys.readouterr().err
+
+
+def test_a_spatial_prior_refiner_trains_saves_and_rebuilds(setup: dict) -> None:
+    result = refine(_cfg(setup, prior="random", prior_spatial=True, task="denoise_s30"))
+    model = load_refined(result["model"])
+    assert model.prior.spatial and model.refiner.spec.spatial_prior and model.prior.identity == result["prior"]
+    assert result["parameters"]["refiner"] == 475_127
+    x = torch.rand(1, 3, 17, 23) * 255
+    with torch.no_grad():
+        assert model(x).shape == (1, 3, 17, 23)

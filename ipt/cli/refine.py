@@ -13,8 +13,8 @@ from typing import Any
 
 # RefineConfig fields a flag (or the params section) may set.
 CONFIG_KEYS = (
-    "base prior prior_layer shards out steps batch_size crop flip lr min_lr betas grad_clip joint calibration "
-    "channels blocks zero_init seed shuffle_buffer num_workers device"
+    "base prior prior_layer prior_spatial shards out steps batch_size crop flip lr min_lr betas grad_clip joint "
+    "calibration channels blocks zero_init seed shuffle_buffer num_workers device"
 ).split()
 # the keys `refine:` in params.yaml may hold
 PARAMS_KEYS = {"refine": (*CONFIG_KEYS, "threads")}
@@ -34,6 +34,12 @@ def add_refine(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--prior", choices=sorted(PRIORS), help="frozen prior network (default mobilenet_v2_imagenet)")
     p.add_argument("--prior-layer", type=int, help="MobileNetV2 layer whose global average is the prior (17: 320-d)")
+    p.add_argument(
+        "--prior-spatial",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="MobileNetV2 priors: feature maps at 1/8 and 1/16 instead of the pooled vector (off)",
+    )
     p.add_argument("--shards", help="root of the pair-shard folders (data/pairs)")
     p.add_argument("--out", help="run folder ('{task}', '{prior}' are replaced)")
     p.add_argument("--steps", type=int, help="optimizer updates")

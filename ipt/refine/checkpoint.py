@@ -139,6 +139,7 @@ def save_refined(
         "prior": {
             "name": prior.name,
             "layer": int(prior.options.get("layer", 17)),
+            "spatial": prior.spatial,
             "seed": int(seed),
             "identity": prior.identity,
             "state": prior.state(),
@@ -189,7 +190,14 @@ def load_refined(path: str | os.PathLike, *, tracking_uri: str | None = None, nu
     if "base_state_dict" in obj:
         base.load_state_dict(obj["base_state_dict"], strict=True)
     p = obj["prior"]
-    ctx = PriorContext(task, layer=p["layer"], seed=p["seed"], base=original, state=p.get("state") or None)
+    ctx = PriorContext(
+        task,
+        layer=p["layer"],
+        seed=p["seed"],
+        base=original,
+        state=p.get("state") or None,
+        spatial=bool(p.get("spatial", False)),
+    )
     try:
         prior = build_prior(p["name"], ctx)
     except (PriorError, KeyError) as e:

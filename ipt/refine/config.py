@@ -34,6 +34,7 @@ class RefineConfig:
     base: str = ""
     prior: str = "mobilenet_v2_imagenet"
     prior_layer: int = 17
+    prior_spatial: bool = False
     shards: str = "data/pairs"
     out: str = "runs/refine/{task}"
     steps: int = 500

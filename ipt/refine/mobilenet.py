@@ -77,6 +77,17 @@ class MobileNetV2(nn.Module):
                 return x.mean(dim=(2, 3))
         raise ValueError(f"no features.{layer}")
 
+    def maps(self, x: Tensor, layers: tuple[int, ...]) -> list[Tensor]:
+        """The outputs of ``features.<layer>`` for each of ``layers`` (ascending); later layers are not run."""
+        out: list[Tensor] = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in layers:
+                out.append(x)
+                if len(out) == len(layers):
+                    return out
+        raise ValueError(f"no features.{max(layers)}")
+
 
 def random_init_(model: MobileNetV2, generator: torch.Generator) -> MobileNetV2:
     """Seeded torchvision-style init: kaiming-normal (fan_out) convs, unit BN, N(0, 0.01) classifier."""

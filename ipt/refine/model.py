@@ -22,6 +22,11 @@ class RefinedIPT(nn.Module):
         super().__init__()
         if refiner.spec.prior_dim != prior.dim:
             raise ValueError(f"PTG-RM takes a {refiner.spec.prior_dim}-d prior, {prior.name!r} gives {prior.dim}")
+        if refiner.spec.spatial_prior != prior.spatial:
+            kinds = {True: "spatial maps", False: "a pooled vector"}
+            raise ValueError(
+                f"PTG-RM takes {kinds[refiner.spec.spatial_prior]}, prior {prior.name!r} gives {kinds[prior.spatial]}"
+            )
         self.base, self.refiner, self.task = base, refiner, task
         self.__dict__["prior"] = prior  # not a registered submodule (see the class docstring)
         self.scale = base.scale(task)

@@ -12,6 +12,11 @@ An explicit name-keyed registry (like ``corruptions.registry``): each factory is
 
 (320 / 1280: the global average of ``features.17`` (default) / ``features.18``.)
 
+``spatial`` (the MobileNetV2 priors): instead of one pooled vector, feature maps at 1/8 and 1/16 of the input
+(``features.6``, 32 ch; ``features.13``, 96 ch; the second upsampled to the first's size and stacked): (B, 128, h/8,
+w/8), L2-normalised over the channels at every position. PTG-RM then projects them per position (``PTGRMSpec
+.spatial_prior``).
+
 A prior is never trained: its parameters have ``requires_grad=False``, it stays in eval mode whatever ``train()``
 is called with, and it runs under ``torch.no_grad()``. Checkpoints store its ``identity`` (name, options, sha256)
 and its small ``state`` (the recalibrated BN statistics of ``random``), never the backbone's weights.
@@ -59,15 +64,18 @@ class PriorContext:
     base: IPT | None = None
     calibration: Iterable[Tensor] | None = None
     state: dict[str, Tensor] | None = None
+    spatial: bool = False
     package: str = BACKBONE_PACKAGE  # tests point this elsewhere to check the error messages
 
 
 class Prior(nn.Module):
-    """``prior(x01)`` (B, 3, h, w) in [0, 1] -> (B, dim), L2-normalised, computed without gradients."""
+    """``prior(x01)`` (B, 3, h, w) in [0, 1] -> (B, dim), L2-normalised, computed without gradients; a ``spatial``
+    prior gives (B, dim, ceil(h/8), ceil(w/8)) maps, L2-normalised over dim at every position."""
 
     def __init__(self, name: str, dim: int, options: dict[str, Any], fn: Callable[[Tensor], Tensor] | None) -> None:
         super().__init__()
         self.name, self.dim, self.options = name, dim, dict(options)
+        self.spatial = bool(self.options.get("spatial", False))
         self._fn = fn
         self.sha256 = ""
 
@@ -82,7 +90,8 @@ class Prior(nn.Module):
     @torch.no_grad()
     def forward(self, x01: Tensor) -> Tensor:
         if self._fn is None:
-            return torch.zeros(x01.shape[0], self.dim, dtype=torch.float32, device=x01.device)
+            size = tuple(-(-n // SPATIAL_STRIDE) for n in x01.shape[-2:]) if self.spatial else ()
+            return torch.zeros(x01.shape[0], self.dim, *size, dtype=torch.float32, device=x01.device)
         return F.normalize(self._fn(x01.float()).float(), dim=1)
 
     @property
@@ -154,18 +163,43 @@ def _check_layer(layer: int) -> int:
         raise PriorError(f"prior layer: {e}") from None
 
 
+SPATIAL_TAPS = (6, 13)  # features.6: 32 ch at 1/8, features.13: 96 ch at 1/16
+SPATIAL_STRIDE = 8  # the maps' resolution (the 1/16 one is upsampled to it)
+SPATIAL_DIM = sum(channels_at(t) for t in SPATIAL_TAPS)
+
+
 def _pooled_fn(net: MobileNetV2, layer: int) -> Callable[[Tensor], Tensor]:
     return lambda x01: net.pooled(normalize_imagenet(x01), layer)
 
 
+def _spatial_fn(net: MobileNetV2) -> Callable[[Tensor], Tensor]:
+    def fn(x01: Tensor) -> Tensor:
+        fine, coarse = net.maps(normalize_imagenet(x01), SPATIAL_TAPS)
+        return torch.cat([fine, F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")], dim=1)
+
+    return fn
+
+
+def _mobilenet_head(ctx: PriorContext) -> tuple[int, dict[str, Any], int]:
+    """(dim, options, deepest layer run) of a MobileNetV2 prior: the pooled layer, or the spatial taps."""
+    if ctx.spatial:
+        return SPATIAL_DIM, {"layer": ctx.layer, "spatial": True}, max(SPATIAL_TAPS)
+    return _check_layer(ctx.layer), {"layer": ctx.layer}, ctx.layer
+
+
+def _mobilenet_fn(net: MobileNetV2, ctx: PriorContext) -> Callable[[Tensor], Tensor]:
+    return _spatial_fn(net) if ctx.spatial else _pooled_fn(net, ctx.layer)
+
+
 @register_prior("mobilenet_v2_imagenet")
 def mobilenet_v2_imagenet(ctx: PriorContext) -> Prior:
-    """Global average of MobileNetV2 ``features.<layer>`` (ImageNet weights) of the ImageNet-normalised input."""
-    dim = _check_layer(ctx.layer)
+    """Global average of MobileNetV2 ``features.<layer>`` (ImageNet weights) of the ImageNet-normalised input (or
+    its ``spatial`` maps)."""
+    dim, options, _ = _mobilenet_head(ctx)
     path = backbone_weights_file(ctx.package)
     net = MobileNetV2()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
-    prior = Prior("mobilenet_v2_imagenet", dim, {"layer": ctx.layer}, _pooled_fn(net, ctx.layer))
+    prior = Prior("mobilenet_v2_imagenet", dim, options, _mobilenet_fn(net, ctx))
     prior.net = net
     prior.sha256 = BACKBONE_SHA256
     return prior
@@ -204,8 +238,9 @@ def recalibrate_bn(net: MobileNetV2, images: Iterable[Tensor], layer: int) -> in
 
 @register_prior("random")
 def random_mobilenet_v2(ctx: PriorContext) -> Prior:
-    """The control: MobileNetV2 with seeded random weights (same layer, same dim), frozen, BN recalibrated."""
-    dim = _check_layer(ctx.layer)
+    """The control: MobileNetV2 with seeded random weights (same layer or taps, same dim), frozen, BN
+    recalibrated."""
+    dim, options, deepest = _mobilenet_head(ctx)
     net = random_init_(MobileNetV2(), torch.Generator().manual_seed(ctx.seed))
     if ctx.state is not None:
         missing = [k for k in net.state_dict() if _is_bn_buffer(k) and k not in ctx.state]
@@ -216,10 +251,10 @@ def random_mobilenet_v2(ctx: PriorContext) -> Prior:
     else:
         if ctx.calibration is None:
             raise PriorError("the random prior needs calibration images to recalibrate its BN statistics")
-        seen = recalibrate_bn(net, ctx.calibration, ctx.layer)
+        seen = recalibrate_bn(net, ctx.calibration, deepest)
         if seen == 0:
             raise PriorError("the random prior got no calibration images")
-    prior = _RandomPrior("random", dim, {"layer": ctx.layer, "seed": ctx.seed}, _pooled_fn(net, ctx.layer))
+    prior = _RandomPrior("random", dim, options | {"seed": ctx.seed}, _mobilenet_fn(net, ctx))
     prior.net = net.eval()
     prior.sha256 = state_sha256(net.state_dict())
     prior.calibration_images = seen  # None when rebuilt from a stored state (not part of the identity)
@@ -228,9 +263,10 @@ def random_mobilenet_v2(ctx: PriorContext) -> Prior:
 
 @register_prior("none")
 def no_prior(ctx: PriorContext) -> Prior:
-    """g = 0 with the backbone's dimension, so PTG-RM has the same size and code path as with the backbone."""
-    dim = _check_layer(ctx.layer)
-    prior = Prior("none", dim, {"layer": ctx.layer}, None)
+    """g = 0 with the backbone's dimension (and, ``spatial``, its map size), so PTG-RM has the same size and code
+    path as with the backbone."""
+    dim, options, _ = _mobilenet_head(ctx)
+    prior = Prior("none", dim, options, None)
     prior.sha256 = hashlib.sha256(b"none").hexdigest()
     return prior
 
@@ -282,6 +318,8 @@ class _IPTEncoder(nn.Module):
 @register_prior("ipt-body")
 def ipt_body(ctx: PriorContext) -> Prior:
     """The project's own pretrained IPT (a frozen copy of the base): the task's head and the encoder, averaged."""
+    if ctx.spatial:
+        raise PriorError("prior 'ipt-body' has no spatial variant (it averages the encoder's tokens)")
     if ctx.base is None:
         raise PriorError("prior 'ipt-body' needs the base IPT (it encodes with the base's own head and encoder)")
     import copy

@@ -10,7 +10,10 @@ A restorer F gives ``restored`` (I-hat); PTG-RM sees it next to the degraded inp
     R_d(f-bar) -> r (full size)
 
 ``S`` is a 2-channel coordinate map. T_m and T_c project ``g`` without biases, so ``g = 0`` (the ``none`` prior)
-injects exactly nothing. Every conv/linear is bias-free unless the reference says otherwise; LeakyReLU slope 0.1.
+injects exactly nothing. With ``spatial_prior`` (not in the paper), ``g`` is a (B, d, h', w') map: T_m and T_c are
+then 1x1 convs applied at every position and their output is resized (bilinear) to f's size, so the prior enters
+where the vector's broadcast did, different at every position; the channel gate takes its spatial mean. Every
+conv/linear is bias-free unless the reference says otherwise; LeakyReLU slope 0.1.
 
 Any image size works: the input is padded (replicate) to a multiple of 4 and the output cropped back. GAP, the
 channel attention and ``g`` are global over the image, so run it on whole images, not on tiles.
@@ -49,8 +52,11 @@ class PTGRMSpec:
     embed: int = 64  # T(g) output width
     hidden: int = 256  # T hidden width
     heads: int = 1
+    spatial_prior: bool = False  # g is a (B, d, h', w') map (1x1-conv projections), not a (B, d) vector
 
     def __post_init__(self) -> None:
+        if not isinstance(self.spatial_prior, bool):
+            raise ValueError(f"PTGRMSpec.spatial_prior must be a bool, got {self.spatial_prior!r}")
         for name in ("prior_dim", "channels", "blocks", "embed", "hidden", "heads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"PTGRMSpec.{name} must be a positive int, got {getattr(self, name)!r}")
@@ -148,18 +154,29 @@ class PositionCode(nn.Module):
 
 
 class PriorProjection(nn.Module):
-    """T: the prior vector g (B, d) -> (B, embed), bias-free so that g = 0 gives exactly 0."""
+    """T: the prior vector g (B, d) -> (B, embed), bias-free so that g = 0 gives exactly 0; ``spatial``: the same
+    two layers as 1x1 convs over a (B, d, h', w') map -> (B, embed, h', w')."""
 
-    def __init__(self, dim: int, hidden: int, embed: int) -> None:
+    def __init__(self, dim: int, hidden: int, embed: int, *, spatial: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden, bias=False), _lrelu(), nn.Linear(hidden, embed, bias=False))
+        if spatial:
+            self.net = nn.Sequential(conv1(dim, hidden), _lrelu(), conv1(hidden, embed))
+        else:
+            self.net = nn.Sequential(nn.Linear(dim, hidden, bias=False), _lrelu(), nn.Linear(hidden, embed, bias=False))
 
     def forward(self, g: Tensor) -> Tensor:
         return self.net(g)
 
 
 def _broadcast(v: Tensor, like: Tensor) -> Tensor:
+    """A projected prior as a map of ``like``'s size: a vector broadcast, a spatial map resized (bilinear)."""
+    if v.dim() == 4:
+        return F.interpolate(v, size=like.shape[-2:], mode="bilinear", align_corners=False)
     return v[:, :, None, None].expand(-1, -1, *like.shape[-2:])
+
+
+def _pooled(v: Tensor) -> Tensor:
+    return v.mean(dim=(2, 3)) if v.dim() == 4 else v
 
 
 class Encoder(nn.Module):
@@ -211,7 +228,7 @@ class PTGSVE(nn.Module):
     def __init__(self, spec: PTGRMSpec) -> None:
         super().__init__()
         c, e = spec.channels, spec.embed
-        self.project = PriorProjection(spec.prior_dim, spec.hidden, e)  # T_m
+        self.project = PriorProjection(spec.prior_dim, spec.hidden, e, spatial=spec.spatial_prior)  # T_m
         self.position = PositionCode(c)  # P_m
         self.mask = nn.Sequential(conv3(c + e + c, c), _lrelu(), conv3(c, 1), nn.Sigmoid())  # R_m
         self.long = nn.Sequential(*(RestormerBlock(c, spec.heads) for _ in range(spec.blocks)))  # R_l
@@ -240,7 +257,7 @@ class PTGCSA(nn.Module):
     def __init__(self, spec: PTGRMSpec) -> None:
         super().__init__()
         c, e = spec.channels, spec.embed
-        self.project = PriorProjection(spec.prior_dim, spec.hidden, e)  # T_c (shared by both gates)
+        self.project = PriorProjection(spec.prior_dim, spec.hidden, e, spatial=spec.spatial_prior)  # T_c (both gates)
         self.position = PositionCode(c)  # P_c
         self.channel = nn.Sequential(nn.Linear(c + e, c, bias=False), _lrelu(), nn.Linear(c, c, bias=False))  # R_c
         self.kernels = nn.Sequential(conv3(c + e + c, 9 * c), _lrelu(), conv3(9 * c, 9 * c))  # R_p
@@ -249,7 +266,7 @@ class PTGCSA(nn.Module):
 
     def forward(self, f: Tensor, g: Tensor, coords: Tensor) -> Tensor:
         t = self.project(g)
-        m_c = torch.sigmoid(self.channel(torch.cat([f.mean(dim=(2, 3)), t], dim=1)))
+        m_c = torch.sigmoid(self.channel(torch.cat([f.mean(dim=(2, 3)), _pooled(t)], dim=1)))
         pos = self.position(coords).expand(f.shape[0], -1, -1, -1)
         k = self.kernels(torch.cat([f, _broadcast(t, f), pos], dim=1))
         m_s = self.spatial(per_pixel_filter(f, k))
@@ -310,10 +327,11 @@ class PTGRM(nn.Module):
             raise ValueError(
                 f"PTGRM expects (B, 3, H, W) images, got {tuple(restored.shape)} / {tuple(degraded.shape)}"
             )
-        if g.shape != (restored.shape[0], self.spec.prior_dim):
-            raise ValueError(
-                f"prior vector must be (B={restored.shape[0]}, {self.spec.prior_dim}), got {tuple(g.shape)}"
-            )
+        want = (restored.shape[0], self.spec.prior_dim)
+        if self.spec.spatial_prior and (g.dim() != 4 or tuple(g.shape[:2]) != want):
+            raise ValueError(f"spatial prior must be (B={want[0]}, {want[1]}, h, w) maps, got {tuple(g.shape)}")
+        if not self.spec.spatial_prior and g.shape != want:
+            raise ValueError(f"prior vector must be (B={want[0]}, {want[1]}), got {tuple(g.shape)}")
         H, W = restored.shape[-2:]
         if degraded.shape[-2:] != (H, W):
             degraded = F.interpolate(degraded, size=(H, W), mode="bicubic", align_corners=False)

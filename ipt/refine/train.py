@@ -111,7 +111,7 @@ def calibration_images(cfg: RefineConfig, scale: int) -> Iterator[Tensor]:
 
 
 def make_prior(cfg: RefineConfig, base: BaseRef, scale: int) -> Prior:
-    ctx = PriorContext(cfg.task, layer=cfg.prior_layer, seed=cfg.seed, base=base.model)
+    ctx = PriorContext(cfg.task, layer=cfg.prior_layer, seed=cfg.seed, base=base.model, spatial=cfg.prior_spatial)
     if cfg.prior == "random":
         ctx.calibration = calibration_images(cfg, scale)
     try:
@@ -125,7 +125,7 @@ def make_prior(cfg: RefineConfig, base: BaseRef, scale: int) -> Prior:
 def make_model(cfg: RefineConfig, base: BaseRef, prior: Prior) -> RefinedIPT:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_of(cfg.seed, "ptgrm-init") % 2**63)
-        spec = PTGRMSpec(prior_dim=prior.dim, channels=cfg.channels, blocks=cfg.blocks)
+        spec = PTGRMSpec(prior_dim=prior.dim, channels=cfg.channels, blocks=cfg.blocks, spatial_prior=prior.spatial)
         refiner = PTGRM(spec, zero_init=cfg.zero_init)  # zeroed after the default init: the same random draws
     model = RefinedIPT(copy.deepcopy(base.model), refiner, prior, cfg.task)
     if not cfg.joint:
