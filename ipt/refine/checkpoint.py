@@ -139,7 +139,6 @@ def save_refined(
         "prior": {
             "name": prior.name,
             "layer": int(prior.options.get("layer", 17)),
-            "spatial": prior.spatial,
             "seed": int(seed),
             "identity": prior.identity,
             "state": prior.state(),
@@ -196,7 +195,7 @@ def load_refined(path: str | os.PathLike, *, tracking_uri: str | None = None, nu
         seed=p["seed"],
         base=original,
         state=p.get("state") or None,
-        spatial=bool(p.get("spatial", False)),
+        spatial=bool(p["identity"]["options"].get("spatial", False)),  # the identity says which the prior was
     )
     try:
         prior = build_prior(p["name"], ctx)
