@@ -7,6 +7,7 @@ vectors comes with the image): whether, and at which budget, the prior path lear
 
     python benchmarks/ptgrm_prior_probe.py checkpoints --work runs/ptgrm_ablation --task derain \\
         --prior mobilenet_v2_imagenet --dataset Rain100L --root ../shared/benchmarks
+    python benchmarks/ptgrm_prior_probe.py checkpoints --run runs/ptgrm_study/refine/derain/imagenet-s1 --images 1
     python benchmarks/ptgrm_prior_probe.py toy --steps 150 --lr 1e-4
     python benchmarks/ptgrm_prior_probe.py toy --steps 400 --lr 1e-3 [--default-init]
 """
@@ -27,7 +28,7 @@ from ipt.train.data import seed_of
 
 
 def probe_checkpoints(a: argparse.Namespace) -> None:
-    run = a.work / "refine" / f"{a.task}-{a.prior}"
+    run = a.run or a.work / "refine" / f"{a.task}-{a.prior}"
     cfg = json.loads((run / "config.json").read_text())
     model = load_refined(run / "model.pt")
     torch.manual_seed(seed_of(cfg["seed"], "ptgrm-init") % 2**63)  # the init the run started from
@@ -90,6 +91,7 @@ def main() -> None:
     c.add_argument("--work", type=Path, default=Path("runs/ptgrm_ablation"))
     c.add_argument("--task", default="derain")
     c.add_argument("--prior", default="mobilenet_v2_imagenet")
+    c.add_argument("--run", type=Path, default=None, help="a refiner's folder (instead of --work/refine/TASK-PRIOR)")
     c.add_argument("--dataset", default="Rain100L")
     c.add_argument("--root", default="../shared/benchmarks")
     c.add_argument("--images", type=int, default=3)

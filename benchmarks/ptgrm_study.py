@@ -107,7 +107,7 @@ def register_bases(a: argparse.Namespace, run: Runner) -> dict[str, dict]:
 
 
 def refiner_dir(a: argparse.Namespace, task: str, variant: str, seed: int) -> Path:
-    return a.work / "refine" / task / f"{variant}-s{seed}"
+    return a.work / "refine" / task / (f"{variant}-s{seed}" + (f"-{a.tag}" if a.tag else ""))
 
 
 def train_refiner(a: argparse.Namespace, run: Runner, base_uri: str, task: str, variant: str, seed: int) -> Path:
@@ -124,8 +124,14 @@ def train_refiner(a: argparse.Namespace, run: Runner, base_uri: str, task: str, 
     args += ["--seed", str(seed), "--threads", str(a.threads), "--device", a.device, "--params", "none"]
     args += ["--prior-spatial" if spatial else "--no-prior-spatial", "--log-every", "0"]
     args += ["--tracking-uri", a.tracking_uri] if a.tracking_uri else []
-    run.ipt(args, tag=f"refine {task} {variant} seed {seed}")
+    dt, _ = run.ipt(args, tag=f"refine {task} {variant} seed {seed}")
+    (out / "wall_s.json").write_text(json.dumps({"wall_s": dt, "threads": a.threads, "jobs": a.jobs}) + "\n")
     return out
+
+
+def training_minutes(dirs: list[Path]) -> float:
+    """Refiner training wall time summed over ``dirs`` (each run's own clock, whichever invocation trained it)."""
+    return sum(json.loads((d / "wall_s.json").read_text())["wall_s"] for d in dirs) / 60
 
 
 class CachedBase:
@@ -148,22 +154,59 @@ class CachedBase:
         return getattr(self.restorer, name)
 
 
+def _sets(a: argparse.Namespace, task: str) -> list:
+    from ipt.config import DEFAULT_SEED
+    from ipt.data.testsets import load_benchmark
+
+    return [
+        load_benchmark(a.bench, n, task, seed=DEFAULT_SEED, limit=a.limit or None) for n in DATASETS[task].split(",")
+    ]
+
+
+_BASES: dict[str, CachedBase] = {}  # task -> the base output cache shared by every refiner of the task
+
+
+def _open_refined(a: argparse.Namespace, task: str, ckpt: Path) -> Any:
+    """``ipt.restore.open_restorer`` of a refiner (overlap, fp32), its base replaced by the task's cached base."""
+    from ipt.refine.checkpoint import read_refined
+    from ipt.restore import open_restorer
+
+    base_sha = read_refined(ckpt)["base"]["sha256"]
+    runner = open_restorer(ckpt, task, tiling="overlap", precision="fp32", device=a.device)
+    cached = _BASES.setdefault(task, CachedBase(runner.base, base_sha))
+    if cached.base_sha256 != base_sha:
+        raise SystemExit(f"{ckpt}: refines another base ({base_sha[:12]}) than {cached.base_sha256[:12]}")
+    runner.base = cached
+    return runner
+
+
+def _score(a: argparse.Namespace, task: str, fn: Any, sets: list, model: str, info: dict) -> dict:
+    from ipt.config import DEFAULT_SEED
+    from ipt.device import describe
+    from ipt.scoring import run_benchmark
+
+    return run_benchmark(
+        fn,
+        sets,
+        task=task,
+        model=model,
+        protocol="ipt",
+        info=info,
+        hardware=describe(),
+        seed=DEFAULT_SEED,
+        limit=a.limit or None,
+    )
+
+
 def score_refiners(a: argparse.Namespace, task: str, dirs: list[Path]) -> dict[Path, dict]:
     """`ipt benchmark`'s report of every refiner in ``dirs`` (all behind one base), the base run once per image."""
     import torch
 
-    from ipt.config import DEFAULT_SEED
-    from ipt.data.testsets import load_benchmark
-    from ipt.device import describe
     from ipt.fileio import file_sha256
-    from ipt.refine.checkpoint import read_refined
-    from ipt.restore import open_restorer
-    from ipt.scoring import restorer_fn, run_benchmark, write_json
+    from ipt.scoring import restorer_fn, write_json
 
     torch.set_num_threads(a.jobs)
-    limit = a.limit or None
-    sets = [load_benchmark(a.bench, n, task, seed=DEFAULT_SEED, limit=limit) for n in DATASETS[task].split(",")]
-    cached: CachedBase | None = None
+    sets = _sets(a, task)
     reports = {}
     for d in dirs:
         scored = a.work / "bench" / task / f"{d.name}.json"
@@ -171,25 +214,9 @@ def score_refiners(a: argparse.Namespace, task: str, dirs: list[Path]) -> dict[P
             reports[d] = json.loads(scored.read_text())
             continue
         ckpt = d / "model.pt"
-        base_sha = read_refined(ckpt)["base"]["sha256"]
-        runner = open_restorer(ckpt, task, tiling="overlap", precision="fp32", device=a.device)
-        if cached is None:
-            cached = CachedBase(runner.base, base_sha)
-        elif cached.base_sha256 != base_sha:
-            raise SystemExit(f"{ckpt}: refines another base ({base_sha[:12]}) than {cached.base_sha256[:12]}")
-        runner.base = cached
+        runner = _open_refined(a, task, ckpt)
         info = runner.describe() | {"model_sha256": file_sha256(ckpt), "notes": list(runner.notes)}
-        report = run_benchmark(
-            restorer_fn(runner),
-            sets,
-            task=task,
-            model=str(ckpt),
-            protocol="ipt",
-            info=info,
-            hardware=describe(),
-            seed=DEFAULT_SEED,
-            limit=limit,
-        )
+        report = _score(a, task, restorer_fn(runner), sets, str(ckpt), info)
         report["scored_by"] = (
             "benchmarks/ptgrm_study.py: ipt.scoring.run_benchmark with the base's output of each image computed once "
             "and reused by every refiner of the task (seconds_per_image: the refiner's own time)"
@@ -197,6 +224,60 @@ def score_refiners(a: argparse.Namespace, task: str, dirs: list[Path]) -> dict[P
         write_json(scored, report)
         reports[d] = report
     return reports
+
+
+PROBES = ("own", "zero", "next image")
+
+
+def prior_probe(a: argparse.Namespace, task: str, variant: str, d: Path, base: dict) -> dict[str, Any]:
+    """Does a trained refiner use its prior? Its gain over the base when the prior's output g of each test image is
+    its own, zero, or (pooled priors) that of the next image of the set; the mean |change| of the refined Y-PSNR per
+    image against its own g. Cached in ``bench/<task>/<refiner>.probe.json``."""
+    import torch
+
+    out = a.work / "bench" / task / f"{d.name}.probe.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    torch.set_num_threads(a.jobs)
+    sets = _sets(a, task)
+    runner = _open_refined(a, task, d / "model.pt")
+    model = runner.model
+
+    def tensor(lq: Any) -> Any:
+        x = torch.from_numpy(lq).permute(2, 0, 1)[None] if not isinstance(lq, torch.Tensor) else lq
+        return x.float()
+
+    with torch.inference_mode():
+        own = {id(p.lq): model.prior(tensor(p.lq) / model.base.spec.rgb_range) for s in sets for p in s.pairs}
+    probes = {"own": own, "zero": {k: torch.zeros_like(g) for k, g in own.items()}}
+    if not VARIANTS[variant][1]:  # a pooled vector: any image's g fits
+        nxt = {}
+        for s in sets:
+            keys = [id(p.lq) for p in s.pairs]
+            nxt |= {k: own[keys[(i + 1) % len(keys)]] for i, k in enumerate(keys)}
+        probes["next image"] = nxt
+
+    def fn_for(gs: dict) -> Any:
+        @torch.inference_mode()
+        def fn(lq: Any) -> Any:
+            x = tensor(lq)
+            return model.refine(runner.base.restore_tensor(x).float(), x, gs[id(lq)]).cpu()
+
+        return fn
+
+    b, base_img = mean_over_sets(base), per_image(base)
+    res: dict[str, Any] = {"refiner": f"{task}/{d.name}"}
+    imgs = {}
+    for name, gs in probes.items():
+        rep = _score(a, task, fn_for(gs), sets, str(d / "model.pt"), {})
+        imgs[name] = per_image(rep)
+        res[name] = {"gain": mean_over_sets(rep) - b, "improved": sum(imgs[name][k] > base_img[k] for k in base_img)}
+    for name in probes:
+        if name != "own":
+            res[name]["mean_abs_change"] = statistics.fmean(abs(imgs[name][k] - imgs["own"][k]) for k in base_img)
+    res["images"] = len(base_img)
+    out.write_text(json.dumps(res, indent=1) + "\n")
+    return res
 
 
 def verify_against_cli(a: argparse.Namespace, run: Runner, task: str, d: Path, report: dict) -> str:
@@ -287,11 +368,16 @@ def analyse(task: str, base: dict, reports: dict[tuple[str, int], dict], seeds: 
                 "a_wins_images": sum(d > 0 for d in per_img),
                 "b_wins_images": sum(d < 0 for d in per_img),
                 "images": len(per_img),
-                "beats": mean > spread and all(d > 0 for d in diffs),
-                "loses": -mean > spread and all(d < 0 for d in diffs),
+                # one seed has no spread to judge by: it can lead, never beat
+                "beats": len(diffs) > 1 and mean > spread and all(d > 0 for d in diffs),
+                "loses": len(diffs) > 1 and -mean > spread and all(d < 0 for d in diffs),
             }
         )
     return {"task": task, "base_psnr_y": b, "rows": rows, "pairs": pairs}
+
+
+def entry_gain(entry: dict, variant: str, seed: int) -> float:
+    return next(r["gains"][seed] for r in entry["rows"] if r["variant"] == variant)
 
 
 def _seed_mean_images(reports: dict, v: str, seeds: list[int]) -> dict[str, float]:
@@ -310,7 +396,10 @@ def verdict(study: list[dict]) -> str:
         for p in t["pairs"]:
             if (p["a"], p["b"]) not in VERDICT_PAIRS:
                 continue
-            word = "beats" if p["beats"] else ("is beaten by" if p["loses"] else "does not separate from")
+            if len(p["seeds"]) < 2:
+                word = ("leads" if p["mean"] > 0 else "trails") + " (one seed, no spread to judge by)"
+            else:
+                word = "beats" if p["beats"] else ("is beaten by" if p["loses"] else "does not separate from")
             out.append(
                 f"{t['task']}: {p['a']} {word} {p['b']} ({p['mean']:+.4f} dB mean paired difference over "
                 f"{len(p['seeds'])} seeds, seed spread {p['seed_spread']:.4f} dB; better on "
@@ -326,7 +415,7 @@ def markdown(a: argparse.Namespace, cmd: str, study: list[dict], meta: dict) -> 
     from ipt.device import cpu_bf16_flags, cpu_model
 
     lines = [
-        "## PTG-RM study: does the pre-trained prior help? (issue 20)",
+        f"## PTG-RM study: does the pre-trained prior help? ({a.steps} refiner steps; issue 20)",
         "",
         f"`{cmd}` on {cpu_model()} (torch capability {meta['cpu_capability']}, bf16 flags {cpu_bf16_flags() or 'none'}"
         f"; {a.jobs} runs at a time, {a.threads} thread(s) each).",
@@ -360,7 +449,7 @@ def markdown(a: argparse.Namespace, cmd: str, study: list[dict], meta: dict) -> 
         "Base Y-PSNR (mean over its sets): " + "; ".join(f"{t['task']} {t['base_psnr_y']:.3f} dB" for t in study),
         "",
         "Paired comparisons (a - b, same seeds and images; 'beats' = the mean difference exceeds the larger seed "
-        "spread of the two and every seed agrees):",
+        "spread of the two and every seed agrees; one seed never beats):",
         "",
         "| task | a | b | a - b per seed (dB) | mean | seed spread | a better: seeds | a / b better: images |",
         "|---|---|---|---|---:|---:|---:|---:|",
@@ -374,6 +463,32 @@ def markdown(a: argparse.Namespace, cmd: str, study: list[dict], meta: dict) -> 
                 f"{p['images']} |"
             )
     lines += ["", f"**Verdict:** {meta['verdict']}.", ""]
+    lines += [
+        "Does a trained refiner use its prior? The first seed's refiner scored again with the prior's output g of each "
+        "test image replaced at test time (gain over the base; mean |change| of each image's Y-PSNR against its own "
+        "g; the next image's g only for pooled priors, whose g fits any image):",
+        "",
+        "| task | refiner | gain, own g | gain, g = 0 | gain, next image's g | mean abs change: g = 0 / next |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for t in study:
+        for pr in t.get("probes", []):
+            nxt = pr.get("next image")
+            lines.append(
+                f"| {t['task']} | {pr['refiner'].split('/')[-1]} | {pr['own']['gain']:+.4f} | "
+                f"{pr['zero']['gain']:+.4f} | "
+                + (f"{nxt['gain']:+.4f}" if nxt else "-")
+                + f" | {pr['zero']['mean_abs_change']:.4f} / "
+                + (f"{nxt['mean_abs_change']:.4f}" if nxt else "-")
+                + " |"
+            )
+    lines.append("")
+    lines += [
+        f"Refiner training: {meta['refiners']} runs, {meta['refiner_training_min']:.1f} min of wall time summed over "
+        f"runs ({meta['refiner_training_min'] / meta['refiners']:.1f} min each, {meta['jobs']} at a time). The last "
+        "invocation's stages (cached ones near 0):",
+        "",
+    ]
     lines += ["| stage | wall time |", "|---|---:|"] + [f"| {k} | {v / 60:.1f} min |" for k, v in meta["times"].items()]
     return "\n".join(lines) + "\n"
 
@@ -417,6 +532,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each refiner run")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
     ap.add_argument("--only-base", action="store_true", help="stop after the bases")
+    ap.add_argument(
+        "--tag",
+        default="",
+        help="a suffix for the refiner folders and the report's section (a second budget beside the first: 6000)",
+    )
     ap.add_argument("--no-registry", action="store_true", help="no MLflow: refiners train behind the base file")
     ap.add_argument("--tracking-uri", default=None, help="MLflow store (default sqlite:///<work>/mlflow.db)")
     ap.add_argument("--out", type=Path, default=None, help="markdown file to update (section ptgrm_study)")
@@ -443,7 +563,7 @@ def main() -> None:
     jobs = [(t, v, s) for s in seeds for t in tasks for v in variants]
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
         dirs = list(pool.map(lambda j: train_refiner(a, run, bases[j[0]]["uri"], *j), jobs))
-    times["refiners"] = time.perf_counter() - t1
+    times["refiners (this invocation)"] = time.perf_counter() - t1
     t1 = time.perf_counter()
     study, verified, regs = [], [], {}
     for task in tasks:
@@ -454,7 +574,15 @@ def main() -> None:
         if a.tracking_uri:
             regs |= register_refiners(a, run, task, mine)
         by_key = {(v, s): reports[refiner_dir(a, task, v, s)] for (t, v, s) in jobs if t == task}
-        study.append(analyse(task, bases[task]["report"], by_key, seeds))
+        entry = analyse(task, bases[task]["report"], by_key, seeds)
+        entry["probes"] = []
+        for v in (v for v in variants if VARIANTS[v][0] != "none"):
+            probe = prior_probe(a, task, v, refiner_dir(a, task, v, seeds[0]), bases[task]["report"])
+            # equal up to fp32 reduction order (a probe run with other thread counts than the scoring: ~1e-9 dB)
+            if abs(probe["own"]["gain"] - entry_gain(entry, v, seeds[0])) > 1e-6:
+                raise SystemExit(f"{probe['refiner']}: the probe's own-g score differs from the refiner's report")
+            entry["probes"].append(probe)
+        study.append(entry)
     times["score + verify + register"] = time.perf_counter() - t1
     times["total (this invocation)"] = time.perf_counter() - t0
     from ipt.device import describe
@@ -468,6 +596,9 @@ def main() -> None:
         "verified": verified,
         "verdict": verdict(study),
         "times": times,
+        "refiner_training_min": training_minutes(dirs),
+        "refiners": len(dirs),
+        "jobs": a.jobs,
     }
     result = {
         "study": study,
@@ -477,13 +608,14 @@ def main() -> None:
         "hardware": describe(),
         "args": {k: str(v) for k, v in vars(a).items() if k != "tracking_uri"},
     }
-    (a.work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+    (a.work / f"result{'-' + a.tag if a.tag else ''}.json").write_text(json.dumps(result, indent=1) + "\n")
     cmd = " ".join(["python benchmarks/ptgrm_study.py", *sys.argv[1:]])
     md = markdown(a, cmd, study, meta)
     print(md)
     if a.out:
-        write_section(a.out, SECTION, md)
-        (a.out.parent / "ptgrm_study.json").write_text(json.dumps(result, indent=1) + "\n")
+        name = SECTION + (f"_{a.tag}" if a.tag else "")
+        write_section(a.out, name, md)
+        (a.out.parent / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":
