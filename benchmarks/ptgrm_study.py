@@ -106,8 +106,13 @@ def register_bases(a: argparse.Namespace, run: Runner) -> dict[str, dict]:
     return out
 
 
+def tagged(a: argparse.Namespace, name: str, sep: str = "-") -> str:
+    """``name`` with the invocation's --tag appended (a second budget's folders, result and section)."""
+    return f"{name}{sep}{a.tag}" if a.tag else name
+
+
 def refiner_dir(a: argparse.Namespace, task: str, variant: str, seed: int) -> Path:
-    return a.work / "refine" / task / (f"{variant}-s{seed}" + (f"-{a.tag}" if a.tag else ""))
+    return a.work / "refine" / task / tagged(a, f"{variant}-s{seed}")
 
 
 def train_refiner(a: argparse.Namespace, run: Runner, base_uri: str, task: str, variant: str, seed: int) -> Path:
@@ -608,12 +613,12 @@ def main() -> None:
         "hardware": describe(),
         "args": {k: str(v) for k, v in vars(a).items() if k != "tracking_uri"},
     }
-    (a.work / f"result{'-' + a.tag if a.tag else ''}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (a.work / f"{tagged(a, 'result')}.json").write_text(json.dumps(result, indent=1) + "\n")
     cmd = " ".join(["python benchmarks/ptgrm_study.py", *sys.argv[1:]])
     md = markdown(a, cmd, study, meta)
     print(md)
     if a.out:
-        name = SECTION + (f"_{a.tag}" if a.tag else "")
+        name = tagged(a, SECTION, "_")
         write_section(a.out, name, md)
         (a.out.parent / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
 
