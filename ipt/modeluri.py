@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ipt.tracking import TrackingError, _client, _store_error, _unreachable, mask_uri
+from ipt.tracking import TrackingError, client_for, is_unreachable, mask_uri, store_error
 
 MODEL_URI_PREFIX = "models:/"
 CHECKPOINT_NAME = "model.pt"
@@ -24,7 +24,7 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
     """``models:/<name>@<alias>`` or ``models:/<name>/<version>`` -> the local path of its ``model.pt``."""
     if not uri.startswith(MODEL_URI_PREFIX):
         raise TrackingError(f"{uri}: not a models:/ URI")
-    client, tracking = _client(tracking_uri, existing=True)
+    client, tracking = client_for(tracking_uri, existing=True)
     ref = uri[len(MODEL_URI_PREFIX) :]
     try:
         if "@" in ref:
@@ -42,8 +42,8 @@ def resolve_model_uri(uri: str, tracking_uri: str | None = None) -> Path:
     except TrackingError:
         raise
     except Exception as e:  # noqa: BLE001
-        if _unreachable(e):
-            raise _store_error(e, f"looking up {uri}", tracking) from None
+        if is_unreachable(e):
+            raise store_error(e, f"looking up {uri}", tracking) from None
         first = mask_uri((str(e).splitlines() or [type(e).__name__])[0])
         raise TrackingError(f"{uri}: no such registered model version at {mask_uri(tracking)} ({first})") from None
     folder = _cached_version(tracking, name, version)
@@ -129,16 +129,16 @@ def alias_version(name: str, alias: str, tracking_uri: str | None = None) -> dic
     """``{"version", "tags"}`` of the version ``name@alias`` points at, or None if the model or alias is absent."""
     from mlflow.exceptions import MlflowException
 
-    client, uri = _client(tracking_uri)
+    client, uri = client_for(tracking_uri)
     try:
         mv = client.get_model_version_by_alias(name, alias)
     except MlflowException as e:
-        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and not _unreachable(e):
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and not is_unreachable(e):
             return None  # no such model or alias
-        raise _store_error(e, f"reading {name}@{alias}", uri) from None
+        raise store_error(e, f"reading {name}@{alias}", uri) from None
     return {"version": str(mv.version), "tags": dict(mv.tags or {})}
 
 
 def version_tags(name: str, version: str, tracking_uri: str | None = None) -> dict[str, str]:
-    client, _ = _client(tracking_uri)
+    client, _ = client_for(tracking_uri)
     return dict(client.get_model_version(name, version).tags or {})

@@ -41,7 +41,7 @@ def mask_uri(uri: str) -> str:
 _UNREACHABLE = ("connectionerror", "max retries exceeded", "connection refused", "failed to establish")
 
 
-def _unreachable(e: BaseException) -> bool:
+def is_unreachable(e: BaseException) -> bool:
     """Whether ``e`` (or what caused it) says the tracking server could not be reached."""
     seen: BaseException | None = e
     while seen is not None:
@@ -54,10 +54,10 @@ def _unreachable(e: BaseException) -> bool:
     return False
 
 
-def _store_error(e: BaseException, what: str, uri: str) -> TrackingError:
+def store_error(e: BaseException, what: str, uri: str) -> TrackingError:
     """A one-line TrackingError for a failed store call: an unreachable server says so; credentials are masked."""
     first = mask_uri((str(e).strip().splitlines() or [type(e).__name__])[0])[:300]
-    if _unreachable(e):
+    if is_unreachable(e):
         return TrackingError(f"cannot reach the MLflow tracking server at {mask_uri(uri)} ({what}): {first}")
     return TrackingError(f"{what} at {mask_uri(uri)}: {first}")
 
@@ -117,7 +117,7 @@ def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
     return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
-def _client(tracking_uri: str | None, *, existing: bool = False):
+def client_for(tracking_uri: str | None, *, existing: bool = False):
     """(client, uri). ``existing``: for lookups only; a sqlite store whose file is missing is an error, not a new
     empty database left behind in the working directory."""
     uri = tracking_uri or default_tracking_uri()
@@ -148,11 +148,11 @@ class MlflowTracker:
     """Logs to one existing run, by id, through ``MlflowClient``."""
 
     def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
-        self.client, self.tracking_uri = _client(tracking_uri, existing=True)
+        self.client, self.tracking_uri = client_for(tracking_uri, existing=True)
         try:
             self.client.get_run(run_id)
         except Exception as e:  # noqa: BLE001 - MlflowException and store errors alike
-            raise _store_error(e, f"MLflow run {run_id!r} not found", self.tracking_uri) from None
+            raise store_error(e, f"MLflow run {run_id!r} not found", self.tracking_uri) from None
         self.run_id = run_id
 
     @classmethod
@@ -164,7 +164,7 @@ class MlflowTracker:
         parent_run_id: str | None = None,
     ) -> MlflowTracker:
         """Create a run (a child of ``parent_run_id`` if given) in ``experiment`` (created if needed)."""
-        client, uri = _client(tracking_uri)
+        client, uri = client_for(tracking_uri)
         try:
             exp = client.get_experiment_by_name(experiment)
             if exp is None:
@@ -178,7 +178,7 @@ class MlflowTracker:
             tags = {"mlflow.parentRunId": parent_run_id} if parent_run_id else None
             run = client.create_run(exp_id, run_name=run_name, tags=tags)
         except Exception as e:  # noqa: BLE001 - the store's own errors, a server that is not there
-            raise _store_error(e, f"cannot start a run in experiment {experiment!r}", uri) from None
+            raise store_error(e, f"cannot start a run in experiment {experiment!r}", uri) from None
         return cls(run.info.run_id, uri)
 
     def finish(self, status: str = "FINISHED") -> None:

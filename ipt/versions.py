@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt.modeluri import CHECKPOINT_NAME, FILES_SHA256_TAG
-from ipt.tracking import MlflowTracker, TrackingError, _client, _store_error
+from ipt.tracking import MlflowTracker, TrackingError, client_for, store_error
 
 
 def register_files(
@@ -45,7 +45,7 @@ def register_files(
         try:
             client.log_artifacts(tracker.run_id, str(folder), artifact_path=name)
         except Exception as e:  # noqa: BLE001 - nothing is registered yet
-            raise _store_error(e, f"registering {name}: cannot log its files", tracker.tracking_uri) from None
+            raise store_error(e, f"registering {name}: cannot log its files", tracker.tracking_uri) from None
     created = False
     try:
         if not _exists(client, name):
@@ -57,7 +57,7 @@ def register_files(
         if created:
             with contextlib.suppress(Exception):
                 client.delete_registered_model(name)
-        raise _store_error(e, f"registering {name}: nothing was registered", tracker.tracking_uri) from None
+        raise store_error(e, f"registering {name}: nothing was registered", tracker.tracking_uri) from None
     return str(mv.version)
 
 
@@ -81,7 +81,7 @@ def undo_version_on_error(name: str, version: str, tracking_uri: str | None = No
         yield
     except BaseException:
         with contextlib.suppress(Exception):  # the store may be what failed; the original error is the news
-            client, _ = _client(tracking_uri)
+            client, _ = client_for(tracking_uri)
             client.delete_model_version(name, version)
             if not client.search_model_versions(f"name = '{name}'"):
                 client.delete_registered_model(name)
@@ -104,8 +104,8 @@ def register_checkpoint(
 
 
 def set_alias(name: str, alias: str, version: str, tracking_uri: str | None = None) -> None:
-    client, uri = _client(tracking_uri)
+    client, uri = client_for(tracking_uri)
     try:
         client.set_registered_model_alias(name, alias, version)
     except Exception as e:  # noqa: BLE001
-        raise _store_error(e, f"setting {name}@{alias} to version {version}", uri) from None
+        raise store_error(e, f"setting {name}@{alias} to version {version}", uri) from None

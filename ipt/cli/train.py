@@ -156,8 +156,7 @@ def _dvc_tags(cfg: Any) -> dict[str, str]:
     runs in) records it as a stage output."""
     from ipt.provenance import dvc_versions
 
-    tasks = cfg.tasks if hasattr(cfg, "tasks") else (cfg.task,)
-    found = dvc_versions({t: Path(cfg.shards) / t for t in tasks})
+    found = dvc_versions({t: Path(cfg.shards) / t for t in cfg.train_tasks})
     return {f"ipt.dvc.{t}": v for t, v in found.items()}
 
 
