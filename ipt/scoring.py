@@ -14,6 +14,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,12 @@ import torch
 from torch import Tensor
 
 from corruptions import imresize_uint8
+from ipt.config import DEFAULT_SEED, ConfigError
 from ipt.data.testsets import BenchmarkDataError, BenchmarkSet, check_corruption, task_kind
+from ipt.device import PRECISIONS
 from ipt.errors import IPTError
 from ipt.fileio import atomic_write, file_sha256
+from ipt.inference import TILINGS
 from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
 from ipt.modeluri import MODEL_URI_PREFIX
 from ipt.tasks import BASELINES  # noqa: F401 (re-exported: the names --model takes besides weights)
@@ -51,6 +55,68 @@ PUBLISHED_BICUBIC: dict[tuple[str, int], tuple[float, float]] = {
     ("Urban100", 4): (23.14, 0.6577),
 }
 PUBLISHED_INPUT: dict[tuple[str, str], tuple[float, float]] = {("derain", "Rain100L"): (26.90, 0.8384)}
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """What one scoring run is: the model, the sets and the protocol. Built once (``ipt benchmark`` builds it from its
+    flags and the params file's ``benchmark`` section) and checked here, whoever builds it."""
+
+    task: str
+    model: str
+    root: str
+    datasets: tuple[str, ...] | None = None  # None: the task's standard sets that are present
+    protocol: str = "ipt"
+    tiling: str = "official"
+    precision: str = "fp32"
+    device: str = "auto"
+    batch: int = 64
+    num_heads: int = 12
+    seed: int = DEFAULT_SEED
+    limit: int | None = None  # images per set (the first N by name); None: all
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.protocol in PROTOCOLS, f"protocol {self.protocol!r} is not one of {sorted(PROTOCOLS)}"),
+            (self.tiling in TILINGS, f"tiling {self.tiling!r} is not one of {list(TILINGS)}"),
+            (self.precision in PRECISIONS, f"precision {self.precision!r} is not one of {list(PRECISIONS)}"),
+            (isinstance(self.batch, int) and self.batch >= 1, f"batch must be a positive integer, not {self.batch!r}"),
+            (
+                isinstance(self.num_heads, int) and self.num_heads >= 1,
+                f"num_heads must be >= 1, not {self.num_heads!r}",
+            ),
+            (isinstance(self.seed, int), f"seed must be an integer, not {self.seed!r}"),
+            (
+                self.limit is None or (isinstance(self.limit, int) and self.limit >= 1),
+                f"limit must be >= 1 or None, not {self.limit!r}",
+            ),
+            (bool(self.task), "task is empty"),
+            (bool(self.model), "model is empty"),
+            (bool(self.root), "root is empty"),
+            (
+                self.datasets is None or (len(self.datasets) > 0 and all(self.datasets)),
+                f"datasets {self.datasets!r} is empty",
+            ),
+        ]
+        bad = [why for ok, why in checks if not ok]
+        if bad:
+            raise ConfigError(f"benchmark: {'; '.join(bad)}")
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> BenchmarkConfig:
+        """From a mapping holding (at least) the fields (an argparse namespace's ``vars``): ``datasets`` as a comma
+        list or a sequence, ``limit`` 0 meaning all, everything else as the field."""
+        v = {f.name: values[f.name] for f in fields(cls) if values.get(f.name) is not None}
+        if isinstance(v.get("datasets"), str):
+            v["datasets"] = tuple(d.strip() for d in v["datasets"].split(",") if d.strip()) or None
+        elif v.get("datasets") is not None:
+            v["datasets"] = tuple(v["datasets"])
+        if v.get("limit") == 0:
+            v["limit"] = None
+        for key in ("task", "model", "root"):
+            if key not in v:
+                raise ConfigError(f"benchmark: {key} is not set")
+        return cls(**{k: str(x) if k in ("model", "root") else x for k, x in v.items()})
 
 
 class BenchmarkModelError(IPTError):

@@ -96,6 +96,8 @@ def test_cli_errors_are_one_line(sr_root: Path, tmp_path: Path, capsys) -> None:
         (["--task", "denoise_s30", "--model", "bicubic", "--datasets", "Set5"], "use --model identity"),
         (["--task", "sr_x3", "--model", "identity"], "use --model bicubic"),
         (["--task", "sr_x2", "--model", str(tmp_path / "missing.pt")], "no such weights file"),
+        (["--task", "sr_x2", "--model", "bicubic", "--limit", "-1"], "benchmark: limit must be >= 1 or None"),
+        (["--task", "sr_x2", "--model", "bicubic", "--batch", "0"], "benchmark: batch must be a positive integer"),
     ]
     for extra, message in cases:
         assert main(base + extra) == 2
@@ -138,6 +140,36 @@ def test_identity_denoise_is_deterministic(tmp_path: Path) -> None:
 
 def _set(pairs: list[BenchmarkPair], scale: int = 1) -> BenchmarkSet:
     return BenchmarkSet("Tiny", "derain", scale, Path("/nowhere/Tiny"), "test", pairs)
+
+
+def test_the_benchmark_config_is_built_and_checked_once() -> None:
+    """The flags (or a params section) become one frozen BenchmarkConfig; its own checks hold for any builder."""
+    import dataclasses
+
+    from ipt.config import ConfigError
+    from ipt.scoring import BenchmarkConfig
+
+    cfg = BenchmarkConfig.from_values(
+        {"task": "sr_x2", "model": "bicubic", "root": "/sets", "datasets": "Set5, Set14", "limit": 0, "batch": 8}
+    )
+    assert cfg.datasets == ("Set5", "Set14") and cfg.limit is None and cfg.batch == 8 and cfg.tiling == "official"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.tiling = "overlap"  # type: ignore[misc]
+    for bad, why in [
+        ({"tiling": "fast"}, "tiling 'fast' is not one of"),
+        ({"precision": "fp16"}, "precision 'fp16' is not one of"),
+        ({"protocol": "octave"}, "protocol 'octave' is not one of"),
+        ({"limit": -2}, "limit must be >= 1"),
+        ({"datasets": ","}, None),  # an empty list means the task's standard sets
+    ]:
+        values = {"task": "sr_x2", "model": "bicubic", "root": "/sets", **bad}
+        if why is None:
+            assert BenchmarkConfig.from_values(values).datasets is None
+            continue
+        with pytest.raises(ConfigError, match=why):
+            BenchmarkConfig.from_values(values)
+    with pytest.raises(ConfigError, match="root is not set"):
+        BenchmarkConfig.from_values({"task": "sr_x2", "model": "bicubic"})
 
 
 def test_evaluate_calls_on_result_and_caps_identical_images() -> None:

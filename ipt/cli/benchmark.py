@@ -60,32 +60,36 @@ def _benchmark_corruption(args: argparse.Namespace) -> dict | None:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     """Score a model (or the bicubic / identity baseline) on benchmark sets; a table to stdout, JSON to --out."""
+    from ipt.config import ConfigError
     from ipt.data.testsets import load_benchmark, resolve_datasets
     from ipt.device import describe
-    from ipt.scoring import comparison_image, make_restore_fn, markdown_table, run_benchmark
+    from ipt.scoring import BenchmarkConfig, comparison_image, make_restore_fn, markdown_table, run_benchmark
 
-    root = Path(args.root)
+    try:  # flags and the params file's section, checked once
+        cfg = BenchmarkConfig.from_values(vars(args))
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    root = Path(cfg.root)
     if args.out:
-        args.out = args.out.format(task=args.task)
+        args.out = args.out.format(task=cfg.task)
     for target in (args.out, args.markdown):  # before minutes of evaluation, not after
         if target:
             _check_writable(Path(target))
-    requested = [d.strip() for d in args.datasets.split(",") if d.strip()] if args.datasets else None
     corruption = _benchmark_corruption(args)  # None for sr_xN / denoise_sNN / derain
-    names, notes = resolve_datasets(root, args.task, requested, corruption)
+    names, notes = resolve_datasets(root, cfg.task, list(cfg.datasets) if cfg.datasets else None, corruption)
     restore_fn, info = make_restore_fn(
-        args.model,
-        args.task,
-        tiling=args.tiling,
-        precision=args.precision,
-        device=args.device,
-        batch=args.batch,
-        num_heads=args.num_heads,
+        cfg.model,
+        cfg.task,
+        tiling=cfg.tiling,
+        precision=cfg.precision,
+        device=cfg.device,
+        batch=cfg.batch,
+        num_heads=cfg.num_heads,
         tracking_uri=args.tracking_uri,
         corruption=corruption,
     )
-    limit = args.limit or None
-    sets = [load_benchmark(root, n, args.task, seed=args.seed, limit=limit, corruption=corruption) for n in names]
+    limit = cfg.limit
+    sets = [load_benchmark(root, n, cfg.task, seed=cfg.seed, limit=limit, corruption=corruption) for n in names]
     tracker, owned = _tracker(args)
     for note in notes + [n for s in sets for n in s.notes]:
         print(f"note: {note}", file=sys.stderr)
@@ -115,15 +119,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             report = run_benchmark(
                 restore_fn,
                 sets,
-                task=args.task,
-                model=args.model,
-                protocol=args.protocol,
+                task=cfg.task,
+                model=cfg.model,
+                protocol=cfg.protocol,
                 info=info,
                 hardware=describe(),
                 on_result=progress,
                 on_output=keep_first,
                 corruption=corruption,
-                seed=args.seed,
+                seed=cfg.seed,
                 limit=limit,
             )
             _write_report(report, args.out, tracker, samples)
