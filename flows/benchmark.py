@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger
 from flows.dvc import params_tasks, project_dir, stage_bodies
 from flows.pipeline import run_dag
 from flows.stages import run_stage
+from ipt.modeluri import MODEL_URI_PREFIX
 from ipt.tracking import MlflowTracker
 
 DEFAULT_TASKS = ["sr_x2", "sr_x3", "sr_x4", "denoise_s30", "denoise_s50", "derain"]
@@ -34,7 +35,7 @@ DVC_OUT_DIR = "metrics/benchmark"  # where the DVC stages benchmark@<task> write
 
 def default_out_dir(model: str) -> str:
     """``outputs/benchmark/<model as a folder name>`` for an ad-hoc run."""
-    name = re.sub(r"[^A-Za-z0-9._@-]+", "_", model.removeprefix("models:/")).strip("._") or "model"
+    name = re.sub(r"[^A-Za-z0-9._@-]+", "_", model.removeprefix(MODEL_URI_PREFIX)).strip("._") or "model"
     return f"{AD_HOC_DIR}/{name}"
 
 

@@ -102,7 +102,7 @@ def _cached_version(tracking: str, name: str, version: Any) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=f".{number}.", dir=final.parent))
     try:
         download_artifacts(artifact_uri=version.source, dst_path=str(scratch), tracking_uri=tracking)
-        _check_files(scratch, identity["files_sha256"], f"models:/{name}/{number}")
+        _check_files(scratch, identity["files_sha256"], f"{MODEL_URI_PREFIX}{name}/{number}")
         (scratch / VERSION_FILE).write_text(json.dumps(identity))
         try:
             os.rename(scratch, final)

@@ -239,7 +239,7 @@ def register(
         "champion": version if promoted else (before or {}).get("version"),
         "promoted": promoted,
         "reason": reason,
-        "uri": f"models:/{name}/{version}",
+        "uri": f"{MODEL_URI_PREFIX}{name}/{version}",
     }
 
 

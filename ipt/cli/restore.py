@@ -128,13 +128,14 @@ def _write_record(record: Path, args: argparse.Namespace, restorer, pairs, faile
 
     from ipt.device import describe
     from ipt.fileio import atomic_write, file_sha256
+    from ipt.modeluri import MODEL_URI_PREFIX
 
     bad = {str(src) for src, _ in failed}
     weights = str(args.weights)
     info = {
         "command": "ipt restore",
         "weights": weights,
-        "weights_sha256": None if weights.startswith("models:/") else file_sha256(weights),
+        "weights_sha256": None if weights.startswith(MODEL_URI_PREFIX) else file_sha256(weights),
         **restorer.describe(),
         "hardware": describe(),
         "inputs": str(args.input),

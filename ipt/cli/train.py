@@ -186,9 +186,9 @@ def stage_data(stage: str, args: argparse.Namespace) -> dict[str, Any]:
         return _given(args, TRAIN_KEYS + ["tasks", "task_weights"]) | {"model": _model_dict(args)}
     args.out = args.out.format(task=args.task)
     data = _given(args, TRAIN_KEYS + ["init", "task", "init_num_heads"])
-    if str(data.get("init", "")).startswith("models:/"):  # a registered version: its model.pt, downloaded once
-        from ipt.modeluri import resolve_model_uri
+    from ipt.modeluri import MODEL_URI_PREFIX, resolve_model_uri
 
+    if str(data.get("init", "")).startswith(MODEL_URI_PREFIX):  # a registered version: its model.pt, downloaded once
         data["init"] = str(resolve_model_uri(data["init"], args.tracking_uri))
     return data
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ipt import tracking, versions
 from ipt.fileio import file_sha256
-from ipt.modeluri import CHECKPOINT_NAME, alias_version
+from ipt.modeluri import CHECKPOINT_NAME, MODEL_URI_PREFIX, alias_version
 from ipt.refine.checkpoint import BASE_FILE, find_base, read_refined
 from ipt.refine.config import RefineError
 from ipt.registry import CHAMPION, RegistryError, check_report_model, decide, score_of
@@ -88,7 +88,7 @@ def register_refiner(
     return {
         "name": name,
         "version": version,
-        "uri": f"models:/{name}/{version}",
+        "uri": f"{MODEL_URI_PREFIX}{name}/{version}",
         "score": score,
         "score_key": key,
         "promoted": promoted,
