@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from ipt.cli.data import code_digest
+from ipt.codedeps import stage_digest
 from ipt.config import DEFAULT_SEED
 from ipt.data import clean as clean_stage
 from ipt.data import pairs, plan, shards
@@ -118,7 +118,7 @@ def shard_ipt(
     }
     p = {**_section(params_file, "shard"), **{k: v for k, v in given.items() if v is not None}}
     fields = set(clean_stage.ShardConfig.__dataclass_fields__) - {"code"}
-    cfg = clean_stage.ShardConfig(**{k: v for k, v in p.items() if k in fields}, code=code_digest("shard"))
+    cfg = clean_stage.ShardConfig(**{k: v for k, v in p.items() if k in fields}, code=stage_digest("shard"))
     manifest = _execute(
         clean_stage.plan_shard(cfg),
         "shard",
@@ -155,7 +155,7 @@ def corrupt_ipt(
             patch_size=int(p.get("patch_size", 48)),
             png_level=int(p.get("png_level", 0)),
             seed=int(p.get("seed", DEFAULT_SEED)),
-            code=code_digest("corrupt", name),
+            code=stage_digest("corrupt", name),
         )
         manifest = _execute(
             pairs.plan_corrupt(cfg),

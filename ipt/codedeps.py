@@ -141,6 +141,12 @@ def stage_code(command: str, corruption: str | None = None, root: Path = ROOT) -
     return files
 
 
+def stage_digest(command: str, corruption: str | None = None, root: Path = ROOT) -> str:
+    """sha256 of :func:`stage_code`: part of a data stage's plan digest, so a code change that makes DVC rerun the
+    stage also makes it rewrite its shards instead of reusing them."""
+    return digest(stage_code(command, corruption, root), root)
+
+
 # ------------------------------------------------------------------------------------------------ dvc.yaml
 
 BEGIN, END = "# code:", "# end code"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ipt.cli.data import FANOUT_KEYS, add_fanout_flags, code_digest, report, run_plan
+from ipt.cli.data import FANOUT_KEYS, add_fanout_flags, report, run_plan
 from ipt.cli.params import params_source
+from ipt.codedeps import stage_digest
 from ipt.config import DEFAULT_SEED
 
 
@@ -29,7 +30,7 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
         params_file=params_file,
     )
     cfg.spec()  # the task's entry checked (names the file and the problem) before the code is hashed
-    cfg = dataclasses.replace(cfg, code=code_digest("corrupt", name))
+    cfg = dataclasses.replace(cfg, code=stage_digest("corrupt", name))
     manifest = run_plan(args, plan_corrupt(cfg), f"corrupt {args.task}")
     report(f"corrupt {args.task}", cfg.folder, manifest, args.quiet)
     return 0

@@ -45,14 +45,6 @@ def report(kind: str, folder: str, manifest: dict, quiet: bool) -> None:
             warn(f"... and {len(skipped) - 10} more")
 
 
-def code_digest(command: str, corruption: str | None = None) -> str:
-    """sha256 of the files ``ipt <command>`` runs (the stage's DVC code deps), part of its plan digest: a code change
-    that makes DVC rerun the stage also makes it rewrite its shards instead of reusing them."""
-    from ipt import codedeps
-
-    return codedeps.digest(codedeps.stage_code(command, corruption))
-
-
 def add_fanout_flags(p: argparse.ArgumentParser) -> None:
     from ipt.data.executors import EXECUTORS
 

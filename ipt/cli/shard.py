@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ipt.cli.data import FANOUT_KEYS, add_fanout_flags, code_digest, report, run_plan
+from ipt.cli.data import FANOUT_KEYS, add_fanout_flags, report, run_plan
+from ipt.codedeps import stage_digest
 from ipt.config import DEFAULT_SEED
 
 
@@ -20,7 +21,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
         images_per_shard=args.images_per_shard,
         png_level=args.png_level,
         seed=args.seed,
-        code=code_digest("shard"),
+        code=stage_digest("shard"),
     )
     manifest = run_plan(args, plan_shard(cfg), "shard")
     report("shard", cfg.out, manifest, args.quiet)
