@@ -207,8 +207,8 @@ def score_refiners(a: argparse.Namespace, task: str, dirs: list[Path]) -> dict[P
     """`ipt benchmark`'s report of every refiner in ``dirs`` (all behind one base), the base run once per image."""
     import torch
 
-    from ipt.fileio import file_sha256
-    from ipt.scoring import restorer_fn, write_json
+    from ipt.fileio import file_sha256, write_json
+    from ipt.scoring import restorer_fn
 
     torch.set_num_threads(a.jobs)
     sets = _sets(a, task)

@@ -22,7 +22,8 @@ from bench_inference import write_section  # benchmarks/ is on sys.path when thi
 from ipt.config import DEFAULT_SEED  # noqa: E402
 from ipt.data.testsets import load_benchmark, resolve_datasets, task_kind
 from ipt.device import describe
-from ipt.scoring import PUBLISHED_BICUBIC, PUBLISHED_INPUT, bicubic_fn, identity_fn, run_benchmark, write_json
+from ipt.fileio import write_json  # noqa: E402
+from ipt.scoring import PUBLISHED_BICUBIC, PUBLISHED_INPUT, bicubic_fn, identity_fn, run_benchmark
 
 SECTION = "baselines"
 ROOT = Path(__file__).resolve().parents[1]

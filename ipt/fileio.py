@@ -8,6 +8,7 @@ survives the rename: checkpoints, reports and restored images unreadable by the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Callable
@@ -51,3 +52,9 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_json(path: str | os.PathLike, obj: object, *, indent: int = 2, sort_keys: bool = False) -> Path:
+    """Write ``obj`` as JSON, atomically; strict (a NaN or infinity raises instead of writing a token JSON lacks)."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode()))

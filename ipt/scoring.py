@@ -9,13 +9,10 @@ tensor on 0..255, unclamped: it is quantized (``clamp(0, 255).round()``) before 
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +24,7 @@ from ipt.config import DEFAULT_SEED, ConfigError
 from ipt.data.testsets import BenchmarkDataError, BenchmarkSet, check_corruption, task_kind
 from ipt.device import PRECISIONS
 from ipt.errors import IPTError
-from ipt.fileio import atomic_write, file_sha256
+from ipt.fileio import file_sha256
 from ipt.inference import TILINGS
 from ipt.metrics import PROTOCOLS, as_chw, check_protocol, crop_border_for, score
 from ipt.modeluri import MODEL_URI_PREFIX
@@ -301,122 +298,3 @@ def run_benchmark(
         block = evaluate(restore_fn, d, scale=scale, protocol=protocol, on_result=on_result, on_output=on_output)
         report["datasets"][d.name] = {"images": block["images"], "images_total": d.total} | block
     return report
-
-
-def partial_sets(report: dict[str, Any]) -> dict[str, str]:
-    """``{dataset: "10 of 14"}`` for each set the report scored only part of (a ``--limit`` run)."""
-    out = {}
-    for name, r in report["datasets"].items():
-        total = r.get("images_total")
-        if total is not None and r["images"] < total:
-            out[name] = f"{r['images']} of {total}"
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ output
-
-
-def comparison_image(lq: np.ndarray | Tensor, output: Tensor, hr: np.ndarray, crop: int = 128) -> np.ndarray:
-    """Input (nearest-upscaled to the output size), output and ground truth: the same central crop, side by side."""
-    out = as_chw(output).clamp(0, 255).round()
-    if out.shape[0] == 1:
-        out = out.expand(3, -1, -1)
-    H, W = hr.shape[:2]
-    x = as_chw(lq).clamp(0, 255).round()
-    x = x.expand(3, -1, -1) if x.shape[0] == 1 else x
-    s = max(1, out.shape[-1] // x.shape[-1])
-    x = x.repeat_interleave(s, dim=1).repeat_interleave(s, dim=2)
-    gt = as_chw(hr).expand(3, -1, -1) if hr.ndim == 2 else as_chw(hr)
-    c = min(crop, H, W)
-    top, left = (H - c) // 2, (W - c) // 2
-    tiles = [t[:, top : top + c, left : left + c] for t in (x, out, gt)]
-    gap = torch.full((3, c, 4), 255.0, dtype=torch.float64)
-    row = torch.cat([tiles[0], gap, tiles[1], gap, tiles[2]], dim=2)
-    return row.permute(1, 2, 0).to(torch.uint8).numpy()
-
-
-def write_json(path: str | os.PathLike, report: dict[str, Any]) -> Path:
-    """Write ``report`` atomically; strict JSON (a NaN or infinity raises instead of writing a bad token)."""
-    p = Path(path)
-    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
-    return atomic_write(p, lambda f: f.write(text.encode()))
-
-
-def markdown_table(report: dict[str, Any]) -> str:
-    """One table: a row per dataset with the means and the time per image."""
-    lines = [
-        f"**{report['task']}**, model `{report['model']}`, protocol `{report['protocol']}`"
-        + (f", tiling `{report['tiling']}`" if report.get("tiling") else "")
-        + (f", precision `{report['precision']}`" if report.get("precision") else "")
-        + (
-            f", inputs `{report['corruption']['name']}` {report['corruption']['params']}"
-            if "corruption" in report
-            else ""
-        ),
-        "",
-        "| Dataset | Images | PSNR-Y (dB) | SSIM-Y | PSNR-RGB (dB) | s/image |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    partial = partial_sets(report)
-    for name, r in report["datasets"].items():
-        images = partial.get(name, str(r["images"]))
-        lines.append(
-            f"| {name} | {images} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['psnr_rgb']:.2f} "
-            f"| {r['seconds_per_image']:.3f} |"
-        )
-    lines += ["", f"Protocol: {report['protocol_id']}", f"Made with: {how(report)}"]
-    if partial:
-        lines.append(
-            f"Part of the sets only ({', '.join(f'{k}: {v}' for k, v in partial.items())}): not comparable with "
-            "full-set scores"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def how(report: dict[str, Any]) -> str:
-    """One line: how the numbers were made (precision, tiling, device, CPU and its bf16, torch, seed)."""
-    hw = report.get("hardware") or {}
-    parts = []
-    if report.get("precision"):
-        parts.append(
-            f"precision {report['precision']}"
-            + (
-                f" ({report['precision_reason']})"
-                if report.get("precision_reason") and report["precision_reason"] != "asked for"
-                else ""
-            )
-        )
-    if report.get("tiling"):
-        parts.append(f"tiling {report['tiling']}")
-    parts.append(f"device {report.get('device') or 'cpu'}")
-    parts.append(f"CPU {hw.get('cpu_model', '?')} (native bf16: {hw.get('cpu_bf16', '?')})")
-    if hw.get("cuda") not in (None, "none"):
-        parts.append(f"GPU {hw['cuda']}")
-    parts.append(f"torch {hw.get('torch', '?')}")
-    if report.get("seed") is not None:
-        parts.append(f"seed {report['seed']}")
-    return ", ".join(parts)
-
-
-def log_report(tracker: Any, report: dict[str, Any], samples: dict[str, np.ndarray], json_path: str | None) -> None:
-    """Log a report to a tracker: ``<dataset>/psnr_y`` etc., run params, the protocol tag, images and the JSON."""
-    task = report["task"]
-    metrics = {
-        f"{name}/{key}": r[key]
-        for name, r in report["datasets"].items()
-        for key in ("psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image")
-    }
-    tracker.log_metrics(metrics)
-    hw = report.get("hardware") or {}
-    params = {f"benchmark.{k}": report.get(k) for k in ("task", "model", "protocol", "tiling", "precision", "device")}
-    params |= {"benchmark.seed": report.get("seed"), "benchmark.limit": report.get("limit")}
-    params |= {f"benchmark.{k}": hw.get(k) for k in ("cpu_model", "cpu_bf16", "torch", "cuda")}
-    params |= {
-        f"{n}/images": f"{r['images']} of {r.get('images_total', r['images'])}" for n, r in report["datasets"].items()
-    }
-    tracker.log_params(params)
-    tracker.set_tags({"metric_protocol": report["protocol_id"], "benchmark_task": task})
-    for name, image in samples.items():
-        tracker.log_image(image, f"benchmark/{task}/{name}_input_output_gt.png")
-    if json_path:
-        tracker.log_artifact(json_path, f"benchmark/{task}")

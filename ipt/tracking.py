@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ipt.errors import IPTError
+from ipt.fileio import write_json
 from ipt.provenance import git_commit
 
 # MLflow 3's UI opens an experiment without a kind on its GenAI overview (traces, tokens: empty here); this kind
@@ -275,8 +276,7 @@ def write_run_file(folder: str | os.PathLike, tracker: MlflowTracker) -> Path:
 
     path = Path(folder) / RUN_FILE
     exp = tracker.client.get_run(tracker.run_id).info.experiment_id
-    path.write_text(json.dumps({"run_id": tracker.run_id, "experiment_id": exp}, indent=1) + "\n")
-    return path
+    return write_json(path, {"run_id": tracker.run_id, "experiment_id": exp}, indent=1)
 
 
 def run_from_file(folder: str | os.PathLike, tracking_uri: str | None = None) -> MlflowTracker | None:

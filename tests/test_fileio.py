@@ -11,9 +11,8 @@ import pytest
 from ipt.checkpoint import save_checkpoint
 from ipt.config import ModelSpec
 from ipt.data.images import write_png
-from ipt.fileio import atomic_write
+from ipt.fileio import atomic_write, write_json
 from ipt.model import build_ipt
-from ipt.scoring import write_json
 
 
 @pytest.fixture

@@ -63,7 +63,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from ipt.config import ConfigError
     from ipt.data.testsets import load_benchmark, resolve_datasets
     from ipt.device import describe
-    from ipt.scoring import BenchmarkConfig, comparison_image, make_restore_fn, markdown_table, run_benchmark
+    from ipt.score_report import comparison_image, markdown_table
+    from ipt.scoring import BenchmarkConfig, make_restore_fn, run_benchmark
 
     try:  # flags and the params file's section, checked once
         cfg = BenchmarkConfig.from_values(vars(args))
@@ -144,7 +145,8 @@ def _write_report(report: dict, out: str | None, tracker, samples: dict) -> None
     """The JSON report to ``out`` (only where --out says), and to the MLflow run with the metrics and images."""
     import tempfile
 
-    from ipt.scoring import log_report, write_json
+    from ipt.fileio import write_json
+    from ipt.score_report import log_report
 
     if out:
         write_json(out, report)

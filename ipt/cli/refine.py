@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ipt.fileio import write_json
+
 # RefineConfig fields a flag (or the params section) may set.
 CONFIG_KEYS = (
     "base prior prior_layer prior_spatial shards out steps batch_size crop flip lr min_lr betas grad_clip joint "
@@ -193,8 +195,7 @@ def cmd_refine_register(args: argparse.Namespace) -> int:
     if args.out:
         task = result["name"].removeprefix("ipt-").removesuffix("-ptgrm")
         out = Path(args.out.format(task=task))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(out, result, indent=1)
     return 0
 
 

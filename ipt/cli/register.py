@@ -7,10 +7,10 @@ from pathlib import Path
 
 from ipt.cli.commands import UserError
 from ipt.cli.commands import warn as _warn
+from ipt.fileio import write_json
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    import json
 
     from ipt import registry, tracking
 
@@ -49,8 +49,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     print(f"register: {result['uri']} ({'champion' if result['promoted'] else 'not champion'}: {result['reason']})")
     if args.out:
         out = Path(args.out.format(task=args.task or "pretrained"))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(out, result, indent=1)
     return 0
 
 

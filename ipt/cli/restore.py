@@ -124,10 +124,9 @@ def _check_record(out: Path) -> Path:
 
 
 def _write_record(record: Path, args: argparse.Namespace, restorer, pairs, failed) -> None:
-    import json
 
     from ipt.device import describe
-    from ipt.fileio import atomic_write, file_sha256
+    from ipt.fileio import file_sha256, write_json
     from ipt.modeluri import MODEL_URI_PREFIX
 
     bad = {str(src) for src, _ in failed}
@@ -142,8 +141,7 @@ def _write_record(record: Path, args: argparse.Namespace, restorer, pairs, faile
         "outputs": [str(dst.relative_to(record.parent)) for src, dst in pairs if str(src) not in bad],
         "failed": [{"input": str(src), "reason": why} for src, why in failed],
     }
-    text = json.dumps(info, indent=1) + "\n"
-    atomic_write(record, lambda f: f.write(text.encode()))
+    write_json(record, info, indent=1)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ipt import fileio
 from ipt.checkpoint import CheckpointError, read_state, save_checkpoint
 from ipt.fileio import atomic_write
 from ipt.model import IPT
@@ -42,7 +43,8 @@ _STEP_RE = re.compile(r"^step-(\d{8})\.pt$")
 
 
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode() + b"\n"))
+    """A training folder's JSON files: indent 1, sorted keys."""
+    fileio.write_json(path, obj, indent=1, sort_keys=True)
 
 
 def save_tensors(path: Path, obj: Any) -> None:
