@@ -1,22 +1,6 @@
 """PTG-RM: the prior-guided refinement module (PTGRM_REFERENCE sections 1-4), pure torch.
 
-A restorer F gives ``restored`` (I-hat); PTG-RM sees it next to the degraded input I_d and one global prior vector
-``g`` (B, d) from a frozen network, and returns ``clamp(restored, 0, 1) + r`` with a learned residual r:
-
-    cat(I-hat, I_d) -> R_e -> f (16 ch, 1/4 size)
-    PTG-SVE:  M = sigmoid(R_m(f, T_m(g), P_m(S)));  f-hat = M * R_l(f) + (1 - M) * R_s(f)   (long / short range)
-    PTG-CSA:  channel gate from GAP(f-hat) and T_c(g); spatial gate from a per-pixel 3x3 kernel predicted from
-              (f-hat, T_c(g), P_c(S)); f-bar = R_f(cat(channel-gated, spatial-gated)) + f-hat
-    R_d(f-bar) -> r (full size)
-
-``S`` is a 2-channel coordinate map. T_m and T_c project ``g`` without biases, so ``g = 0`` (the ``none`` prior)
-injects exactly nothing. With ``spatial_prior`` (not in the paper), ``g`` is a (B, d, h', w') map: T_m and T_c are
-then 1x1 convs applied at every position and their output is resized (bilinear) to f's size, so the prior enters
-where the vector's broadcast did, different at every position; the channel gate takes its spatial mean. Every
-conv/linear is bias-free unless the reference says otherwise; LeakyReLU slope 0.1.
-
-Any image size works: the input is padded (replicate) to a multiple of 4 and the output cropped back. GAP, the
-channel attention and ``g`` are global over the image, so run it on whole images, not on tiles.
+Architecture: docs/refine.md#ptg-rms-architecture.
 """
 
 from __future__ import annotations
