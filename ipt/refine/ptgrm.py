@@ -263,13 +263,8 @@ class PTGCSA(nn.Module):
 class PTGRM(nn.Module):
     """``refined = clamp(restored, 0, 1) + R_d(CSA(SVE(R_e(cat(restored, degraded)), g), g))``.
 
-    Args:
-        spec: sizes; ``spec.prior_dim`` must equal the prior's vector length.
-        zero_init: zero R_d's last conv (weight and bias) after the default init, so that the untrained module is
-            exactly the identity on ``clamp(restored, 0, 1)`` (not in the reference, whose default init starts
-            from a random residual; ``ipt refine`` turns it on by default). The parameters, their count and every
-            other initial value are unchanged (the default init runs first, with the same random draws).
-
+    ``spec.prior_dim`` must equal the prior's vector length. ``zero_init`` zeroes R_d's last conv after the default
+    init, so the untrained module is the identity on ``clamp(restored, 0, 1)`` (docs/refine.md, "Design choices").
     ``forward(restored, degraded, g)``: ``restored`` (B, 3, H, W) in [0, 1] (unclamped is fine), ``degraded``
     (B, 3, h, w) in [0, 1] (bicubic-upsampled to H x W when smaller, as for super-resolution), ``g`` (B, d).
     Returns (B, 3, H, W) in the input dtype, unclamped (clamp when quantising).
