@@ -1,9 +1,6 @@
 """Degradation models for IPT: pure torch/numpy functions keyed by name in an explicit registry.
 
-Adding a corruption: one module ``corruptions/<name>.py`` that decorates its function with ``@register("<name>")``,
-one import line in ``corruptions/catalog.py``, one ``corrupt.tasks`` entry in ``params.yaml``. A name is looked up
-by importing its module (``get("jpeg")`` imports ``corruptions.jpeg``; no file scanning), so a stage runs only the
-corruption it uses. ``tests/test_corruptions/test_contract.py`` covers every module of the catalog.
+Adding a corruption: docs/corruptions.md#adding-a-corruption.
 """
 
 from ._imresize import imresize_float, imresize_uint8

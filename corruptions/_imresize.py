@@ -1,16 +1,6 @@
-"""MATLAB-compatible bicubic ``imresize`` in numpy (no I/O).
+"""MATLAB-compatible bicubic ``imresize`` in numpy (no I/O), bit-exact on uint8 images.
 
-Reproduces MATLAB's ``imresize(img, scale, 'bicubic')`` bit-exactly on uint8 images:
-
-- cubic kernel with a = -0.5; when shrinking (scale < 1) the kernel is stretched by 1/scale (antialiasing), so its
-  support is 4/scale input pixels; when enlarging the support is 4 input pixels;
-- weights normalised per output pixel; borders handled by mirror index folding as in MATLAB's ``contributions()``;
-- output size ``ceil(in * scale)``;
-- dimensions resized in MATLAB's order (stable sort of the scale factors: rows/vertical first when equal), and the
-  image converted back to uint8 after EACH 1-D pass, rounding half away from zero. ``np.round`` rounds half to even
-  and is therefore not used.
-
-The float path (:func:`imresize_float`) does the same passes without intermediate rounding.
+The facts that make it exact: docs/corruptions.md#matlab-bicubic-the-facts-that-make-it-bit-exact.
 """
 
 from __future__ import annotations

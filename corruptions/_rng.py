@@ -1,7 +1,6 @@
-"""Per-sample random generators derived from (seed, task, key) with hashlib.
+"""Per-sample random generators derived from (seed, task, key) with hashlib, never the salted built-in ``hash()``.
 
-Python's built-in ``hash()`` of a string is salted per process (PYTHONHASHSEED), so it is never used: the same
-(seed, task, key) must give the same bytes on every machine and in every process.
+Design notes: docs/corruptions.md#the-contract.
 """
 
 from __future__ import annotations

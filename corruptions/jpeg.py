@@ -1,8 +1,6 @@
 """``jpeg``: JPEG compression artefacts (encode with Pillow at ``quality``, decode back), e.g. task ``jpeg_q10``.
 
-The worked example of docs/corruptions.md ("Adding a corruption"). Fixed encoder settings: baseline (not
-progressive), no Huffman optimisation, the IJG quantisation tables scaled by ``quality``, 4:2:0 chroma subsampling
-for colour images; decoding is Pillow's default. Same bytes in, same bytes out: nothing is drawn from the generator.
+Encoder settings: docs/corruptions.md#jpeg-a-users-task-eg-jpeg_q10-the-worked-example-below.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """``rain_streaks``: procedural synthetic rain for derain pretraining (we do not have the RainTrainL streak layers).
 
-Recipe, per batch item (in the spirit of the Photoshop recipe behind Rain100L: noise, blur, motion blur, add):
-
-1. draw the item's streak angle (degrees from vertical), length (pixels) and peak intensity from their ranges;
-2. sparse seeds: a uniform draw per pixel of a canvas padded by the kernel radius; pixels below ``density`` become
-   seeds with brightness ``u / density`` in (0, 1] (so one draw gives both the mask and the brightness);
-3. motion blur with a line kernel: Gaussian cross profile of std ``width``, elliptic taper along its length, peak 1,
-   so an isolated streak's peak equals its seed's brightness times the item's intensity;
-4. the grayscale layer is added to every channel and the sum clipped to [0, 1].
-
-A "valid" convolution over the padded canvas keeps the output size equal to the input size for any H, W (also
-tiny ones) and lets streaks enter from outside the frame, as real rain does.
+The recipe and its calibration: docs/corruptions.md#rain_streaks-derain.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """An explicit, name-keyed registry of corruption functions.
 
-Entries are added by the ``@register(name)`` decorator when their module is imported. A name not registered yet is
-looked up by importing ``<package>.<name>`` (a corruption's module is named after it; no file scanning); the
-explicit list of every module is ``<package>.catalog``, imported only when the whole list is asked for (iteration,
-the known names of an error). Registered names are the ``name`` values in ``params.yaml``.
-
-``validate_params`` checks parameter *names* (cheap, used by ``apply``); ``check_params`` checks a params-file entry
-completely before a stage writes anything: names, plain finite values, the entry's optional ``check`` hook, and a
-trial run on a tiny image. Every problem is a :class:`ParamsError` whose message names the parameter.
+Lookup by module name, ``validate_params`` / ``check_params``: docs/corruptions.md#the-contract.
 """
 
 from __future__ import annotations

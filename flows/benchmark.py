@@ -1,13 +1,6 @@
 """Prefect flow `benchmark-ipt`: score a model on the paper's test sets for each task, logged to MLflow.
 
-With no ``model`` the flow runs the DVC stages ``benchmark@<task>`` (the fine-tuned model of the DAG and its
-baseline, and any stale upstream stage) through flows/pipeline.py. With ``model`` (``baseline``, a weights file,
-``models:/ipt-sr_x2@champion``) it scores that model directly, outside DVC, into ``out_dir`` (default
-``outputs/benchmark/<model>``); an ``out_dir`` that a stage of dvc.yaml owns (``metrics/benchmark``,
-``metrics/baseline``, ...) is refused, so an ad-hoc run never overwrites the DAG's tracked metrics.
-
-One MLflow parent run per flow run and one child run per task (the same dataset appears under several tasks, so
-metrics `<dataset>/psnr_y` live in the task's own run). The stage itself is `ipt benchmark`, run as a subprocess.
+DVC stages or an ad-hoc model, and the MLflow runs: docs/pipeline.md#the-pipeline-four-ways-in.
 """
 
 from __future__ import annotations

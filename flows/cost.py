@@ -1,10 +1,6 @@
 """A run priced before it starts: per stage, the samples, the bytes written and the hours at measured rates.
 
-The plan (``benchmarks/paper_scale.yaml`` holds the paper's) names the source size, the crops per image, the PNG level,
-the tasks, the epochs and where the measured rates are: per-sample seconds and bytes of the data stages for each PNG
-level (``benchmarks/bench_cost.py``, one worker), the GPU's training samples/s (``benchmarks/bench_train.py``) and its
-seconds per benchmark image (``benchmarks/bench_tiling.py``). Workers and GPUs scale the hours linearly: data stages
-are embarrassingly parallel over shards; DDP scaling beyond the measured single GPU is an assumption, stated.
+The plan and the rates: docs/paper_scale.md.
 """
 
 from __future__ import annotations

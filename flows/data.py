@@ -1,10 +1,6 @@
 """Prefect flows `shard-ipt` and `corrupt-ipt`: the data stages, fanned out over shards by a Prefect task runner.
 
-Thin on purpose: planning, resuming and the manifest are :mod:`ipt.data.clean`, :mod:`ipt.data.pairs` and
-:mod:`ipt.data.plan` (the functions ``ipt shard`` and ``ipt corrupt`` call, with the same code digest); this module
-only maps the remaining shard jobs onto Prefect tasks, so a Dask cluster
-(``executor="dask"``: a local cluster of ``workers`` processes, or ``dask_address``) or local processes do the
-work, and a progress artifact shows how many shards are written.
+Thin on purpose (the planning is :mod:`ipt.data`): docs/data_pipeline.md#fan-out.
 """
 
 from __future__ import annotations

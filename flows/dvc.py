@@ -1,7 +1,6 @@
 """The DVC side of the flows: the project folder, the workspace lock, DVC's DAG and what is stale, stage commands.
 
-The flows never decide staleness themselves: ``dvc status --json`` says which stages are stale and ``dvc dag
---dot`` what is downstream of them; :func:`plan` orders them. No Prefect and no torch here.
+DVC decides staleness (``dvc status``, ``dvc dag``); no Prefect and no torch here.
 """
 
 from __future__ import annotations

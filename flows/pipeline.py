@@ -1,19 +1,6 @@
 """Prefect flow `ipt-pipeline`: the whole DAG of dvc.yaml, one Prefect task per DVC stage, DVC deciding what runs.
 
-Thin on purpose. The flow never decides staleness itself:
-
-1. it takes the workspace lock (``.dvc/tmp/ipt-pipeline.lock``, an flock): one pipeline run per workspace at a
-   time, a second one waits up to ``lock_timeout`` seconds and then fails naming the holder;
-2. ``dvc status --json`` says which stages are stale; nothing stale -> the run ends here, in seconds;
-3. else the stale stages and everything downstream of them (``dvc dag --dot``), in topological order, each run as
-   its own Prefect task ``dvc repro --single-item <stage>``: DVC checks that stage again and runs it or skips it,
-   so a stage whose inputs turned out unchanged costs a second. The stage's output (torchrun's included) streams
-   into the task's log;
-4. a summary table (model vs baseline per task, from the benchmark JSON files) becomes a Prefect artifact and
-   metrics of the MLflow parent run. Each stage's own MLflow run is a child of it (``IPT_MLFLOW_PARENT_RUN_ID``).
-
-`pretrain-ipt`, `finetune-ipt` and `benchmark-ipt` are the same machinery with a target (flows/train.py,
-flows/benchmark.py). No torch import here.
+No torch import here. Design notes: docs/pipeline.md#the-pipeline-four-ways-in (Prefect).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """Prefect flow `refine-ipt`: train PTG-RM behind a base IPT, score the refined model, register it.
 
-Three CLI stages in subprocesses (the same `python -m ipt.cli ...` that DVC's `refine@TASK` runs), one MLflow run
-(experiment ``ipt-refine``) that receives the training metrics, the benchmark and the registry version; its id goes
-to the stages through ``IPT_MLFLOW_RUN_ID``. No torch import here (STYLE C1).
+No torch import here (STYLE C1). Design notes: docs/refine.md#use-it (Prefect).
 """
 
 from __future__ import annotations

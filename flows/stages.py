@@ -1,7 +1,5 @@
-"""Running pipeline stages from Prefect: each stage is the same `python -m ipt.cli <stage>` that DVC runs.
-
-CPU-heavy work happens in the subprocess, never in Prefect's worker threads; its output is streamed line by line
-into the task's log. No torch import here (STYLE C1).
+"""Running pipeline stages from Prefect: each stage is the same `python -m ipt.cli <stage>` that DVC runs, in a
+subprocess (never in Prefect's worker threads) whose output streams into the task's log. No torch import here.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
 """Prefect flows `pretrain-ipt` and `finetune-ipt`: the training stages, logs streamed to Prefect.
 
-By default (no ``args``) a flow runs the DVC stage ``pretrain`` / ``finetune@<task>`` and whatever upstream stage
-is stale, through the same machinery as `ipt-pipeline` (flows/pipeline.py): the workspace lock, one Prefect task
-per stage, DVC deciding what runs; the stage command is ``ipt launch``, so torchrun's settings come from
-params.yaml ``launch``. With ``args`` the flow runs that one stage directly, outside DVC, for ad-hoc runs on data
-and outputs of your choosing, with the command line :func:`ipt.launch.command` builds (one process, or torchrun).
-
-The flow owns an MLflow run (experiment ``ipt-pretrain`` / ``ipt-finetune``) and hands its id to rank 0 through
-``IPT_MLFLOW_RUN_ID``; torchrun's output (every rank's lines) goes to the Prefect log as it is printed. The stage
-options come from params.yaml (``pretrain`` / ``finetune``) in ``workdir``; ``args`` adds or overrides flags.
-For several nodes, run the same deployment on each node with the same ``rdzv_endpoint`` (host:port of one node, a
-c10d rendezvous: no node ranks to hand out; docs/training.md).
+DVC stages or an ad-hoc run, MLflow, several nodes: docs/pipeline.md#the-pipeline-four-ways-in (Prefect).
 """
 
 from __future__ import annotations

@@ -1,13 +1,5 @@
 """IPT, the Pre-Trained Image Processing Transformer: strict loading of the released weights, exact inference, and
-the training pipeline the official code lacks.
-
-The Python API (imported on first use, so ``import ipt`` costs nothing)::
-
-    import ipt
-    restorer = ipt.open_restorer("IPT_sr2.pt", task="sr_x2")        # or "models:/ipt-sr_x2@champion"
-    out = restorer(image)                                           # (H, W, 3) uint8 -> (2H, 2W, 3) uint8
-    ipt.restore_file("photo.png", "photo_x2.png", restorer)         # read, restore, write a PNG
-    model = ipt.load_model("IPT_pretrain.pt")                       # the nn.Module, strictly loaded
+the training pipeline the official code lacks. Python API (lazy: ``import ipt`` costs nothing): docs/usage.md.
 """
 
 from __future__ import annotations

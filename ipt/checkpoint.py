@@ -1,10 +1,6 @@
-"""Loading and saving IPT weights, strictly.
+"""Loading and saving IPT weights, strictly: the official bare state dicts and the project's checkpoints.
 
-* Official files (``IPT_sr2.pt`` ... ``IPT_pretrain.pt``) are bare state dicts. ``convert_official_ipt`` infers the
-  configuration from the tensors (IPT_REFERENCE section 7), names the tasks, and checks every key and shape; the model
-  is then loaded with ``strict=True``. Nothing is ever unpickled beyond tensors (``weights_only=True``).
-* Project checkpoints are ``{"format_version", "kind": "ipt", "model_spec", "state_dict", "meta"}``, written
-  atomically, and rebuild their model from the stored spec.
+Formats and checks: docs/project.md#layout, docs/usage.md#restore-your-own-images-with-the-released-weights.
 """
 
 from __future__ import annotations

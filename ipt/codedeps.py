@@ -1,13 +1,6 @@
 """The project files a command runs: the import closure of its entry modules, from parsing them (nothing is imported).
 
-DVC's code deps (dvc.yaml, ``python -m ipt.codedeps --write``), the data stages' plan digests and the tests that
-check both come from :func:`closure`, so "the code a stage runs" has one definition. Every import statement counts,
-at module level or inside a function, and each module's parent packages with it. Modules imported by name at run
-time are not seen: the corruptions (``corruptions.get("jpeg")`` imports ``corruptions.jpeg``; their explicit list is
-``corruptions/catalog.py``) and checkpoint kinds (``ipt.restore.OPENERS``). A stage that runs a corruption lists that
-corruption's module itself (``corruptions/${item.name}.py``, :func:`plugin_file`), so adding or editing one
-corruption reruns only the stages that use it; a corruption may import the package's private helpers, never
-another corruption.
+Design notes: docs/data_pipeline.md#what-dvc-knows.
 """
 
 from __future__ import annotations

@@ -54,12 +54,10 @@ class ModelSpec:
     """Hyper-parameters of an IPT network. Defaults are the paper's (and the released checkpoints') size.
 
     ``tasks`` is an ordered tuple of ``(task_name, scale)`` pairs: task i owns ``head.i``, ``tail.i`` and row i of
-    the query embedding, exactly as the official state dict lays them out.
-    ``mlp`` is the official ``not no_mlp``: when true the body has ``linear_encoding``, ``mlp_head`` and the
-    per-task ``query_embed``.
-    ``image_residual`` (not in the paper, off for every released file): the output is the task's baseline (the
-    input, bicubic-upsampled for SR) plus the tail's correction, and the last tail conv starts at zero, so an
-    untrained model equals the baseline. The CPU-sized training runs use it; the state-dict keys are unchanged.
+    the query embedding, exactly as the official state dict lays them out. ``mlp`` is the official ``not no_mlp``
+    (the body then has ``linear_encoding``, ``mlp_head`` and the per-task ``query_embed``). ``image_residual`` (not
+    in the paper, off for every released file): output = the task's baseline + the tail's correction, same keys;
+    docs/training.md#the-image-residual-switch-cpu-sized-runs.
     """
 
     n_feats: int = 64

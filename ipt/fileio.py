@@ -1,8 +1,5 @@
 """Atomic file writes (a temporary beside the target, then a rename, so a reader never sees half a file) and file
-digests.
-
-The temporary is created with mode 0o666 minus the umask (``tempfile.mkstemp`` would make it 0600, and that mode
-survives the rename: checkpoints, reports and restored images unreadable by the rest of a group).
+digests. Design notes: docs/storage.md#stages-with-s3-paths (atomic writes).
 """
 
 from __future__ import annotations

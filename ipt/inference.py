@@ -1,15 +1,6 @@
-"""Whole-image inference with a window model (pure torch, no I/O).
+"""Whole-image inference with a window model (pure torch, no I/O): the ``official`` and ``overlap`` tilings.
 
-IPT only accepts ``P x P`` windows (P = 48 for the released weights). Two tilings are provided:
-
-* ``official``: the released ``forward_chop`` (IPT_REFERENCE 3.4) pixel for pixel: 12-px stride, central-24-px
-  averaging in the interior, 1-D blends on the top/left strips, separate bottom/right strips and a corner window.
-  Each distinct window is evaluated once (the official code recomputes ~2(nr+nc) duplicates; the result is the same).
-* ``overlap`` (default): windows at a configurable stride (default 36 px, i.e. 12-px overlap) plus a last window
-  flush with each border, blended with a separable linear ramp so seams fade; each window is computed once,
-  batched. Images smaller than a window are padded (reflect, or replicate when too small) and cropped back.
-
-``window_fn`` maps a (N, C, P, P) batch to (N, C, P*s, P*s); the tilings never touch the model otherwise.
+Design notes: docs/design.md#iptinferencepy.
 """
 
 from __future__ import annotations

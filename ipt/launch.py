@@ -1,11 +1,6 @@
 """`ipt launch pretrain|finetune`: start a training stage as one process or under torchrun, from params.yaml.
 
-The DVC stages call ``python -m ipt.cli launch pretrain -- <stage flags>``, so the same `dvc repro` runs one CPU
-process on a laptop and DDP across GPU nodes on a cluster: only params.yaml ``launch`` changes (docs/training.md,
-README "At paper scale"). One process on one node runs the stage directly (no torchrun, no process group); anything
-more goes through ``torch.distributed.run`` (torchrun): ``--standalone`` on one node, a c10d rendezvous at
-``rdzv_endpoint`` across nodes (the same command on every node; no node ranks to hand out). ``--dry-run`` prints
-the command instead of running it. No torch import here: torchrun is a subprocess.
+No torch import here (torchrun is a subprocess). Design notes: docs/training.md#distributed.
 """
 
 from __future__ import annotations

@@ -1,24 +1,6 @@
-"""Image-quality metrics under two named evaluation protocols (pure torch, no I/O).
+"""Image-quality metrics (Y-PSNR, SSIM) under two named evaluation protocols, ``ipt`` and ``matlab`` (pure torch).
 
-Both protocols quantize first (the official ``clamp(0, 255).round()``), score the Y channel with a crop border
-(``scale`` for SR, 0 for x1 tasks: :func:`crop_border_for`) and leave the dataset mean (of per-image values) to the
-caller. They differ in how Y is formed:
-
-* ``ipt`` (default) reproduces the official ``utility.calc_psnr``: Y = 16 + (65.738 R + 129.057 G + 25.064 B) / 256
-  on 0..255 values; a single-channel image is first replicated to RGB (the official ``set_channel``).
-* ``matlab`` reproduces the SR literature's MATLAB scripts: Y = ``rgb2ycbcr(im2double(img))(:, :, 1) * 255``, i.e.
-  16 + (65.481 R + 128.553 G + 24.966 B) / 255 kept in double, NOT rounded to uint8 (the unrounded Y reproduces the
-  published bicubic rows within 0.014 dB / 0.0008 SSIM; rounding Y to uint8 misses Set5/Set14 x2 by 0.02 dB).
-  A single-channel reference (Set14's bridge.png) is scored on its own values; a 3-channel output for it is reduced
-  with the BT.601 luma weights (65.481, 128.553, 24.966) / 219 (MATLAB ``rgb2gray`` up to 1e-4), which leave
-  identical channels unchanged.
-
-SSIM (both protocols) is Wang et al.'s ``ssim_index.m`` as used in the SR literature: 11x11 Gaussian window,
-sigma 1.5, 'valid' filtering, C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2, mean of the SSIM map, on the cropped Y.
-
-PSNR is capped at :data:`PSNR_CAP_DB` (100 dB), identical images included, so results never hold inf or NaN.
-
-Layouts: numpy arrays are (H, W, C) or (H, W); tensors are (C, H, W), (1, C, H, W) or (H, W); values on 0..255.
+Protocols, formulas and layouts: docs/benchmark_protocol.md#the-two-protocols.
 """
 
 from __future__ import annotations

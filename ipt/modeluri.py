@@ -1,7 +1,6 @@
 """``models:/<name>@<alias>`` and ``models:/<name>/<version>``: a registered version's files, downloaded once.
 
-A version's ``source`` is an artifact folder holding one project checkpoint ``model.pt`` (an MLflow Model, see
-:mod:`ipt.serving`); :func:`resolve_model_uri` downloads that folder into a local cache and returns the file.
+:func:`resolve_model_uri` caches a version's artifact folder (an MLflow Model, docs/serving.md) and returns its file.
 """
 
 from __future__ import annotations

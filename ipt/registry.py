@@ -1,28 +1,6 @@
 """The model registry convention: one registered model per task, a champion that only moves on a better score.
 
-- ``ipt-<task>`` (``ipt-sr_x2`` ...): each version holds ``model.pt`` (the single-task project checkpoint, what
-  ``models:/ipt-sr_x2@champion`` resolves to), ``official.pt`` (the released single-task layout; not for
-  ``image_residual`` models, which the official code cannot run), and the task's
-  ``head.pt`` and ``tail.pt`` as separate artifacts (state dicts with their official key names), plus the
-  benchmark report it was scored with.
-- ``ipt-pretrained``: the multi-task model; ``model.pt`` only.
-- The report must be of this checkpoint: its ``model_sha256`` (when it records one) must be the checkpoint file's;
-  a report without it is matched by path (its ``model``, resolved against the current directory, must be the
-  checkpoint) or, for a ``models:/`` URI, not checked; both with a warning in the result. A baseline report
-  (``bicubic`` / ``identity`` / ``baseline``) is refused. These are :class:`RegistryError`\\ s naming the report.
-- Alias ``champion`` moves to a new version only when its score (mean ``psnr_y`` over the report's datasets, or
-  one dataset's) beats the current champion's *and the two are comparable*: they have the same score key
-  (:func:`score_key`): task, protocol, metric, datasets with their image counts, a hash of the image names scored
-  (so a ``--limit 1`` score never meets a full-set one) and what made the inputs (the noise seed of a denoising
-  task, the corruption spec of a custom one). Tiling and precision are not in the key: they change how the model
-  is run, not the test; they are tagged (``score_tiling``, ``score_precision``) and a difference from the
-  champion's is noted in the reason. A score under another key keeps the champion (nothing is rescored; the
-  version is registered all the same) unless ``allow_new_key=True``, which lets it take over with its key, the way
-  to move a champion scored under an older key format. The newest version is ``models:/<name>/latest`` (MLflow
-  reserves that name). The decision, its reason and any warnings are returned (and written by ``ipt register
-  --out``).
-
-No mlflow import here: the client calls are in :mod:`ipt.tracking`, :mod:`ipt.modeluri` and :mod:`ipt.versions`.
+What a version holds, the report check and the score key: docs/usage.md#pretrain-fine-tune-register.
 """
 
 from __future__ import annotations

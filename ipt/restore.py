@@ -1,8 +1,6 @@
 """A whole-image restorer: an IPT, a task, a tiling, a device and a precision. uint8 in, uint8 out.
 
-:func:`open_restorer` is the one way to get one from weights (a file, or a ``models:/`` URI): ``ipt restore``, ``ipt
-benchmark`` and serving all call it. Checkpoint kinds other than a plain IPT (PTG-RM refiners) are opened by the
-module :data:`OPENERS` names for their kind, imported by name, so this core never imports its add-ons.
+:func:`open_restorer` is the one factory; add-on checkpoint kinds open through :data:`OPENERS` (docs/project.md#layout).
 """
 
 from __future__ import annotations

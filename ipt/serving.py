@@ -1,12 +1,6 @@
 """Registered versions as MLflow Models (pyfunc flavor): ``mlflow models serve`` and ``mlflow.pyfunc.load_model``.
 
-A version's folder is an MLflow Model whose ``python_function`` flavor names this module as its loader
-(``loader_module: ipt.serving``): no pickled Python object anywhere, the code is the installed ``ipt`` package, the
-weights are the version's ``data/weights/model.pt`` (and a refiner's ``base.pt`` beside it), read with
-``weights_only=True`` by :func:`ipt.restore.open_restorer`. Input: a DataFrame with a column ``image`` of base64
-PNG/JPEG files, one per row; output: one base64 PNG per row, byte for byte what ``ipt restore`` writes with the same
-options. The options (``model_config``) default to the exact path, fp32, with ``ipt restore``'s default tiling;
-``task`` picks one task of a multi-task model (``ipt-pretrained``).
+Layout, signature and options: docs/serving.md.
 """
 
 from __future__ import annotations

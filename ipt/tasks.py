@@ -1,9 +1,6 @@
 """Tasks: a name, the corruption that makes its inputs, that corruption's params, and the scale they imply.
 
-A task's scale is what its corruption does to the image size (the registry entry's ``out_size``), never what its
-name says: a user's ``bd_x3`` (blur, then bicubic x3) trains, scores and registers as x3 like ``sr_x3``. The names
-of the paper's tasks (``sr_xN``, ``denoise_sNN``, ``derain``) also choose their benchmark protocol (docs/
-benchmark_protocol.md), so an entry under such a name must make what the name says.
+Why the scale comes from the corruption, not the name: docs/corruptions.md#blur_down-a-users-bd_x3-say.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """Experiment tracking at the boundary: the only module that imports mlflow.
 
-Every call goes to an explicit ``run_id`` through ``MlflowClient`` (the fluent API's active run is thread-local and
-breaks under Prefect's thread pools). The tracking URI defaults to a local sqlite store, ``sqlite:///<cwd>/mlflow.db``,
-which needs no server; ``$MLFLOW_TRACKING_URI`` or ``--tracking-uri`` override it.
-
-Registered versions: :mod:`ipt.modeluri` reads them (``models:/`` URIs), :mod:`ipt.versions` writes them.
+Explicit run ids, the tracking URI: docs/pipeline.md#the-pipeline-four-ways-in (MLflow).
 """
 
 from __future__ import annotations

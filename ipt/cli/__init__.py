@@ -1,9 +1,6 @@
 """The ``ipt`` command: one subcommand per pipeline stage (``python -m ipt.cli <stage>`` in dvc.yaml and flows).
 
-Each subcommand family lives in its own module (restore, benchmark, data, train, register, launch, refine) and only
-the one a command line names is imported, so a stage's code is its module's imports and nothing else
-(:mod:`ipt.codedeps` derives DVC's deps from them). Errors the user can fix are one line on stderr naming the file
-and the problem, with exit code 2; a folder run that skipped bad files exits 1 after reporting them.
+Design notes: docs/design.md#iptcli__init__py.
 """
 
 from __future__ import annotations

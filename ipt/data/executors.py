@@ -1,7 +1,6 @@
 """Fan a list of independent jobs out over workers: in-process, local processes, or a Dask cluster.
 
-Results come back as they finish (order does not matter: every job writes its own shard and records it). The
-Prefect flows get the same fan-out from a Prefect task runner instead (``flows/data.py``, ``DaskTaskRunner``).
+Design notes: docs/data_pipeline.md#fan-out.
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
 """Where clean images come from: an image folder or the ILSVRC2012 train tarball, on local disk or ``s3://``.
 
-A source is listed once, in sorted order of relative POSIX paths, into :class:`SourceItem` records that carry
-enough to read one file again from any process (the shard stage fans out over worker processes and Dask
-workers, so nothing here holds an open file between calls).
-
-- A folder (ImageNet ``train/<wnid>/*.JPEG`` or any tree): every file whose suffix is an image suffix, any case.
-- A tar of per-class tars (``ILSVRC2012_img_train.tar``): read in place, never unpacked to disk; the relative path
-  of a member is its class tar's path without ``.tar``, then the member's full path inside it:
-  ``n01440764.tar:n01440764_10026.JPEG`` is ``n01440764/n01440764_10026.JPEG``, ``sub/n01.tar:a/x.JPEG`` is
-  ``sub/n01/a/x.JPEG``. A plain tar of images works too. Keys and seeds derive from the relative path, so two
-  members that would share one are an error naming both.
-- ``skimage``: the sample images bundled with scikit-image (the embedded default; gray, RGBA and tiny files
-  included, so a default run exercises the conversion and skip paths).
+Listing, keys and the tar layout: docs/data_pipeline.md#ipt-shard.
 """
 
 from __future__ import annotations

@@ -1,23 +1,6 @@
 """One small API over local paths and ``s3://bucket/prefix`` URLs (fsspec + s3fs), for the data stages.
 
-A URL is either a local path (``data/shards``, ``/abs/path``, ``file:///abs/path``) or ``s3://bucket[/key]``.
-Every function takes URLs and returns URLs or POSIX relative paths; errors are :class:`StorageError` (a
-``ValueError``) whose message starts with the URL. "No such file" errors are :class:`StorageNotFoundError`, which
-is also a ``FileNotFoundError``.
-
-S3 credentials and endpoint come from the environment only, never from arguments or files in the repository:
-
-- ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``), or ``AWS_PROFILE`` with the usual
-  ``~/.aws`` files (``AWS_SHARED_CREDENTIALS_FILE`` / ``AWS_CONFIG_FILE`` move them); botocore's chain resolves them.
-- ``AWS_DEFAULT_REGION`` or ``AWS_REGION``.
-- ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` for an S3-compatible server (MinIO, moto, Ceph, R2, ...). botocore
-  1.43 / aiobotocore 3.10 (under s3fs 2026.9) read these themselves; this module also passes the value to s3fs as
-  ``endpoint_url`` so that the endpoint does not depend on the botocore version and appears in error messages.
-
-Atomicity: a local write goes to a temporary file in the destination folder (``.ipt-tmp-*``), is fsynced and renamed
-over the destination with ``os.replace``; readers see the old file or the new one, never a partial one. An S3 object
-is published by one ``PutObject`` (multipart above 100 MB, which S3 also makes visible only on
-``CompleteMultipartUpload``), so readers likewise see the old object or the new one; no temporary keys are created.
+Credentials (environment only): docs/storage.md#environment-variables; URLs, errors, atomicity: #stages-with-s3-paths.
 """
 
 from __future__ import annotations

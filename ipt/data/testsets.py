@@ -1,23 +1,6 @@
 """Benchmark test sets in the layouts users have, paired by file name, loaded into memory for one run.
 
-Layouts (any image format Pillow reads; files are paired by name, never by position):
-
-* SR (``sr_xN``), EDSR layout: ``<Set>/HR/<name>.png`` + ``<Set>/LR_bicubic/X{N}/<name>x{N}.png``. Without an
-  ``LR_bicubic/X{N}`` folder the LR is made with the MATLAB-compatible bicubic (``corruptions.imresize_uint8``) from
-  HR mod-cropped to N, with a note (nothing is written). HR is cropped top-left to LR size x N for scoring.
-* Denoising (``denoise_sNN``): clean images in ``<Set>/HR/`` or directly in ``<Set>/``. Noisy inputs are made once per
-  run with ``corruptions.gaussian_noise`` and ``sample_generator(seed, task, name)``: float, clamped to [0, 255], not
-  quantized (as the official evaluation). The same seed gives the same inputs in every run and for every model; they
-  do not bit-match the official code, whose noise comes from an unseeded global RNG stream.
-* Deraining (``derain``): ``<Set>/rainy/rain-N.png`` with ``norain-N.png`` beside ``rainy/`` (PReNet / official
-  layout) or in ``<Set>/norain/``.
-* Any other task (``jpeg_q10`` ...) with a corruption spec (its ``corrupt.tasks`` entry, handed over by the CLI):
-  clean images in ``<Set>/HR/`` or directly in ``<Set>/``, mod-cropped to the spec's ``scale`` (default 1) and
-  corrupted in memory as the corrupt stage makes training pairs: ``sample_generator(seed, task, name)``, then
-  quantized to uint8 with ``quantize_uint8``. Default sets: Set5, Set14.
-
-A single-channel reference image keeps its single channel (``hr`` is (H, W)) so the ``matlab`` protocol can score it
-on its own values; the model input is always RGB. Every problem raises :class:`BenchmarkDataError` naming the folder.
+Layouts and input generation: docs/benchmark_protocol.md#test-data---root.
 """
 
 from __future__ import annotations

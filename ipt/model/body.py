@@ -1,9 +1,6 @@
 """The IPT transformer body: linear patch encoding, learned positions, encoder, task-queried decoder, mlp head.
 
-Parameter names follow the official ``model/ipt.py`` exactly (``self_attn.in_proj_weight``, ``linear1``, ``norm1``,
-``query_embed``, ``position_encoding.pe`` ...) so released checkpoints load with strict key checking. Internally the
-tokens are batch-first (B, N, E) and attention runs through ``scaled_dot_product_attention``; the arithmetic is the
-official sequence-first ``nn.MultiheadAttention`` arithmetic.
+Official parameter names, batch-first attention: docs/project.md#layout.
 """
 
 from __future__ import annotations

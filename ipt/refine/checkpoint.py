@@ -1,18 +1,6 @@
 """Refiner checkpoints: PTG-RM's weights plus references to what it refines, never the prior's weights.
 
-```
-{"format_version": 1, "kind": "ipt-ptgrm", "task": "derain",
- "refiner_spec": {prior_dim, channels, blocks, ...}, "state_dict": PTG-RM's weights,
- "base": {"uri": what --base said, "file": "base.pt", "sha256": of the base file, "registry": {name, version}|None},
- "base_state_dict": the jointly tuned base (joint mode only),
- "prior": {"name", "layer", "seed", "identity": {name, dim, options, sha256},
-           "state": small tensors (random: its BN statistics)},
- "meta": {...}}
-```
-
-The run folder keeps a copy of the base file as ``base.pt`` beside ``model.pt`` (and the registry version holds
-both), so a refined model restores anywhere; the ``base.uri`` reference is the fallback, checked by sha256.
-Everything loads with ``torch.load(weights_only=True)``.
+Format: docs/refine.md#refiner-checkpoints-and-the-run-folder.
 """
 
 from __future__ import annotations

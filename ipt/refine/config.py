@@ -1,9 +1,6 @@
 """``RefineConfig``: the strict, frozen configuration of ``ipt refine`` (params.yaml ``refine`` section).
 
-Defaults follow PTGRM_REFERENCE section 5 where it applies to IPT: Adam lr 1e-4, betas (0.9, 0.99), no weight
-decay, cosine annealing to 1e-7 over the run, random horizontal/vertical flips, the base frozen ("cheap" mode, loss
-L1 on the refined output) unless ``joint`` (the "faithful" mode: base and PTG-RM trained together on
-L1(base) + L1(refined)). Steps, batch and crop are CPU-sized.
+Defaults and modes: docs/refine.md#design-choices-and-differences-from-the-paper.
 """
 
 from __future__ import annotations

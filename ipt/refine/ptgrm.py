@@ -1,22 +1,6 @@
 """PTG-RM: the prior-guided refinement module (PTGRM_REFERENCE sections 1-4), pure torch.
 
-A restorer F gives ``restored`` (I-hat); PTG-RM sees it next to the degraded input I_d and one global prior vector
-``g`` (B, d) from a frozen network, and returns ``clamp(restored, 0, 1) + r`` with a learned residual r:
-
-    cat(I-hat, I_d) -> R_e -> f (16 ch, 1/4 size)
-    PTG-SVE:  M = sigmoid(R_m(f, T_m(g), P_m(S)));  f-hat = M * R_l(f) + (1 - M) * R_s(f)   (long / short range)
-    PTG-CSA:  channel gate from GAP(f-hat) and T_c(g); spatial gate from a per-pixel 3x3 kernel predicted from
-              (f-hat, T_c(g), P_c(S)); f-bar = R_f(cat(channel-gated, spatial-gated)) + f-hat
-    R_d(f-bar) -> r (full size)
-
-``S`` is a 2-channel coordinate map. T_m and T_c project ``g`` without biases, so ``g = 0`` (the ``none`` prior)
-injects exactly nothing. With ``spatial_prior`` (not in the paper), ``g`` is a (B, d, h', w') map: T_m and T_c are
-then 1x1 convs applied at every position and their output is resized (bilinear) to f's size, so the prior enters
-where the vector's broadcast did, different at every position; the channel gate takes its spatial mean. Every
-conv/linear is bias-free unless the reference says otherwise; LeakyReLU slope 0.1.
-
-Any image size works: the input is padded (replicate) to a multiple of 4 and the output cropped back. GAP, the
-channel attention and ``g`` are global over the image, so run it on whole images, not on tiles.
+Architecture: docs/refine.md#ptg-rms-architecture.
 """
 
 from __future__ import annotations
@@ -279,13 +263,8 @@ class PTGCSA(nn.Module):
 class PTGRM(nn.Module):
     """``refined = clamp(restored, 0, 1) + R_d(CSA(SVE(R_e(cat(restored, degraded)), g), g))``.
 
-    Args:
-        spec: sizes; ``spec.prior_dim`` must equal the prior's vector length.
-        zero_init: zero R_d's last conv (weight and bias) after the default init, so that the untrained module is
-            exactly the identity on ``clamp(restored, 0, 1)`` (not in the reference, whose default init starts
-            from a random residual; ``ipt refine`` turns it on by default). The parameters, their count and every
-            other initial value are unchanged (the default init runs first, with the same random draws).
-
+    ``spec.prior_dim`` must equal the prior's vector length. ``zero_init`` zeroes R_d's last conv after the default
+    init, so the untrained module is the identity on ``clamp(restored, 0, 1)`` (docs/refine.md, "Design choices").
     ``forward(restored, degraded, g)``: ``restored`` (B, 3, H, W) in [0, 1] (unclamped is fine), ``degraded``
     (B, 3, h, w) in [0, 1] (bicubic-upsampled to H x W when smaller, as for super-resolution), ``g`` (B, d).
     Returns (B, 3, H, W) in the input dtype, unclamped (clamp when quantising).

@@ -1,11 +1,6 @@
-"""Registry convention for refiners: ``ipt-<task>-ptgrm``, one version per trained PTG-RM.
+"""Registry convention for refiners: ``ipt-<task>-ptgrm``, one version per trained PTG-RM, linked to its base.
 
-A version holds ``model.pt`` (the refiner checkpoint: what ``models:/ipt-derain-ptgrm@champion`` resolves to),
-``base.pt`` (the exact base it was trained on, so the version restores on its own) and, when given, the benchmark
-report. Tags link it to its base: ``base_uri`` (as given to ``ipt refine``), ``base_sha256``, and for a registry
-base ``base_model`` / ``base_version``; plus ``prior`` and ``prior_sha256``. The ``champion`` alias moves only on a
-better, comparable score (``ipt.registry.score_of``, ``decide``), and a report must score this very checkpoint
-(``ipt.registry.check_report_model``), as for ``ipt-<task>``.
+What a version holds and how its champion moves: docs/refine.md#use-it (Registry).
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
 """``refine(cfg) -> metrics``: train PTG-RM on a task's pair shards behind a (frozen, or jointly tuned) base IPT.
 
-Data come from ``ipt.train.data`` (the same seeded, resampled WebDataset lanes as ``ipt finetune``); the step's
-crop and flips are drawn from a generator seeded by (seed, step), so a run is a pure function of its config.
-Logging is injected (``Tracker``; nothing here imports mlflow). The run folder::
-
-    OUT/model.pt      the refiner checkpoint (ipt.refine.checkpoint), what `ipt restore --weights` takes
-    OUT/base.pt       a copy of the base it refines
-    OUT/config.json   the config;   OUT/metrics.jsonl   one row per step
+Data, seeding and the run folder: docs/refine.md#refiner-checkpoints-and-the-run-folder.
 """
 
 from __future__ import annotations

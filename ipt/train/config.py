@@ -1,9 +1,6 @@
 """Frozen, strict configurations of the two training stages (unknown keys and wrong types are errors).
 
-Defaults follow IPT_REFERENCE section 4 (the MindSpore training code and the paper): Adam (0.9, 0.999, eps 1e-8);
-pre-training at lr 5e-5 halved after two thirds of the steps (the code's ``--decay 200 --gamma 0.5`` of 300 epochs),
-L1 + 0.1 x patch contrastive loss at temperature 0.07, one task per batch drawn uniformly; fine-tuning at lr 2e-5 on
-one task. Step counts replace epochs (WebDataset streams have no length), and the batch size is the *global* one.
+Defaults (IPT_REFERENCE section 4): docs/training.md#the-recipe-ipt_reference-section-4.
 """
 
 from __future__ import annotations

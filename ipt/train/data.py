@@ -1,20 +1,6 @@
 """Training batches from pair shards (docs/data_format.md): one task per batch, resampled WebDataset streams.
 
-The global batch of step ``s`` is a pure function of (seed, s), whatever the number of ranks and workers:
-
-* the task of step ``s`` is drawn from ``random.Random(seed_of(seed, "task", s))`` with the configured weights;
-* the global batch is, in lane order, ``batch_size / lanes`` consecutive rows from each *lane* (one row per lane by
-  default). A lane is an independent, infinite WebDataset stream per task: ``ResampledShards`` (shards drawn with
-  replacement, so any number of consumers works with any number of shards, even one) -> tar samples -> a shuffle
-  buffer, every random choice seeded from (seed, task, lane, segment) with sha256. Lane streams restart every
-  ``segment`` steps, so the data position of a checkpoint is just its step: a resumed run rebuilds the segment's
-  streams and skips the steps already taken in it (reading, not decoding, those samples);
-* rank ``r`` of ``world`` owns lanes ``r, r + world, ...`` (rows ``r::world`` with one row per lane), and a rank's
-  DataLoader worker ``w`` owns every ``num_workers``-th of those lanes. Parts are re-assembled in lane order, so a
-  rank's batch does not depend on its worker count either.
-
-``webdataset.WebDataset(resampled=True)`` is not used as such: it seeds its shard sampler with the pid and the clock,
-which no resume could reproduce. The pipeline below is the same stages with explicit seeds.
+Seeding, lanes, ranks, workers and segments: docs/training.md#data-one-stream-per-lane-seeded-resampled.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """``pretrain(cfg)`` and ``finetune(cfg)``: the IPT recipe (IPT_REFERENCE section 4) as functions returning metrics.
 
-Logging is injected (a ``Tracker``; ``NullTracker`` by default) and nothing here imports mlflow. The same entry point
-runs alone or under ``torchrun`` (one process per device; gloo on CPU, NCCL on CUDA): the global batch is split over
-the ranks, DDP averages gradients, the contrastive loss sees the whole global batch, and only rank 0 writes files.
+Logging is injected (no mlflow import); DDP: docs/training.md#distributed.
 """
 
 from __future__ import annotations

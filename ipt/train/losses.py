@@ -1,22 +1,6 @@
 """IPT's training objective: L1 + lambda x patch-level supervised-contrastive loss on the decoder tokens (pure torch).
 
-IPT_REFERENCE section 4 (MindSpore ``src/loss.py``, ``--con_loss``): the features are the decoder output tokens after
-``mlp_head`` (B x N x E, N = 256 for 48 px windows), L2-normalised per token, fed to SupCon (Khosla et al. 2020) with
-``contrast_mode='all'``, temperature = base_temperature = 0.07, and each *image* as its own class. So for an anchor
-token i of image b:
-
-    loss_i = -(T / T_base) * mean_{p in P(i)} log( exp(z_i.z_p / T) / sum_{a != i} exp(z_i.z_a / T) )
-
-with P(i) the other N - 1 tokens of image b (positives) and the sum over every other token in the batch, positives
-included (SupCon's denominator). The loss is the mean over all B x N anchors. Choices the reference leaves open,
-made here:
-
-* tokens are cast to float32 before normalising (the objective runs outside bf16 autocast);
-* the row max is not subtracted: ``logsumexp`` is the same quantity, stably;
-* under DDP the anchors are the rank's own tokens and the contrast set is every rank's tokens (all-gathered with
-  gradient), so the loss equals the single-process loss of the global batch; see ``ipt.train.distributed``.
-  (MindSpore computes it per device, over the device's 64 images.)
-* a batch of one image has no negatives; the loss is then finite (>= log(N - 1)) and only pulls tokens together.
+Definition and the choices left open: docs/training.md#the-contrastive-loss-ipttrainlossespatch_contrastive.
 """
 
 from __future__ import annotations

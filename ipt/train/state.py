@@ -1,16 +1,6 @@
 """A run folder: step checkpoints (atomic, resumable), the final weights, and the per-step metrics files.
 
-```
-RUN/
-  config.json                 the stage's config and its data versions (rewritten on every start)
-  checkpoints/step-00000500.pt   project checkpoint (ipt.checkpoint layout) + a "train" entry: step, config,
-                                 optimizer, scheduler, RNG states of every rank, data-stream position and seeds
-  model.pt                    final weights, project layout (`ipt restore --weights RUN/model.pt`)
-  official.pt           finetune only: the released single-task layout (IPT_sr2.pt style)
-  metrics.jsonl, metrics.csv  one row per step (DVC plots read the csv)
-```
-
-Everything is written with temp file + ``os.replace``; everything loads with ``torch.load(weights_only=True)``.
+Layout and resume rules: docs/training.md#run-folder-checkpoints-resume.
 """
 
 from __future__ import annotations
