@@ -3,7 +3,7 @@
 On real photographs (../shared/train), one thread (one Dask/process worker): for each PNG level, the clean shard
 stage's seconds per source image (decode, crop, encode) and bytes per 192x192 clean crop, and for each of the six
 paper tasks the corrupt stage's seconds and bytes per (LQ, HR) pair, exactly as ``ipt shard`` / ``ipt corrupt``
-make them (:func:`ipt.data.shards.png_encode`, the registered corruption, the seeded crop).
+make them (:func:`ipt.data.encoding.png_encode`, the registered corruption, the seeded crop).
 
     python benchmarks/bench_cost.py --train ../shared/train --out docs/BENCHMARKS.md
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import save_results  # noqa: E402
 
 import corruptions  # noqa: E402
-from ipt.data.shards import png_decode, png_encode  # noqa: E402
+from ipt.data.encoding import png_decode, png_encode  # noqa: E402
 from ipt.device import describe  # noqa: E402
 
 SECTION = "bench_cost"

@@ -1,11 +1,4 @@
-"""Benchmark runner: a restore callable over benchmark sets -> per-image and mean metrics (JSON- and markdown-ready).
-
-:func:`evaluate` is the pure-ish core: it takes any callable ``restore_fn(lq) -> output`` and a loaded
-:class:`~ipt.data.testsets.BenchmarkSet`, and reports through an optional ``on_result`` callback (the hook for
-experiment tracking; nothing here imports a tracker). ``lq`` is a uint8 (h, w, 3) array, or a float32 (1, 3, H, W)
-tensor in [0, 255] for denoising; the output may be a uint8/float (H, W, 3) array or a (1, 3, H, W) / (3, H, W)
-tensor on 0..255, unclamped: it is quantized (``clamp(0, 255).round()``) before scoring, as the official evaluation.
-"""
+"""The scoring runner: a restore callable over test sets -> per-image and mean metrics (no tracker imported here)."""
 
 from __future__ import annotations
 
@@ -135,6 +128,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Restore and score every pair of ``dataset``; return the means and the per-image values.
 
+    ``lq`` is a uint8 (h, w, 3) array, or a float32 (1, 3, H, W) tensor on 0..255 for denoising; the output may be
+    an (H, W, 3) array or a (1, 3, H, W) / (3, H, W) tensor on 0..255, unclamped: it is quantized
+    (``clamp(0, 255).round()``) before scoring, as in the official evaluation.
     ``scale`` is the output/input size ratio (the crop border is ``scale`` for SR, 0 for x1). ``on_result`` is called
     as ``on_result(dataset.name, record)`` after each image (record = name + metrics + seconds); ``on_output`` as
     ``on_output(dataset.name, pair, output)`` with the (C, H, W) float64 output, e.g. to keep sample images.

@@ -22,7 +22,7 @@ import corruptions
 from helpers_images import PHOTOS, SKIMAGE, bad_files, folder_bytes, imagenet_tarball, photo_folder
 from ipt.cli import main
 from ipt.data import pairs, shards
-from ipt.data.shards import png_encode, sample_key, tar_bytes
+from ipt.data.encoding import png_encode, sample_key, tar_bytes
 from ipt.tasks import TaskError, check_task_name, task_entry
 
 ROOT = Path(__file__).resolve().parents[1]

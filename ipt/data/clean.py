@@ -10,7 +10,7 @@ import numpy as np
 
 from corruptions import numpy_generator
 from ipt.config import DEFAULT_SEED
-from ipt.data import shards
+from ipt.data import encoding, shards
 from ipt.data.plan import Plan
 from ipt.data.sources import SourceItem, list_source, listing_digest, read_items
 
@@ -132,9 +132,9 @@ def run_clean_job(job: CleanJob) -> shards.ShardResult:
         for k in range(job.crops):
             top, left = int(rng.integers(0, h - job.crop + 1)), int(rng.integers(0, w - job.crop + 1))
             meta = {"source": item.relpath, "crop": k, "box": [top, left, job.crop], "orig_size": [h, w]}
-            png = shards.png_encode(crop_at(top, left, job.crop), job.png_level)
-            samples.append((shards.sample_key(item.relpath, k), {"png": png, "json": shards.json_bytes(meta)}))
+            png = encoding.png_encode(crop_at(top, left, job.crop), job.png_level)
+            samples.append((encoding.sample_key(item.relpath, k), {"png": png, "json": encoding.json_bytes(meta)}))
         img.close()
-    result = shards.write_shard(job.folder, job.name, shards.tar_bytes(samples), skipped, len(samples))
+    result = shards.write_shard(job.folder, job.name, encoding.tar_bytes(samples), skipped, len(samples))
     shards.record_progress(job.folder, job.digest, result)
     return result

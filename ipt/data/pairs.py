@@ -11,7 +11,7 @@ import numpy as np
 
 from corruptions import numpy_generator
 from ipt.config import DEFAULT_SEED
-from ipt.data import shards, storage
+from ipt.data import encoding, shards, storage
 from ipt.data.plan import Plan
 from ipt.tasks import TaskError, TaskSpec, check_task_name, from_entry, where
 
@@ -132,9 +132,9 @@ def _corrupt_shard(job: PairJob) -> shards.ShardResult:
     hr_size = job.patch * job.scale
     samples: list[tuple[str, dict[str, bytes]]] = []
     skipped: list[dict[str, str]] = []
-    for key, members in shards.iter_tar(storage.read_bytes(job.clean_url)):
+    for key, members in encoding.iter_tar(storage.read_bytes(job.clean_url)):
         try:
-            full = shards.png_decode(members["png"])
+            full = encoding.png_decode(members["png"])
             source = json.loads(members["json"])["source"]
         except (KeyError, ValueError, OSError) as e:
             skipped.append({"path": key, "reason": f"bad clean sample: {shards.first_line(e)}"})
@@ -161,12 +161,12 @@ def _corrupt_shard(job: PairJob) -> shards.ShardResult:
             (
                 key,
                 {
-                    "hr.png": shards.png_encode(hr, job.png_level),
-                    "lq.png": shards.png_encode(lq, job.png_level),
-                    "meta.json": shards.json_bytes(meta),
+                    "hr.png": encoding.png_encode(hr, job.png_level),
+                    "lq.png": encoding.png_encode(lq, job.png_level),
+                    "meta.json": encoding.json_bytes(meta),
                 },
             )
         )
-    result = shards.write_shard(job.folder, job.name, shards.tar_bytes(samples), skipped, len(samples))
+    result = shards.write_shard(job.folder, job.name, encoding.tar_bytes(samples), skipped, len(samples))
     shards.record_progress(job.folder, job.digest, result)
     return result

@@ -20,7 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from corruptions import seed_of
-from ipt.data.shards import FORMAT_PAIRS, MANIFEST, png_decode
+from ipt.data.encoding import png_decode
+from ipt.data.shards import FORMAT_PAIRS, MANIFEST
 from ipt.train.errors import TrainingError
 
 
