@@ -32,6 +32,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import write_section  # noqa: E402
 
+from ipt.config import DEFAULT_SEED  # noqa: E402
+
 SECTION = "ptgrm_ablation"
 DATASETS = {"derain": "Rain100L", "denoise_s50": "CBSD68", "sr_x2": "Set5,Set14"}
 CORRUPT = {
@@ -75,7 +77,7 @@ def base_params(
     if milestones:
         finetune["milestones"] = milestones
     return {
-        "seed": 20210507,
+        "seed": DEFAULT_SEED,
         "patch_size": 48,
         "shard": {"source": str(train), "out": str(work / "clean"), "max_scale": 2, "crops": crops, "workers": 2},
         "corrupt": {

@@ -26,12 +26,14 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import write_section  # noqa: E402
 
+from ipt.config import DEFAULT_SEED  # noqa: E402
+
 SECTION = "quality_run"
 
 
 def params(work: Path, train: Path, a: argparse.Namespace) -> dict:
     return {
-        "seed": 20210507,
+        "seed": DEFAULT_SEED,
         "patch_size": 48,
         "shard": {"source": str(train), "out": str(work / "clean"), "max_scale": 4, "crops": a.crops, "workers": 2},
         "corrupt": {

@@ -9,7 +9,6 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from ipt.errors import IPTError
 
@@ -62,16 +61,6 @@ def command(stage: str, stage_args: list[str], cfg: LaunchConfig, python: str | 
         run += ["--rdzv-backend=c10d", f"--rdzv-endpoint={cfg.rdzv_endpoint}", f"--rdzv-id={cfg.rdzv_id}"]
     run.append(f"--max-restarts={cfg.max_restarts}")
     return [*run, *target]
-
-
-def from_args(args: Any) -> LaunchConfig:
-    return LaunchConfig(
-        nproc_per_node=int(args.nproc_per_node),
-        nnodes=int(args.nnodes),
-        rdzv_endpoint=args.rdzv_endpoint or None,
-        rdzv_id=str(args.rdzv_id),
-        max_restarts=int(args.max_restarts),
-    )
 
 
 def run(stage: str, stage_args: list[str], cfg: LaunchConfig, dry_run: bool = False) -> int:

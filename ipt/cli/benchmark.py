@@ -174,7 +174,6 @@ def _check_writable(path: Path) -> None:
 
 
 def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ipt.config import DEFAULT_SEED
 
     p = sub.add_parser("benchmark", help="score a model or a baseline on benchmark sets (Y-PSNR, SSIM, RGB-PSNR)")
     p.add_argument(
@@ -190,14 +189,14 @@ def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--root", default=None, help="folder holding the sets (Set5/, Set14/, B100/, CBSD68/, ...)")
     p.add_argument("--datasets", default=None, help="comma-separated names (default: the task's standard sets present)")
-    p.add_argument("--protocol", choices=("ipt", "matlab"), default="ipt", help="see docs/benchmark_protocol.md")
-    p.add_argument("--tiling", choices=TILINGS, default="official", help="'official' reproduces forward_chop exactly")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 is the reference path")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch", type=int, default=64, help="windows per forward pass")
-    p.add_argument("--num-heads", type=int, default=12, help="attention heads of an official-layout file (not stored)")
+    p.add_argument("--protocol", choices=("ipt", "matlab"), help="default ipt; see docs/benchmark_protocol.md")
+    p.add_argument("--tiling", choices=TILINGS, help="default 'official', which reproduces forward_chop exactly")
+    p.add_argument("--precision", choices=PRECISIONS, help="default fp32, the reference path")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--batch", type=int, help="windows per forward pass (default 64)")
+    p.add_argument("--num-heads", type=int, help="attention heads of an official-layout file (not stored; default 12)")
     p.add_argument(
-        "--seed", type=int, default=DEFAULT_SEED, help="seed of the denoising noise (and custom task) inputs"
+        "--seed", type=int, help="seed of the denoising noise (and custom task) inputs (default: the project seed)"
     )
     p.add_argument(
         "--limit",

@@ -6,9 +6,8 @@ import argparse
 import dataclasses
 
 from ipt.cli.data import FANOUT_KEYS, add_fanout_flags, report, run_plan
-from ipt.cli.params import params_source
+from ipt.cli.params import config_from, params_source
 from ipt.codedeps import stage_digest
-from ipt.config import DEFAULT_SEED
 
 
 def cmd_corrupt(args: argparse.Namespace) -> int:
@@ -18,17 +17,7 @@ def cmd_corrupt(args: argparse.Namespace) -> int:
     source = params_source(args)
     params_file = None if source == "none" else source
     name, spec = task_entry(getattr(args, "tasks", None), args.task, params_file)
-    cfg = CorruptConfig(
-        task=args.task,
-        corruption=name,
-        params=spec,
-        clean=args.clean,
-        out=args.out,
-        patch_size=args.patch_size,
-        png_level=args.png_level,
-        seed=args.seed,
-        params_file=params_file,
-    )
+    cfg = config_from(CorruptConfig, args, task=args.task, corruption=name, params=spec, params_file=params_file)
     cfg.spec()  # the task's entry checked (names the file and the problem) before the code is hashed
     cfg = dataclasses.replace(cfg, code=stage_digest("corrupt", name))
     manifest = run_plan(args, plan_corrupt(cfg), f"corrupt {args.task}")
@@ -41,9 +30,9 @@ def add_corrupt(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="a key of corrupt.tasks in params.yaml")
     p.add_argument("--clean", help="clean shard folder (output of `ipt shard`)")
     p.add_argument("--out", help="output folder; '{task}' is replaced by the task name")
-    p.add_argument("--patch-size", type=int, default=48, help="LQ patch size (HR is patch x scale)")
-    p.add_argument("--png-level", type=int, default=0)
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--patch-size", type=int, help="LQ patch size (HR is patch x scale; default 48)")
+    p.add_argument("--png-level", type=int, help="zlib level of the stored PNGs (default 0)")
+    p.add_argument("--seed", type=int, help="default: the project seed")
     add_fanout_flags(p)
     p.set_defaults(func=cmd_corrupt, required_from_params=("clean", "out"))
     return p

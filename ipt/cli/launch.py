@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ipt.cli.commands import UserError
+from ipt.cli.params import config_from
 from ipt.cli.parsing import parse_args
 
 
@@ -17,7 +18,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.params and "--params" not in stage_args:  # the stage reads the same params file
         stage_args = ["--params", args.params, *stage_args]
     try:
-        cfg = launch.from_args(args)
+        cfg = config_from(launch.LaunchConfig, args)
     except launch.LaunchError as e:
         raise UserError(str(e)) from None
     if cfg.distributed and not args.dry_run:  # a user error once, before torchrun starts ranks that would each hit it
@@ -42,13 +43,13 @@ def add_launch(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("stage", choices=("pretrain", "finetune"))
     p.add_argument("stage_args", nargs=argparse.REMAINDER, help="flags of the stage, after `--`")
-    p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) per node")
-    p.add_argument("--nnodes", type=int, default=1, help="nodes; >1 needs --rdzv-endpoint")
+    p.add_argument("--nproc-per-node", type=int, help="processes (GPUs) per node (default 1)")
+    p.add_argument("--nnodes", type=int, help="nodes; >1 needs --rdzv-endpoint (default 1)")
     p.add_argument(
         "--rdzv-endpoint", default=None, help="host:port of the c10d rendezvous (one node, reachable by all)"
     )
-    p.add_argument("--rdzv-id", default="ipt", help="rendezvous id (the same on every node of one job)")
-    p.add_argument("--max-restarts", type=int, default=0, help="torchrun restarts of a failed worker group")
+    p.add_argument("--rdzv-id", help="rendezvous id (the same on every node of one job; default ipt)")
+    p.add_argument("--max-restarts", type=int, help="torchrun restarts of a failed worker group (default 0)")
     p.add_argument("--dry-run", action="store_true", help="print the command line instead of running it")
     p.add_argument("--params", default=None, help="params file (default params.yaml)")
     p.set_defaults(func=cmd_launch)

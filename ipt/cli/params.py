@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ipt.cli.commands import COMMANDS, UserError, command_module
+
+T = TypeVar("T")
 
 # Top-level params.yaml keys that a section inherits when it does not set them itself.
 PARAMS_GLOBALS = ("seed", "patch_size")
@@ -90,3 +94,12 @@ def defaults_for(args: argparse.Namespace, sub: argparse.ArgumentParser | None) 
     section = params_section(path, args.command)
     check_param_values(path, args.command, section, sub)
     return section
+
+
+def config_from(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
+    """``cls`` (a frozen config dataclass) from the parsed flags, which already hold the params section: the fields
+    a flag or the section set, the dataclass's own defaults for the rest (their one home), ``fixed`` on top. The
+    dataclass checks the values once, in its ``__post_init__``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return cls(**(values | fixed))
