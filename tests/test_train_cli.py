@@ -101,7 +101,7 @@ def test_per_step_metrics_reach_an_mlflow_run(pairs, tmp_path, monkeypatch) -> N
 def test_params_file_lists_of_numbers_reach_the_config(tmp_path) -> None:
     """params.yaml `milestones: [2, 3]` / `task_weights: [1, 0.5]` (YAML numbers, not strings) parse as the flags do."""
     from ipt.cli import parse_args
-    from ipt.train.loop import config_for
+    from ipt.train.config import config_for
 
     (tmp_path / "params.yaml").write_text(
         "finetune: {init: runs/pre, shards: data/pairs, out: runs/ft, milestones: [2, 3], pixel_loss: charbonnier}\n"

@@ -163,8 +163,9 @@ def _dvc_tags(cfg: Any) -> dict[str, str]:
 def _run(stage: str, args: argparse.Namespace, data: dict[str, Any]) -> int:
     from ipt.tracking import run_scope, write_run_file
     from ipt.train import loop
+    from ipt.train.config import config_for
 
-    cfg = loop.config_for(stage, data)
+    cfg = config_for(stage, data)
     tracker, owned = _tracker(args, stage)
     fn = loop.pretrain if stage == "pretrain" else loop.finetune
     with run_scope(tracker, owned):  # FINISHED, FAILED on an error, KILLED on an interrupt
@@ -196,8 +197,9 @@ def stage_data(stage: str, args: argparse.Namespace) -> dict[str, Any]:
 def preflight(stage: str, args: argparse.Namespace) -> None:
     """What every rank would check first (config, shards, run folder), once, for `ipt launch` (raises TrainingError)."""
     from ipt.train import loop
+    from ipt.train.config import config_for
 
-    loop.preflight(loop.config_for(stage, stage_data(stage, args)))
+    loop.preflight(config_for(stage, stage_data(stage, args)))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

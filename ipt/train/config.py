@@ -233,3 +233,11 @@ def model_size(name: str) -> dict[str, Any]:
         return dict(MODEL_SIZES[name])
     except KeyError:
         raise TrainingError(f"unknown model size {name!r}; known: {sorted(MODEL_SIZES)}") from None
+
+
+def config_for(stage: str, data: dict[str, Any]) -> TrainConfig:
+    """``PretrainConfig`` or ``FinetuneConfig`` from a mapping (strict)."""
+    classes: dict[str, type[TrainConfig]] = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+    if stage not in classes:
+        raise TrainingError(f"unknown stage {stage!r}; known: {sorted(classes)}")
+    return classes[stage].from_dict(data)

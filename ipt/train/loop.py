@@ -409,11 +409,3 @@ def _finish(
         out["official"] = str(run / S.OFFICIAL)
     D.barrier(env)
     return out
-
-
-def config_for(stage: str, data: dict[str, Any]) -> TrainConfig:
-    """``PretrainConfig`` or ``FinetuneConfig`` from a mapping (strict)."""
-    classes = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
-    if stage not in classes:
-        raise TrainingError(f"unknown stage {stage!r}; known: {sorted(classes)}")
-    return classes[stage].from_dict(data)
