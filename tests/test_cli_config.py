@@ -4,6 +4,7 @@ fills what the command line leaves out, and the dataclass supplies the rest."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from ipt.refine.config import RefineConfig
 from ipt.scoring import BenchmarkConfig
 from ipt.train.config import FinetuneConfig, PretrainConfig
 
+HELP_DEFAULT = r"\bdefault:? (?:'([^']*)'|(-?[0-9][0-9.e-]*))"  # "default 48", "default 'official'"
 CONFIGS = {
     "shard": ShardConfig,
     "corrupt": CorruptConfig,
@@ -55,3 +57,17 @@ def test_no_params_file_gives_the_dataclass_defaults(tmp_path: Path) -> None:
     args = parse_args(["benchmark", "--params", "none", "--task", "sr_x2", "--model", "bicubic", "--root", "r"])
     cfg = BenchmarkConfig.from_values(vars(args))
     assert (cfg.tiling, cfg.precision, cfg.batch, cfg.seed) == ("official", "fp32", 64, DEFAULT_SEED)
+
+
+@pytest.mark.parametrize("command", sorted(CONFIGS))
+def test_a_default_a_flag_s_help_names_is_the_dataclass_default(command: str) -> None:
+    """Help texts may name a default ("default 48", "default 'official'"); it must be the dataclass's."""
+    _, sub = build_parser(command)
+    defaults = {f.name: f.default for f in dataclasses.fields(CONFIGS[command])}
+    named = {
+        a.dest: m.group(1) if m.group(1) is not None else m.group(2)
+        for a in sub._actions
+        if a.dest in defaults and (m := re.search(HELP_DEFAULT, a.help or ""))
+    }
+    wrong = {dest: (said, defaults[dest]) for dest, said in named.items() if said != str(defaults[dest])}
+    assert not wrong, f"'{command}' help names defaults the dataclass does not have (said, actual): {wrong}"
