@@ -227,3 +227,46 @@ def test_s3_credentials_and_endpoint_come_from_the_environment_only(s3_server, s
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint_url)
     assert storage.filesystem(url)[0].endpoint_url == s3_server.endpoint_url
     assert storage.read_bytes(url) == b"payload"
+
+
+_LOST_TASK = """
+import asyncio, gc, sys
+import aiohttp
+from ipt.data import storage
+
+fs = storage._s3fs()
+
+async def request():
+    raise {exc}
+
+async def start():
+    asyncio.ensure_future(request())  # nobody awaits it, as when a connection dies under a gathered batch
+    await asyncio.sleep(0.05)
+
+asyncio.run_coroutine_threadsafe(start(), fs.loop).result()
+gc.collect()
+"""
+
+
+@pytest.mark.parametrize(
+    ("exc", "reported"),
+    [("aiohttp.ClientConnectionResetError('Cannot write to closing transport')", False), ("ValueError('bug')", True)],
+)
+def test_s3_requests_lost_with_the_connection_are_not_reported_twice(exc: str, reported: bool) -> None:
+    """The call that failed already raised one StorageError line; its sibling requests dying with the same
+    connection must not add asyncio's 'Task exception was never retrieved' to stderr. Other errors still show."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("s3fs")
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", _LOST_TASK.format(exc=exc)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert ("Task exception was never retrieved" in r.stderr) == reported, r.stderr

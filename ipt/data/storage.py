@@ -313,9 +313,20 @@ def _s3fs() -> Any:
             if endpoint_url():
                 kwargs["endpoint_url"] = endpoint_url()
             fs = s3fs.S3FileSystem(**kwargs)
+            fs.loop.set_exception_handler(_quiet_lost_requests)
             _S3_CACHE.clear()  # stale clients of an older environment or a parent process
             _S3_CACHE[key] = fs
     return fs
+
+
+def _quiet_lost_requests(loop: Any, context: dict[str, Any]) -> None:
+    """s3fs's IO loop: a request that died with its connection after the call awaiting the batch already failed
+    (and was reported as one StorageError line) is not printed again as an unretrieved task; all else is."""
+    exc = context.get("exception")
+    lost = isinstance(exc, OSError) or type(exc).__module__.startswith("aiohttp")
+    if context.get("message") == "Task exception was never retrieved" and lost:
+        return
+    loop.default_exception_handler(context)
 
 
 def _where() -> str:
