@@ -19,7 +19,9 @@ from ipt.refine.config import RefineConfig
 from ipt.scoring import BenchmarkConfig
 from ipt.train.config import FinetuneConfig, PretrainConfig
 
-HELP_DEFAULT = r"\bdefault:? (?:'([^']*)'|(-?[0-9][0-9.e-]*))"  # "default 48", "default 'official'"
+# "default 48", "default 'official'", "default fp32", "default on"; "default: the project seed" is prose, not a value
+HELP_DEFAULT = r"\bdefault (?:'([^']*)'|([-\w./]+))"
+SAID = {"on": "True", "off": "False"}
 CONFIGS = {
     "shard": ShardConfig,
     "corrupt": CorruptConfig,
@@ -63,9 +65,10 @@ def test_no_params_file_gives_the_dataclass_defaults(tmp_path: Path) -> None:
 def test_a_default_a_flag_s_help_names_is_the_dataclass_default(command: str) -> None:
     """Help texts may name a default ("default 48", "default 'official'"); it must be the dataclass's."""
     _, sub = build_parser(command)
-    defaults = {f.name: f.default for f in dataclasses.fields(CONFIGS[command])}
+    fields = dataclasses.fields(CONFIGS[command])
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
     named = {
-        a.dest: m.group(1) if m.group(1) is not None else m.group(2)
+        a.dest: m.group(1) if m.group(1) is not None else SAID.get(m.group(2), m.group(2))
         for a in sub._actions
         if a.dest in defaults and (m := re.search(HELP_DEFAULT, a.help or ""))
     }
