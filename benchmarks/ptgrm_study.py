@@ -139,6 +139,15 @@ def training_minutes(dirs: list[Path]) -> float:
     return sum(json.loads((d / "wall_s.json").read_text())["wall_s"] for d in dirs) / 60
 
 
+def training_batches(dirs: list[Path]) -> str:
+    """How the runs shared the CPU, from each run's own record: "6 runs 2 at a time (25.8 min each), 3 runs ..."."""
+    groups: dict[int, list[float]] = {}
+    for d in dirs:
+        rec = json.loads((d / "wall_s.json").read_text())
+        groups.setdefault(rec.get("jobs", 1), []).append(rec["wall_s"] / 60)
+    return ", ".join(f"{len(v)} runs {j} at a time ({sum(v) / len(v):.1f} min each)" for j, v in sorted(groups.items()))
+
+
 class CachedBase:
     """Stands in for a refined restorer's base: the output of each test image is computed once by the real base
     restorer and reused (keyed by the input's bytes); everything else is the real restorer's."""
@@ -490,7 +499,7 @@ def markdown(a: argparse.Namespace, cmd: str, study: list[dict], meta: dict) -> 
     lines.append("")
     lines += [
         f"Refiner training: {meta['refiners']} runs, {meta['refiner_training_min']:.1f} min of wall time summed over "
-        f"runs ({meta['refiner_training_min'] / meta['refiners']:.1f} min each, {meta['jobs']} at a time). The last "
+        f"runs: {meta['refiner_batches']}. The last "
         "invocation's stages (cached ones near 0):",
         "",
     ]
@@ -602,6 +611,7 @@ def main() -> None:
         "verdict": verdict(study),
         "times": times,
         "refiner_training_min": training_minutes(dirs),
+        "refiner_batches": training_batches(dirs),
         "refiners": len(dirs),
         "jobs": a.jobs,
     }
