@@ -23,7 +23,8 @@ if [ "$cmd" = prepare ]; then
         cp "$shared/benchmarks/Rain100L/rainy/${f/norain/rain}" "$data/bench/Rain100L/rainy/"
     done
     cp -r "$shared/benchmarks/CBSD68/"* "$data/bench/CBSD68/"
-    grep -qx '/.gpudata/' .git/info/exclude 2>/dev/null || echo '/.gpudata/' >>.git/info/exclude
+    exclude=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$exclude")"
+    grep -qx '/.gpudata/' "$exclude" 2>/dev/null || echo '/.gpudata/' >>"$exclude"
     du -sh "$data"
     exit 0
 fi
