@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -230,7 +232,7 @@ def test_s3_credentials_and_endpoint_come_from_the_environment_only(s3_server, s
 
 
 _LOST_TASK = """
-import asyncio, gc, sys
+import asyncio, gc
 import aiohttp
 from ipt.data import storage
 
@@ -255,9 +257,6 @@ gc.collect()
 def test_s3_requests_lost_with_the_connection_are_not_reported_twice(exc: str, reported: bool) -> None:
     """The call that failed already raised one StorageError line; its sibling requests dying with the same
     connection must not add asyncio's 'Task exception was never retrieved' to stderr. Other errors still show."""
-    import subprocess
-    import sys
-
     pytest.importorskip("s3fs")
     env = {
         **os.environ,
