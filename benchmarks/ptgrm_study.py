@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import statistics
 import sys
 import time
@@ -134,18 +135,15 @@ def train_refiner(a: argparse.Namespace, run: Runner, base_uri: str, task: str, 
     return out
 
 
-def training_minutes(dirs: list[Path]) -> float:
-    """Refiner training wall time summed over ``dirs`` (each run's own clock, whichever invocation trained it)."""
-    return sum(json.loads((d / "wall_s.json").read_text())["wall_s"] for d in dirs) / 60
-
-
-def training_batches(dirs: list[Path]) -> str:
-    """How the runs shared the CPU, from each run's own record: "6 runs 2 at a time (25.8 min each), 3 runs ..."."""
+def training_time(dirs: list[Path]) -> tuple[float, str]:
+    """Refiner training wall time summed over ``dirs`` (each run's own clock, whichever invocation trained it), and
+    how the runs shared the CPU: "6 runs 2 at a time (25.8 min each), 3 runs 3 at a time (...)"."""
     groups: dict[int, list[float]] = {}
     for d in dirs:
         rec = json.loads((d / "wall_s.json").read_text())
         groups.setdefault(rec.get("jobs", 1), []).append(rec["wall_s"] / 60)
-    return ", ".join(f"{len(v)} runs {j} at a time ({sum(v) / len(v):.1f} min each)" for j, v in sorted(groups.items()))
+    said = ", ".join(f"{len(v)} runs {j} at a time ({sum(v) / len(v):.1f} min each)" for j, v in sorted(groups.items()))
+    return sum(sum(v) for v in groups.values()), said
 
 
 class CachedBase:
@@ -312,7 +310,7 @@ def verify_against_cli(a: argparse.Namespace, run: Runner, task: str, d: Path, r
         # SSIM's float64 filter sums may round differently under another thread count (seen: 2e-16)
         pairs = zip(block["per_image"], cli["datasets"][ds]["per_image"], strict=True)
         ssim = [abs(r["ssim_y"] - c["ssim_y"]) for r, c in pairs]
-        worst = max(worst, *ssim)
+        worst = max([worst, *ssim])
         if worst > SSIM_TOLERANCE:
             raise SystemExit(f"{task}/{d.name}: the cached scoring's SSIM differs from `ipt benchmark` on {ds}")
     ssim_said = "identical SSIM" if worst == 0 else f"SSIM within {worst:.0e}"
@@ -388,6 +386,8 @@ def analyse(task: str, base: dict, reports: dict[tuple[str, int], dict], seeds: 
                 "diffs": diffs,
                 "mean": mean,
                 "sd": _sd(diffs),
+                # paired t statistic of the seed differences (None: one seed, or no spread)
+                "t": mean / (_sd(diffs) / math.sqrt(len(diffs))) if len(diffs) > 1 and _sd(diffs) > 0 else None,
                 "seed_spread": spread,
                 "a_wins_seeds": sum(d > 0 for d in diffs),
                 "a_wins_images": sum(d > 0 for d in per_img),
@@ -476,14 +476,17 @@ def markdown(a: argparse.Namespace, cmd: str, study: list[dict], meta: dict) -> 
         "Paired comparisons (a - b, same seeds and images; 'beats' = the mean difference exceeds the larger seed "
         "spread of the two and every seed agrees; one seed never beats):",
         "",
-        "| task | a | b | a - b per seed (dB) | mean | seed spread | a better: seeds | a / b better: images |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        "| task | a | b | a - b per seed (dB) | mean | sd of a - b | paired t | seed spread | a better: seeds "
+        "| a / b better: images |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for t in study:
         for p in t["pairs"]:
             per = ", ".join(f"{d:+.4f}" for d in p["diffs"])
             lines.append(
-                f"| {t['task']} | {p['a']} | {p['b']} | {per} | {p['mean']:+.4f} | {p['seed_spread']:.4f} | "
+                f"| {t['task']} | {p['a']} | {p['b']} | {per} | {p['mean']:+.4f} | {p['sd']:.4f} | "
+                + (f"{p['t']:.1f}" if p.get("t") is not None else "-")
+                + f" | {p['seed_spread']:.4f} | "
                 f"{p['a_wins_seeds']} of {len(p['seeds'])} | {p['a_wins_images']} / {p['b_wins_images']} of "
                 f"{p['images']} |"
             )
@@ -613,6 +616,7 @@ def main() -> None:
     from ipt.device import describe
 
     base_n, base_prec = _base_meta(a)
+    training_min, batches = training_time(dirs)
     meta = {
         "cpu_capability": describe()["cpu_capability"],
         "base_params": base_n,
@@ -621,8 +625,8 @@ def main() -> None:
         "verified": verified,
         "verdict": verdict(study),
         "times": times,
-        "refiner_training_min": training_minutes(dirs),
-        "refiner_batches": training_batches(dirs),
+        "refiner_training_min": training_min,
+        "refiner_batches": batches,
         "refiners": len(dirs),
         "jobs": a.jobs,
     }
