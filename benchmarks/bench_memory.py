@@ -32,11 +32,11 @@ SECTION = "bench_memory"
 
 def held_all_at_once(window_fn, x: torch.Tensor, scale: int, patch: int, overlap: int, batch: int) -> torch.Tensor:
     """The overlap tiling as it was before streaming: every window cut, every output kept, then blended."""
-    from ipt.inference import _pad_to, _ramp, _starts, run_windows
+    from ipt.inference import _pad_to, _ramp, run_windows, window_starts
 
     xp, h, w = _pad_to(x, patch)
     b, c, hh, ww = xp.shape
-    rows, cols = _starts(hh, patch, patch - overlap), _starts(ww, patch, patch - overlap)
+    rows, cols = window_starts(hh, patch, overlap), window_starts(ww, patch, overlap)
     win = xp.unfold(2, patch, 1).unfold(3, patch, 1)
     windows = win[:, :, rows][:, :, :, cols].permute(0, 2, 3, 1, 4, 5).reshape(-1, c, patch, patch)
     out = run_windows(window_fn, windows, batch)

@@ -20,12 +20,25 @@ def run_windows(window_fn: WindowFn, windows: Tensor, batch: int) -> Tensor:
     return torch.cat([window_fn(windows[i : i + batch]) for i in range(0, windows.shape[0], batch)], dim=0)
 
 
-def _starts(length: int, patch: int, stride: int) -> list[int]:
-    """Window starts covering [0, length): a regular grid plus one window flush with the end."""
-    starts = list(range(0, length - patch + 1, stride))
-    if starts[-1] != length - patch:
-        starts.append(length - patch)
-    return starts
+def default_overlap(patch: int) -> int:
+    """The overlap tiling's default overlap: a quarter of the window (12 LR px for the paper's 48-px windows).
+
+    Less saves windows (Set5 x2: 112 at 12 px, 89 at 6) but costs more than 0.02 dB on some sets with trained
+    weights (docs/BENCHMARKS.md#window-placement-and-overlap-on-trained-weights)."""
+    return patch // 4
+
+
+def window_starts(length: int, patch: int, overlap: int) -> list[int]:
+    """Starts of the fewest ``patch``-px windows covering [0, length) with neighbours overlapping by >= ``overlap``
+    px, spread evenly: the first flush with 0, the last with the end, every overlap within a pixel of the others.
+
+    (A regular grid plus one window flush with the end, as before, leaves one thin last overlap where seams show:
+    docs/BENCHMARKS.md#window-placement-and-overlap-on-trained-weights.)"""
+    if length <= patch:
+        return [0]
+    span, step = length - patch, patch - overlap
+    gaps = -(-span // step)  # ceil: gaps of at most ``step``
+    return [(i * span + gaps // 2) // gaps for i in range(gaps + 1)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,17 +136,19 @@ def _pad_to(x: Tensor, patch: int) -> tuple[Tensor, int, int]:
 
 
 def forward_tiled(
-    window_fn: WindowFn, x: Tensor, scale: int, patch: int = 48, overlap: int = 12, batch: int = 64
+    window_fn: WindowFn, x: Tensor, scale: int, patch: int = 48, overlap: int | None = None, batch: int = 64
 ) -> Tensor:
     """Restore (B, C, H, W) images of any size with overlapping ``patch`` windows, each computed once.
 
     Windows are cut and evaluated ``batch`` at a time and each output is blended into the canvas as it comes, so
     memory holds the input, the canvas and one batch: it grows with the image, not with its window count."""
+    if overlap is None:
+        overlap = default_overlap(patch)
     if not 0 <= overlap < patch:
         raise ValueError(f"overlap must be in [0, {patch}), got {overlap}")
     xp, h, w = _pad_to(x, patch)
     b, c, hh, ww = xp.shape
-    rows, cols = _starts(hh, patch, patch - overlap), _starts(ww, patch, patch - overlap)
+    rows, cols = window_starts(hh, patch, overlap), window_starts(ww, patch, overlap)
     coords = [(i, r, cc) for i in range(b) for r in rows for cc in cols]
     P = patch * scale
     ramp = _ramp(P, overlap * scale)
@@ -166,9 +181,7 @@ def restore_image(
 ) -> Tensor:
     """Dispatch to a tiling by name. ``x`` is (1, C, H, W) in the model's range; output is unclamped.
 
-    ``overlap=None`` uses a quarter of the window (12 LR pixels for the paper's 48-pixel windows)."""
-    if overlap is None:
-        overlap = patch // 4
+    ``overlap=None`` uses :func:`default_overlap` (12 LR pixels for the paper's 48-pixel windows)."""
     if tiling == "official":
         return forward_chop_official(window_fn, x, scale, patch=patch, batch=batch)
     if tiling == "overlap":

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ipt.device import Precision, autocast, choose_precision, resolve_device
 from ipt.errors import IPTError
-from ipt.inference import quantize, restore_image
+from ipt.inference import default_overlap, quantize, restore_image
 from ipt.model import IPT
 
 # checkpoint "kind" -> module with ``open_restorer(path, task, **options)`` for it
@@ -61,12 +61,17 @@ class Restorer:
         return {
             "task": self.task,
             "tiling": self.tiling,
-            "overlap": self.overlap if self.tiling == "overlap" else None,
+            "overlap": self._overlap_used(),
             "precision": self.precision_info.name,
             "precision_asked": self.precision_info.asked,
             "precision_reason": self.precision_info.reason,
             "device": str(self._device),
         }
+
+    def _overlap_used(self) -> int | None:
+        if self.tiling != "overlap":
+            return None
+        return default_overlap(self.model.spec.patch_size) if self.overlap is None else self.overlap
 
     def _windows(self, w: Tensor) -> Tensor:
         with autocast(self._device, self.precision_info.name):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ipt.config import ModelSpec
-from ipt.inference import forward_chop_official, forward_tiled, quantize, restore_image
+from ipt.inference import forward_chop_official, forward_tiled, quantize, restore_image, window_starts
 from ipt.model import build_ipt
 
 
@@ -64,12 +64,27 @@ def test_each_window_is_computed_once() -> None:
         return w
 
     forward_tiled(fn, torch.rand(1, 3, 256, 256), 1, overlap=12, batch=64)
-    # 36-px stride: starts 0, 36, ..., 180, 208 -> 7 x 7 windows, in ceil(49 / 64) = 1 batch
+    # overlaps >= 12 px: 7 starts 0, 35, 69, 104, 139, 173, 208 per axis -> 49 windows, in ceil(49 / 64) = 1 batch
     assert calls == [49]
     calls.clear()
     forward_chop_official(fn, torch.rand(1, 3, 256, 256), 1, batch=64)
     # 256 = 48 + 12*17 + 4: grid 18 x 18, plus bottom/right strips and a corner (official code evaluates 397)
     assert sum(calls) == 18 * 18 + 18 + 18 + 1
+
+
+@pytest.mark.parametrize("patch", [12, 48])
+def test_window_starts_are_the_fewest_windows_spread_evenly(patch: int) -> None:
+    for length in range(1, 5 * patch):
+        for overlap in range(patch):
+            starts = window_starts(length, patch, overlap)
+            assert starts[0] == 0 and starts[-1] == max(0, length - patch), (length, overlap)
+            gaps = [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+            assert all(0 < g <= patch - overlap for g in gaps), (length, overlap, starts)  # covered, overlaps kept
+            assert not gaps or max(gaps) - min(gaps) <= 1, (length, overlap, starts)  # even: no thin last overlap
+            # one window fewer could not cover the span with the overlap asked
+            assert len(starts) == 1 or (len(starts) - 2) * (patch - overlap) < length - patch, (length, overlap)
+    assert window_starts(256, 48, 12) == [0, 35, 69, 104, 139, 173, 208]
+    assert window_starts(256, 48, 6) == [0, 42, 83, 125, 166, 208]
 
 
 def test_restore_image_dispatch_and_quantize(tiny_spec: ModelSpec) -> None:

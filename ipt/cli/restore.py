@@ -184,7 +184,10 @@ def add_restore(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--tiling", choices=TILINGS, default="overlap", help="'official' reproduces forward_chop exactly")
     p.add_argument(
-        "--overlap", type=int, default=None, help="overlap in LR pixels for the default tiling (default: window/4, 12)"
+        "--overlap",
+        type=int,
+        default=None,
+        help="least overlap in LR pixels of neighbouring windows, default tiling (default: window/4, 12)",
     )
     p.add_argument("--batch", type=int, default=64, help="windows per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
