@@ -39,6 +39,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_id(cpuinfo: str | None = None) -> str:
+    """x86 family-model-stepping of the first CPU in ``cpuinfo`` (default: /proc/cpuinfo), e.g. "25-17-1", or "" where
+    they are not given. "AMD EPYC" alone names CPUs whose bf16 matmul peaks differ 1.5x (docs/BENCHMARKS.md)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip() and fields:
+            break  # the first processor's block only
+        key, _, value = line.partition(":")
+        if key.strip() in ("cpu family", "model", "stepping"):
+            fields.setdefault(key.strip(), value.strip())
+    parts = [fields.get(k, "") for k in ("cpu family", "model", "stepping")]
+    return "-".join(parts) if all(parts) else ""
+
+
 def cpu_has_fast_bf16() -> bool:
     """True where bf16 matmuls are native on this CPU (AMX or AVX512-BF16); AVX2-only CPUs emulate them slowly."""
     return bool(set(BF16_FLAGS) & cpu_flags())
@@ -146,6 +165,7 @@ def describe() -> dict[str, str]:
     """Hardware facts recorded with every benchmark."""
     return {
         "cpu_model": cpu_model(),
+        "cpu_id": cpu_id(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "fast_bf16": str(cpu_has_fast_bf16()),
         "cpu_bf16": cpu_bf16_flags(),

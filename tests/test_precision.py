@@ -36,6 +36,15 @@ def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, expected) -> N
     assert ipt.device.resolve_precision("bf16", cpu) == "bf16"
 
 
+def test_cpu_id_tells_apart_cpus_that_share_a_model_name() -> None:
+    """Two "AMD EPYC" machines with the same flags measured 389 and 604 GFLOP/s in bf16: benchmarks record the
+    family-model-stepping of the first processor beside the name."""
+    block = "processor\t: {}\ncpu family\t: 25\nmodel\t\t: {}\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+    assert ipt.device.cpu_id(block.format(0, 17) + "\n" + block.format(1, 99)) == "25-17-1"
+    assert ipt.device.cpu_id("processor\t: 0\nmodel name\t: Some ARM\n") == ""  # no x86 fields: nothing guessed
+    assert ipt.device.cpu_id() == "" or ipt.device.cpu_id().count("-") == 2  # this machine's, when it has one
+
+
 def test_unknown_precision_is_an_error_naming_the_choices() -> None:
     with pytest.raises(ValueError, match=r"unknown precision 'fp16'.*'auto', 'fp32', 'bf16'"):
         ipt.device.resolve_precision("fp16", torch.device("cpu"))
