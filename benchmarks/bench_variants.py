@@ -10,7 +10,7 @@ The exact path itself is timed beside the official code's window count (it recom
         --out docs/BENCHMARKS.md
 
 The section is named after the CPU kind (``bench_variants_avx2``, ``bench_variants_avx512_bf16``,
-``bench_variants_amx``), so every kind met keeps its own table.
+``bench_variants_amx``) and the x86 family-model-stepping (``_25-17-1``), so every CPU met keeps its own table.
 """
 
 from __future__ import annotations
@@ -36,7 +36,14 @@ from ipt.checkpoint import load_model  # noqa: E402
 from ipt.config import ModelSpec  # noqa: E402
 from ipt.data.testsets import load_benchmark  # noqa: E402
 from ipt.device import cpu_flags, describe  # noqa: E402
-from ipt.inference import _starts, forward_chop_official, forward_tiled, quantize, run_windows  # noqa: E402
+from ipt.inference import (  # noqa: E402
+    default_overlap,
+    forward_chop_official,
+    quantize,
+    restore_image,
+    run_windows,
+    window_starts,
+)
 from ipt.metrics import psnr_y  # noqa: E402
 from ipt.model import build_ipt  # noqa: E402
 
@@ -63,6 +70,13 @@ def cpu_kind() -> str:
     if "avx512_bf16" in flags:
         return "avx512_bf16"
     return torch.backends.cpu.get_cpu_capability().lower()
+
+
+def section_name(r: dict) -> str:
+    """``bench_variants_<kind>[_<family-model-stepping>]``: one table per CPU, since one kind spans CPUs whose bf16
+    peaks differ 1.5x (tables before 2026-12-04 did not record the id and keep the bare kind)."""
+    cid = r["hardware"].get("cpu_id")
+    return f"{SECTION}_{r['kind']}" + (f"_{cid}" if cid else "")
 
 
 def variant(name: str, model: nn.Module, task: str) -> WindowFn:
@@ -136,7 +150,7 @@ def official_code_windows(fn: WindowFn, x: torch.Tensor, batch: int = 64, patch:
     _, n_official = official_window_count(x.shape[2], x.shape[3], patch)
     step = patch // 4
     h, w = x.shape[2:]
-    rows, cols = _starts(h, patch, step), _starts(w, patch, step)
+    rows, cols = window_starts(h, patch, patch - step), window_starts(w, patch, patch - step)
     coords = [(r, c) for r in rows for c in cols]
     coords = (coords * (n_official // len(coords) + 1))[:n_official]
     windows = torch.stack([x[0, :, r : r + patch, c : c + patch] for r, c in coords])
@@ -169,13 +183,28 @@ def window_times(names: list[str], batch: int, repeat: int) -> dict[str, dict]:
     return out
 
 
+def set5_windows(overlap: int, patch: int = 48) -> int:
+    """Windows the overlap tiling evaluates for Set5 x2's LR files (their sizes, H x W)."""
+    sizes = ((256, 256), (144, 144), (128, 128), (140, 140), (172, 114))
+    return sum(len(window_starts(h, patch, overlap)) * len(window_starts(w, patch, overlap)) for h, w in sizes)
+
+
 def set5(root: Path) -> list:
     return load_benchmark(root, "Set5", "sr_x2").pairs
 
 
-def whole_image_times(names: list[str], pairs: list, batch: int) -> dict[str, float]:
+def row_keys(names: list[str], extra_overlap: int | None) -> list[tuple[str, str, int | None]]:
+    """(row key, variant, overlap) of the whole-image rows: every variant at the default overlap, then the ones that
+    are not compiled (a compiled variant recompiles per batch shape) again at ``extra_overlap``."""
+    keys = [(n, n, None) for n in names]
+    if extra_overlap is not None:
+        keys += [(f"{n}@{extra_overlap}", n, extra_overlap) for n in names if "compile" not in n]
+    return keys
+
+
+def whole_image_times(names: list[str], pairs: list, batch: int, extra_overlap: int | None = None) -> dict[str, float]:
     """Seconds for the whole of Set5 x2 at paper size (random weights): the exact path, the official code's window
-    count, and each variant with the overlap tiling."""
+    count, and each variant with the overlap tiling (at the default overlap, and at ``extra_overlap``)."""
     torch.manual_seed(0)
     model = build_ipt(ModelSpec.for_tasks(["sr_x2"])).eval()
     xs = [torch.from_numpy(p.lq.copy()).permute(2, 0, 1)[None].float() for p in pairs]
@@ -192,42 +221,41 @@ def whole_image_times(names: list[str], pairs: list, batch: int) -> dict[str, fl
             official_code_windows(fp32, x)
         res["official_code_windows"] = time.perf_counter() - t0
         print(f"Set5 official code's windows: {res['official_code_windows']:.1f} s", flush=True)
-        for name in names:
+        for key, name, overlap in row_keys(names, extra_overlap):
             fn = variant(name, model, "sr_x2")
             fn(xs[0][:, :, :48, :48])  # warm-up / compile outside the timing
             t0 = time.perf_counter()
             for x in xs:
-                forward_tiled(fn, x, 2, batch=batch)
-            res[name] = time.perf_counter() - t0
-            print(f"Set5 overlap {name}: {res[name]:.1f} s", flush=True)
+                restore_image(fn, x, 2, overlap=overlap, batch=batch)
+            res[key] = time.perf_counter() - t0
+            print(f"Set5 overlap tiling {key}: {res[key]:.1f} s", flush=True)
             del fn
             gc.collect()
     return res
 
 
-def trained_psnr_changes(weights: Path, names: list[str], pairs: list, batch: int) -> dict:
+def trained_psnr_changes(
+    weights: Path, names: list[str], pairs: list, batch: int, extra_overlap: int | None = None
+) -> dict:
     """Set5 x2 Y-PSNR of the trained model ``weights``: exact path, and each variant with the overlap tiling
     (and the change against the exact path); the overlap tiling's own change is the fp32 row."""
     model = load_model(str(weights), "sr_x2").eval()
     res: dict = {"weights": str(weights), "params": sum(p.numel() for p in model.parameters())}
 
-    def mean_psnr(fn: WindowFn, tiling: str) -> float:
+    def mean_psnr(fn: WindowFn, tiling: str, overlap: int | None = None) -> float:
         vals = []
         for p in pairs:
             x = torch.from_numpy(p.lq.copy()).permute(2, 0, 1)[None].float()
-            if tiling == "official":
-                y = forward_chop_official(fn, x, 2, batch=batch)
-            else:
-                y = forward_tiled(fn, x, 2, batch=batch)
+            y = restore_image(fn, x, 2, tiling=tiling, overlap=overlap, batch=batch)
             sr = quantize(y)[0].permute(1, 2, 0).to(torch.uint8).numpy()
             vals.append(psnr_y(sr, p.hr, crop_border=2))
         return sum(vals) / len(vals)
 
     with torch.inference_mode():
         res["exact_path_psnr"] = mean_psnr(variant("fp32", model, "sr_x2"), "official")
-        for name in names:
-            res[name] = mean_psnr(variant(name, model, "sr_x2"), "overlap") - res["exact_path_psnr"]
-            print(f"trained {weights}: {name} {res[name]:+.4f} dB", flush=True)
+        for key, name, overlap in row_keys(names, extra_overlap):
+            res[key] = mean_psnr(variant(name, model, "sr_x2"), "overlap", overlap) - res["exact_path_psnr"]
+            print(f"trained {weights}: {key} {res[key]:+.4f} dB", flush=True)
     return res
 
 
@@ -235,7 +263,8 @@ def to_markdown(r: dict, command: str) -> str:
     hw = r["hardware"]
     peak32, peak16 = r["peak_gflops"]["fp32"], r["peak_gflops"]["bf16"]
     lines = [
-        f"## Inference variants, paper-size IPT, CPU kind `{r['kind']}`",
+        f"## Inference variants, paper-size IPT, CPU kind `{r['kind']}`"
+        + (f", x86 family-model-stepping {hw['cpu_id']}" if hw.get("cpu_id") else ""),
         "",
         f"Command: `{command}`",
         "",
@@ -246,8 +275,15 @@ def to_markdown(r: dict, command: str) -> str:
         f"Windows: random weights, batch {r['batch']}, best of {r['repeat']} after a warm-up; GFLOP/s from "
         f"{GFLOP_X2_WINDOW} GFLOP per window, '% peak' against the dtype the matmuls run in (int8: fp32's). Set5 "
         f"x2 (5 images, LR files): paper size, random weights, batch {r['image_batch']}, the overlap tiling "
-        "(12-px overlap) for every variant; speed-up against the exact path (official tiling, fp32). Y-PSNR change: "
-        "Set5 x2 on the trained model(s) below, the variant with the overlap tiling against the exact path.",
+        f"(default {default_overlap(48)}-px overlap, {set5_windows(default_overlap(48))} windows) for every variant"
+        + (
+            f"; rows `name@{r['extra_overlap']}` at `--overlap {r['extra_overlap']}` "
+            f"({set5_windows(r['extra_overlap'])} windows)"
+            if r.get("extra_overlap") is not None
+            else ""
+        )
+        + "; speed-up against the exact path (official tiling, fp32). Y-PSNR change: Set5 x2 on the trained "
+        "model(s) below, the variant with the overlap tiling against the exact path.",
         "",
     ]
     trained = r.get("trained", [])
@@ -272,20 +308,21 @@ def to_markdown(r: dict, command: str) -> str:
             + "".join(f" 0 ({t['exact_path_psnr']:.2f} dB) |" for t in trained)
         )
     oc = r["images"].get("official_code_windows")
-    for name, w in r["windows"].items():
+    for key, name, _ in row_keys(list(r["windows"]), r.get("extra_overlap")):
         peak = peak16 if name in BF16 else peak32
-        img = r["images"].get(name)
+        img = r["images"].get(key)
+        w = r["windows"][name] if key == name else None
         cells = [
-            name,
-            f"{w['s_per_window']:.3f}",
-            f"{w['gflops']:.0f}",
-            "n/a" if name == "int8_dynamic" else f"{100 * w['gflops'] / peak:.0f}%",
-            f"{w['first_call_s']:.1f}",
+            key,
+            f"{w['s_per_window']:.3f}" if w else "",
+            f"{w['gflops']:.0f}" if w else "",
+            ("n/a" if name == "int8_dynamic" else f"{100 * w['gflops'] / peak:.0f}%") if w else "",
+            f"{w['first_call_s']:.1f}" if w else "",
             f"{img:.1f}" if img is not None else "",
             f"{exact / img:.1f}x" if img and exact else "",
             f"{oc / img:.1f}x" if img and oc else "",
         ]
-        cells += [f"{t[name]:+.4f}" if name in t else "" for t in trained]
+        cells += [f"{t[key]:+.4f}" if key in t else "" for t in trained]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for t in trained:
@@ -306,13 +343,16 @@ def main() -> None:
     ap.add_argument("--image-batch", type=int, default=64, help="windows per forward for whole images")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-images", action="store_true", help="skip the whole-image Set5 timings")
+    ap.add_argument(
+        "--extra-overlap", type=int, default=None, help="also time and score the uncompiled variants at this overlap"
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--render", type=Path, default=None, help="rewrite the section from this saved JSON; run nothing")
     args = ap.parse_args()
     if args.render:
         r = json.loads(args.render.read_text())
         save_results(
-            args.out or Path("docs/BENCHMARKS.md"), f"{SECTION}_{r['kind']}", "cpu", to_markdown(r, r["command"]), r
+            args.out or Path("docs/BENCHMARKS.md"), section_name(r), "cpu", to_markdown(r, r["command"]), r
         )
         return
     names = [n for n in args.variants.split(",") if n]
@@ -326,6 +366,7 @@ def main() -> None:
         "batch": args.batch,
         "image_batch": args.image_batch,
         "repeat": args.repeat,
+        "extra_overlap": args.extra_overlap,
         "peak_gflops": {
             "fp32": matmul_peak(torch.float32),
             "bf16": matmul_peak(torch.bfloat16, n=2048 if cpu_kind() != "avx2" else 512, trials=1, repeat=1),
@@ -334,10 +375,10 @@ def main() -> None:
     print(f"{r['kind']}: matmul peak {r['peak_gflops']}", flush=True)
     r["windows"] = window_times(names, args.batch, args.repeat)
     pairs = set5(args.root)
-    r["images"] = {} if args.no_images else whole_image_times(names, pairs, args.image_batch)
+    r["images"] = {} if args.no_images else whole_image_times(names, pairs, args.image_batch, args.extra_overlap)
     r["trained"] = []
     for i, w in enumerate(args.trained):
-        t = trained_psnr_changes(w, names, pairs, args.image_batch)
+        t = trained_psnr_changes(w, names, pairs, args.image_batch, args.extra_overlap)
         t["label"] = f"trained #{i + 1}"
         r["trained"].append(t)
     command = "python benchmarks/bench_variants.py " + " ".join(
@@ -346,13 +387,14 @@ def main() -> None:
         + ([f"--variants {args.variants}"] if args.variants != ",".join(VARIANTS) else [])
         + [f"--batch {args.batch}", f"--repeat {args.repeat}"]
         + (["--no-images"] if args.no_images else [])
+        + ([f"--extra-overlap {args.extra_overlap}"] if args.extra_overlap is not None else [])
         + ([f"--out {args.out}"] if args.out else [])
     )
     r["command"] = command
     md = to_markdown(r, command)
     print(md)
     if args.out:
-        save_results(args.out, f"{SECTION}_{r['kind']}", "cpu", md, r)
+        save_results(args.out, section_name(r), "cpu", md, r)
 
 
 if __name__ == "__main__":
