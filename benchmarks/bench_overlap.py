@@ -108,7 +108,9 @@ def to_markdown(r: dict, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Hardware: {hw['cpu_model']} ({hw['cpu_capability']}, {hw['threads']} threads), torch {hw['torch']}; "
+        f"Hardware: {hw['cpu_model']} ({hw['cpu_capability']}"
+        + (f", x86 family-model-stepping {hw['cpu_id']}" if hw.get("cpu_id") else "")
+        + f", {hw['threads']} threads), torch {hw['torch']}; "
         f"{r['date']}. fp32 on the CPU throughout; "
         + (f"the first {r['limit']} images of each set (by name)." if r.get("limit") else "whole sets.")
         + " The images scored are in brackets after each set.",

@@ -262,6 +262,9 @@ def trained_psnr_changes(
 def to_markdown(r: dict, command: str) -> str:
     hw = r["hardware"]
     peak32, peak16 = r["peak_gflops"]["fp32"], r["peak_gflops"]["bf16"]
+    # (runs before 2026-12-04 stored neither; their grid placement evaluated as many windows as the even one)
+    overlap = r.get("overlap", 12)
+    windows = r.get("set5_windows") or {str(o): set5_windows(o) for o in (overlap, r.get("extra_overlap")) if o}
     lines = [
         f"## Inference variants, paper-size IPT, CPU kind `{r['kind']}`"
         + (f", x86 family-model-stepping {hw['cpu_id']}" if hw.get("cpu_id") else ""),
@@ -275,10 +278,10 @@ def to_markdown(r: dict, command: str) -> str:
         f"Windows: random weights, batch {r['batch']}, best of {r['repeat']} after a warm-up; GFLOP/s from "
         f"{GFLOP_X2_WINDOW} GFLOP per window, '% peak' against the dtype the matmuls run in (int8: fp32's). Set5 "
         f"x2 (5 images, LR files): paper size, random weights, batch {r['image_batch']}, the overlap tiling "
-        f"(default {default_overlap(48)}-px overlap, {set5_windows(default_overlap(48))} windows) for every variant"
+        f"(default {overlap}-px overlap, {windows[str(overlap)]} windows) for every variant"
         + (
             f"; rows `name@{r['extra_overlap']}` at `--overlap {r['extra_overlap']}` "
-            f"({set5_windows(r['extra_overlap'])} windows)"
+            f"({windows[str(r['extra_overlap'])]} windows)"
             if r.get("extra_overlap") is not None
             else ""
         )
@@ -351,10 +354,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.render:
         r = json.loads(args.render.read_text())
-        save_results(
-            args.out or Path("docs/BENCHMARKS.md"), section_name(r), "cpu", to_markdown(r, r["command"]), r
-        )
+        save_results(args.out or Path("docs/BENCHMARKS.md"), section_name(r), "cpu", to_markdown(r, r["command"]), r)
         return
+    if args.extra_overlap is not None and not 0 <= args.extra_overlap < 48:
+        ap.error(f"--extra-overlap must be in [0, 48), not {args.extra_overlap}")
     names = [n for n in args.variants.split(",") if n]
     for n in names:
         if n not in VARIANTS:
@@ -367,6 +370,8 @@ def main() -> None:
         "image_batch": args.image_batch,
         "repeat": args.repeat,
         "extra_overlap": args.extra_overlap,
+        "overlap": default_overlap(48),
+        "set5_windows": {str(o): set5_windows(o) for o in {default_overlap(48), args.extra_overlap} if o is not None},
         "peak_gflops": {
             "fp32": matmul_peak(torch.float32),
             "bf16": matmul_peak(torch.bfloat16, n=2048 if cpu_kind() != "avx2" else 512, trials=1, repeat=1),

@@ -34,6 +34,8 @@ def window_starts(length: int, patch: int, overlap: int) -> list[int]:
 
     (A regular grid plus one window flush with the end, as before, leaves one thin last overlap where seams show:
     docs/BENCHMARKS.md#window-placement-and-overlap-on-trained-weights.)"""
+    if not 0 <= overlap < patch:
+        raise ValueError(f"overlap must be in [0, {patch}), got {overlap}")
     if length <= patch:
         return [0]
     span, step = length - patch, patch - overlap

@@ -85,6 +85,8 @@ def test_window_starts_are_the_fewest_windows_spread_evenly(patch: int) -> None:
             assert len(starts) == 1 or (len(starts) - 2) * (patch - overlap) < length - patch, (length, overlap)
     assert window_starts(256, 48, 12) == [0, 35, 69, 104, 139, 173, 208]
     assert window_starts(256, 48, 6) == [0, 42, 83, 125, 166, 208]
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 48\)"):
+        window_starts(256, 48, 48)
 
 
 def test_restore_image_dispatch_and_quantize(tiny_spec: ModelSpec) -> None:
@@ -128,3 +130,14 @@ def test_overlap_tiling_streams_windows_with_one_batch_of_outputs_alive() -> Non
     assert len(alive_at_call) > 10  # 9 x 8 windows in batches of 4
     assert max(alive_at_call) <= 1, alive_at_call
     assert torch.allclose(out, _shift_fn(2)(x), atol=1e-3)
+
+
+def test_a_restorer_records_the_overlap_it_used(tiny_spec: ModelSpec) -> None:
+    """Reports say which overlap made a number: the default resolved (a quarter of the window), an explicit one
+    (0 included) as given, and none for the official tiling, which has no overlap setting."""
+    from ipt.restore import Restorer
+
+    model = build_ipt(tiny_spec).eval()
+    assert Restorer(model, "sr_x2", precision="fp32").describe()["overlap"] == tiny_spec.patch_size // 4
+    assert Restorer(model, "sr_x2", precision="fp32", overlap=0).describe()["overlap"] == 0
+    assert Restorer(model, "sr_x2", precision="fp32", tiling="official").describe()["overlap"] is None

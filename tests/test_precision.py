@@ -42,6 +42,8 @@ def test_cpu_id_tells_apart_cpus_that_share_a_model_name() -> None:
     block = "processor\t: {}\ncpu family\t: 25\nmodel\t\t: {}\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
     assert ipt.device.cpu_id(block.format(0, 17) + "\n" + block.format(1, 99)) == "25-17-1"
     assert ipt.device.cpu_id("processor\t: 0\nmodel name\t: Some ARM\n") == ""  # no x86 fields: nothing guessed
+    no_stepping = block.format(0, 17).replace("stepping\t: 1\n", "")
+    assert ipt.device.cpu_id(no_stepping + "\n" + block.format(1, 17)) == ""  # the first block only, never mixed
     assert ipt.device.cpu_id() == "" or ipt.device.cpu_id().count("-") == 2  # this machine's, when it has one
 
 
