@@ -46,6 +46,7 @@ def params(work: Path, train: Path, a: argparse.Namespace) -> dict:
             "shards": str(work / "pairs"),
             "out": str(work / "pretrain"),
             "model_size": "small",
+            **({"n_feats": a.n_feats} if a.n_feats != 16 else {}),
             "image_residual": a.image_residual,
             "pixel_loss": a.pixel_loss,
             "steps": a.pretrain_steps,
@@ -78,6 +79,12 @@ def _ipt(args: list[str], log: Path) -> float:
     return time.perf_counter() - t
 
 
+def _parameters(path: Path) -> int:
+    from ipt.checkpoint import load_model
+
+    return sum(t.numel() for t in load_model(str(path)).parameters())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", type=Path, default=Path("../shared/train"))
@@ -93,6 +100,8 @@ def main() -> None:
     ap.add_argument("--pixel-loss", choices=("l1", "charbonnier"), default="l1")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="training precision (both stages)")
     ap.add_argument("--target", type=float, default=35.5, help="Set5 x2 Y-PSNR the run is judged against")
+    ap.add_argument("--n-feats", type=int, default=16, help="the small model's n_feats (tokens are 9x as wide)")
+    ap.add_argument("--tag", default="", help="suffix of the docs section, so another recipe keeps its own")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
@@ -130,6 +139,7 @@ def main() -> None:
         "pretrain_steps_per_s": a.pretrain_steps / times["pretrain"],
         "finetune_steps_per_s": a.finetune_steps / times["finetune"],
         "params": yaml.safe_load(p.read_text()),
+        "model_params": _parameters(model),
     }
     print(json.dumps(result, indent=1))
     (a.work / "result.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -140,15 +150,18 @@ def main() -> None:
         loss = "L1" if a.pixel_loss == "l1" else "Charbonnier eps 1"
         suffix = "" if a.precision == "fp32" else f", {a.precision} training"
         section = SECTION if a.precision == "fp32" else f"{SECTION}_{a.precision}"
+        section += f"_{a.tag}" if a.tag else ""
+        size = "small" if a.n_feats == 16 else f"small, n_feats {a.n_feats}"
 
         lines = [
-            f"## Quality run: small IPT, pretrained + fine-tuned on CPU, Set5 x2{suffix}",
+            f"## Quality run: {size} IPT, pretrained + fine-tuned on CPU, Set5 x2{suffix}",
             "",
             f"`{cmd}` on {cpu_model()} (2 cores, native bf16: {cpu_bf16_flags()}), training in {a.precision} "
             f"({result['pretrain_steps_per_s']:.2f} pretrain / {result['finetune_steps_per_s']:.2f} finetune steps/s)."
             f" Training data: {clean['samples']} crops of 192 px from"
             f" ../shared/train (T91, SunHays80), pairs for sr_x2/x3/x4 made by `ipt corrupt`. Model `small`"
-            f" (n_feats 16, 2+2 layers, 4 heads, 48-px windows{', image-residual' if a.image_residual else ''}),"
+            f" (n_feats {a.n_feats}, 2+2 layers, 4 heads, 48-px windows{', image-residual' * a.image_residual},"
+            f" {result['model_params']:,} parameters),"
             f" batch {a.batch}, Adam halved at 2/3 of each stage; pretrain {a.pretrain_steps} steps at lr {a.lr:g}"
             f" on x2/x3/x4 ({loss} + 0.1 contrastive), finetune {a.finetune_steps} steps at lr"
             f" {a.finetune_lr or a.lr:g} on x2 ({loss}). Scored with `ipt benchmark` (protocol ipt, overlap tiling).",
@@ -161,7 +174,7 @@ def main() -> None:
             "| model | Set5 x2 Y-PSNR | SSIM |",
             "|---|---:|---:|",
             f"| bicubic | {b['psnr_y']:.2f} | {b['ssim_y']:.4f} |",
-            f"| small IPT (this run) | **{r['psnr_y']:.2f}** | {r['ssim_y']:.4f} |",
+            f"| {size} IPT (this run) | **{r['psnr_y']:.2f}** | {r['ssim_y']:.4f} |",
             "",
             f"Target: >= {a.target} dB. {'Met.' if r['psnr_y'] >= a.target else 'Not met.'}",
             "",
