@@ -81,6 +81,45 @@ def _attention_ms(batch: int, dtype: torch.dtype, device: str, repeat: int) -> d
     return row
 
 
+def explicit_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """``scaled_dot_product_attention`` as scaled ``baddbmm``, softmax and ``bmm`` (no dropout)."""
+    b, h, n, d = q.shape
+    q3, k3, v3 = (t.reshape(b * h, t.shape[2], d) for t in (q, k, v))
+    s = torch.baddbmm(q3.new_zeros(()), q3, k3.transpose(1, 2), beta=0, alpha=d**-0.5)
+    return torch.bmm(torch.softmax(s, -1), v3).view(b, h, n, d)
+
+
+class _ExplicitF:
+    """``torch.nn.functional`` with the explicit attention in place of the fused one (for ipt.model.body only)."""
+
+    scaled_dot_product_attention = staticmethod(explicit_sdpa)
+
+    def __getattr__(self, name: str):
+        import torch.nn.functional as F
+
+        return getattr(F, name)
+
+
+def ab_explicit_attention(model, x: torch.Tensor, rounds: int = 4) -> dict[str, list[float]]:
+    """s per window of a bf16 forward with the model's own (fused) attention and with the explicit one, interleaved
+    ``rounds`` times so that the machine's drift hits both alike."""
+    import ipt.model.body as body
+
+    kind = torch.device(x.device).type
+    saved = body.F
+    out: dict[str, list[float]] = {"fused": [], "explicit": []}
+    try:
+        with torch.inference_mode(), torch.autocast(kind, torch.bfloat16):
+            for _ in range(rounds):
+                for name, f in (("fused", saved), ("explicit", _ExplicitF())):
+                    body.F = f
+                    model(x, "sr_x2")
+                    out[name].append(_timed(lambda: model(x, "sr_x2"), str(x.device)) / x.shape[0])
+    finally:
+        body.F = saved
+    return out
+
+
 def _timed(fn, device: str) -> float:
     from bench_inference import sync
 
@@ -96,11 +135,20 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--ab", action="store_true", help="only the A/B of whole bf16 windows: fused vs explicit attention")
     a = ap.parse_args()
     torch.manual_seed(0)
     spec = ModelSpec.for_tasks(["sr_x2"])
     model = build_ipt(spec).eval().to(a.device)
     x = torch.rand(a.batch, 3, 48, 48, device=a.device) * 255
+    if a.ab:
+        ab = {"hardware": describe(), "batch": a.batch, "date": time.strftime("%Y-%m-%d")}
+        ab["ab_s_per_window"] = ab_explicit_attention(model, x)
+        md = ab_markdown(ab, a)
+        print(md)
+        if a.out:
+            save_results(a.out, SECTION + "_ab" + (f"_{cpu_id()}" if cpu_id() else ""), a.device, md, ab)
+        return
     res: dict = {"hardware": describe(), "device": a.device, "batch": a.batch, "profile": {}}
     res["gflop_by_kind"] = flops_by_kind(spec)
     for precision in ("fp32", "bf16"):
@@ -171,6 +219,25 @@ def to_markdown(res: dict, a: argparse.Namespace) -> str:
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def ab_markdown(r: dict, a: argparse.Namespace) -> str:
+    hw, ab = r["hardware"], r["ab_s_per_window"]
+
+    def cells(name: str) -> str:
+        return ", ".join(f"{t:.4f}" for t in ab[name]) + f" (best {min(ab[name]):.4f})"
+
+    return (
+        "## Whole bf16 windows: the fused attention kernel against the explicit one\n\n"
+        f"`python benchmarks/profile_window.py --ab --device {a.device} --batch {a.batch}"
+        + (f" --out {a.out}" if a.out else "")
+        + f"` on {hw['cpu_model']} (x86 family-model-stepping {hw.get('cpu_id') or 'n/a'}, native bf16: "
+        f"{hw['cpu_bf16']}), {r['date']}. The paper-size model under bf16 autocast, {a.batch} windows per forward, "
+        f"with `scaled_dot_product_attention` and with `explicit_sdpa` (baddbmm, softmax, bmm), interleaved "
+        f"{len(ab['fused'])} times; s per window.\n\n"
+        f"| attention | s per window, each round |\n|---|---|\n| fused | {cells('fused')} |\n"
+        f"| explicit | {cells('explicit')} |\n"
+    )
 
 
 if __name__ == "__main__":
