@@ -31,7 +31,7 @@ import ipt.inference  # noqa: E402
 from ipt.data.testsets import load_benchmark, resolve_datasets  # noqa: E402
 from ipt.device import describe  # noqa: E402
 from ipt.inference import window_starts  # noqa: E402
-from ipt.restore import open_restorer  # noqa: E402
+from ipt.restore import Restorer  # noqa: E402
 from ipt.scoring import evaluate, restorer_fn  # noqa: E402
 from ipt.tasks import task_scale  # noqa: E402
 
@@ -63,32 +63,31 @@ def placement(name: str):
 
 def window_count(sizes: list[tuple[int, int]], name: str, overlap: int, patch: int = 48) -> int:
     starts = window_starts if name == "even" else grid_starts
-    return sum(
-        len(starts(max(h, patch), patch, overlap)) * len(starts(max(w, patch), patch, overlap)) for h, w in sizes
-    )
+    return sum(len(starts(h, patch, overlap)) * len(starts(w, patch, overlap)) for h, w in sizes)
 
 
-def mean_psnr(weights: str, task: str, data, tiling: str, overlap: int | None = None) -> float:
-    r = open_restorer(weights, task, tiling=tiling, overlap=overlap, precision="fp32", device="cpu")
+def mean_psnr(model, task: str, data, tiling: str, overlap: int | None = None) -> float:
+    r = Restorer(model, task, tiling=tiling, overlap=overlap, precision="fp32", device="cpu")
     return evaluate(restorer_fn(r), data, scale=task_scale(task))["psnr_y"]
 
 
 def sweep(weights: str, root: Path, overlaps: list[int], limit: int | None) -> list[dict]:
     from ipt.checkpoint import load_model
 
+    model = load_model(weights)  # read once: every tiling of every set runs the same weights
     rows = []
-    for task in load_model(weights).spec.task_names:
+    for task in model.spec.task_names:
         names, _ = resolve_datasets(root, task)
         for ds in names:
             data = load_benchmark(root, ds, task, limit=limit)
             sizes = [tuple(p.lq.shape[-2:]) if torch.is_tensor(p.lq) else p.lq.shape[:2] for p in data.pairs]
             t0 = time.perf_counter()
             row = {"weights": weights, "task": task, "dataset": ds, "images": len(data.pairs), "changes": {}}
-            row["exact_psnr"] = mean_psnr(weights, task, data, "official")
+            row["exact_psnr"] = mean_psnr(model, task, data, "official")
             for name in PLACEMENTS:
                 for o in overlaps:
                     with placement(name):
-                        change = mean_psnr(weights, task, data, "overlap", o) - row["exact_psnr"]
+                        change = mean_psnr(model, task, data, "overlap", o) - row["exact_psnr"]
                     row["changes"][f"{name}/{o}"] = {"psnr_change": change, "windows": window_count(sizes, name, o)}
             row["seconds"] = time.perf_counter() - t0
             print(

@@ -146,11 +146,9 @@ def forward_tiled(
     memory holds the input, the canvas and one batch: it grows with the image, not with its window count."""
     if overlap is None:
         overlap = default_overlap(patch)
-    if not 0 <= overlap < patch:
-        raise ValueError(f"overlap must be in [0, {patch}), got {overlap}")
     xp, h, w = _pad_to(x, patch)
     b, c, hh, ww = xp.shape
-    rows, cols = window_starts(hh, patch, overlap), window_starts(ww, patch, overlap)
+    rows, cols = window_starts(hh, patch, overlap), window_starts(ww, patch, overlap)  # (they check the overlap)
     coords = [(i, r, cc) for i in range(b) for r in rows for cc in cols]
     P = patch * scale
     ramp = _ramp(P, overlap * scale)
