@@ -1,9 +1,11 @@
 """Inference variants on this CPU kind: speed at paper size, Y-PSNR change on trained weights.
 
-For each variant (fp32, channels-last, torch.compile, int8 dynamic quantization of the Linear layers, bf16 autocast,
-bf16 weights, bf16 autocast + compile): the paper-size IPT's time per 48x48 window (random weights, batch 8) against
-the measured matmul peak of the dtype it computes in, the whole-image Set5 x2 time with the default overlap tiling,
-and the change of Set5 x2 Y-PSNR against the exact path (official tiling, fp32) on each trained model given.
+For each variant (fp32, channels-last, torch.compile, int8 dynamic quantization of the Linear layers, int8 with
+per-token scales (benchmarks/int8_token.py, eager and compiled), bf16 autocast, bf16 weights, bf16 autocast + compile):
+the paper-size IPT's time per 48x48 window (random weights, batch 8) against the measured matmul peak of the dtype it
+computes in, whether a window's output changes with the other windows of its batch, the whole-image Set5 x2 time with
+the default overlap tiling, and the change of Set5 x2 Y-PSNR against the exact path (official tiling, fp32) on each
+trained model given.
 The exact path itself is timed beside the official code's window count (it recomputes the top/left strips).
 
     python benchmarks/bench_variants.py --root ../shared/benchmarks --trained runs/finetune/sr_x2/model.pt \
@@ -31,6 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import save_results  # noqa: E402
+from int8_token import quantize_int8_token  # noqa: E402
 
 from ipt.checkpoint import load_model  # noqa: E402
 from ipt.config import ModelSpec  # noqa: E402
@@ -54,11 +57,15 @@ VARIANTS = (
     "channels_last",
     "compile",
     "int8_dynamic",
+    "int8_token",
+    "int8_token_compile",
     "bf16_autocast",
     "bf16_weights",
     "bf16_compile",
 )
 BF16 = {"bf16_autocast", "bf16_weights", "bf16_compile"}
+INT8 = {"int8_token", "int8_token_compile"}  # every linear map in int8 ('% peak' against the int8 matmul's)
+STATIC_COMPILE = {"compile", "bf16_compile"}  # compiled for one batch shape (a new shape recompiles, ~50 s)
 WindowFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -93,6 +100,9 @@ def variant(name: str, model: nn.Module, task: str) -> WindowFn:
 
             q = quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
         return lambda w: q(w, task)
+    if name in INT8:
+        m = quantize_int8_token(model, compile=name == "int8_token_compile")
+        return lambda w: m(w, task)
     if name == "bf16_weights":
         m = copy.deepcopy(model).to(torch.bfloat16)
         return lambda w: m(w.to(torch.bfloat16), task).float()
@@ -117,10 +127,16 @@ def variant(name: str, model: nn.Module, task: str) -> WindowFn:
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, trials: int = 3, repeat: int = 5) -> float:
-    """GFLOP/s of an n^3 matmul in ``dtype`` on this CPU, best of ``trials`` after a warm-up."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    return 2 * n**3 * repeat / _best(lambda: [a @ b for _ in range(repeat)], trials) / 1e9
+    """G(FL)OP/s of an n^3 matmul in ``dtype`` on this CPU (int8: ``torch._int_mm``, int32 sums), best of ``trials``
+    after a warm-up."""
+    if dtype == torch.int8:
+        a, b = (torch.randint(-127, 128, (n, n), dtype=torch.int8) for _ in range(2))
+        mm = torch._int_mm
+    else:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        mm = torch.matmul
+    mm(a, b)
+    return 2 * n**3 * repeat / _best(lambda: [mm(a, b) for _ in range(repeat)], trials) / 1e9
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
@@ -177,6 +193,9 @@ def window_times(names: list[str], batch: int, repeat: int) -> dict[str, dict]:
                 "gflops": GFLOP_X2_WINDOW * batch / t,
                 "max_abs_vs_fp32_random": diff.max().item(),
             }
+            if name not in STATIC_COMPILE:  # the first window alone against the same window among its batch
+                alone = quantize(fn(x[:1]).float())
+                out[name]["batch_mates_grey_levels"] = (alone - quantize(y[:1].float())).abs().max().item()
             print(f"window {name}: {t / batch:.3f} s/window (first call {first:.1f} s)", flush=True)
             del fn
             gc.collect()
@@ -262,6 +281,7 @@ def trained_psnr_changes(
 def to_markdown(r: dict, command: str) -> str:
     hw = r["hardware"]
     peak32, peak16 = r["peak_gflops"]["fp32"], r["peak_gflops"]["bf16"]
+    peak8 = r["peak_gflops"].get("int8")
     # (runs before 2026-12-04 stored neither; their grid placement evaluated as many windows as the even one)
     overlap = r.get("overlap", 12)
     windows = r.get("set5_windows") or {str(o): set5_windows(o) for o in (overlap, r.get("extra_overlap")) if o}
@@ -273,10 +293,20 @@ def to_markdown(r: dict, command: str) -> str:
         "",
         f"Hardware: {hw['cpu_model']} (torch CPU capability {hw['cpu_capability']}, native bf16: {hw['cpu_bf16']}, "
         f"{hw['threads']} threads), torch {hw['torch']}; {r['date']}. Measured matmul peak (2048^3): fp32 "
-        f"{peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s. One run; compare rows of this table only.",
+        f"{peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s"
+        + (f", int8 {peak8:.0f} GOP/s (`torch._int_mm`)" if peak8 else "")
+        + ". One run; compare rows of this table only.",
         "",
         f"Windows: random weights, batch {r['batch']}, best of {r['repeat']} after a warm-up; GFLOP/s from "
-        f"{GFLOP_X2_WINDOW} GFLOP per window, '% peak' against the dtype the matmuls run in (int8: fp32's). Set5 "
+        f"{GFLOP_X2_WINDOW} GFLOP per window, '% peak' against the dtype the matmuls run in (int8_dynamic: fp32's, "
+        "as it leaves the attention's input projections in fp32)"
+        + (
+            "; 'batch-mates': the largest change, in grey levels, of a window's output computed alone instead of "
+            "among its batch (0: the batch cannot change a result; compiled-for-one-shape variants not checked)"
+            if any("batch_mates_grey_levels" in w for w in r["windows"].values())
+            else ""
+        )
+        + ". Set5 "
         f"x2 (5 images, LR files): paper size, random weights, batch {r['image_batch']}, the overlap tiling "
         f"(default {overlap}-px overlap, {windows[str(overlap)]} windows) for every variant"
         + (
@@ -290,11 +320,14 @@ def to_markdown(r: dict, command: str) -> str:
         "",
     ]
     trained = r.get("trained", [])
+    mates = any("batch_mates_grey_levels" in w for w in r["windows"].values())  # (not measured before 2026-12-04)
     head = (
-        "| variant | s / window | GFLOP/s | % peak | first call (s) | Set5 x2 (s) | speed-up vs exact | "
-        "vs the official code's windows |"
+        "| variant | s / window | GFLOP/s | % peak | first call (s) |"
+        + (" batch-mates |" if mates else "")
+        + " Set5 x2 (s) | speed-up vs exact | vs the official code's windows |"
     )
-    sep = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    sep = "|---|---:|---:|---:|---:|" + ("---:|" if mates else "") + "---:|---:|---:|"
+    pad = " |" if mates else ""
     for t in trained:
         head += f" ΔY-PSNR, {t['label']} |"
         sep += "---:|"
@@ -303,24 +336,28 @@ def to_markdown(r: dict, command: str) -> str:
     if exact is not None:
         oc = r["images"]["official_code_windows"]
         lines.append(
-            f"| official code's windows (its duplicates, batch 64, fp32; windows only) | | | | | {oc:.1f} | "
+            f"| official code's windows (its duplicates, batch 64, fp32; windows only) | | | | |{pad} {oc:.1f} | "
             f"{exact / oc:.2f}x | 1.00x |" + " |" * len(trained)
         )
         lines.append(
-            f"| exact path (official tiling, fp32) | | | | | {exact:.1f} | 1.00x | {oc / exact:.2f}x |"
+            f"| exact path (official tiling, fp32) | | | | |{pad} {exact:.1f} | 1.00x | {oc / exact:.2f}x |"
             + "".join(f" 0 ({t['exact_path_psnr']:.2f} dB) |" for t in trained)
         )
     oc = r["images"].get("official_code_windows")
     for key, name, _ in row_keys(list(r["windows"]), r.get("extra_overlap")):
-        peak = peak16 if name in BF16 else peak32
+        peak = peak16 if name in BF16 else peak8 if name in INT8 else peak32
         img = r["images"].get(key)
         w = r["windows"][name] if key == name else None
         cells = [
             key,
             f"{w['s_per_window']:.3f}" if w else "",
             f"{w['gflops']:.0f}" if w else "",
-            ("n/a" if name == "int8_dynamic" else f"{100 * w['gflops'] / peak:.0f}%") if w else "",
+            ("n/a" if name == "int8_dynamic" or not peak else f"{100 * w['gflops'] / peak:.0f}%") if w else "",
             f"{w['first_call_s']:.1f}" if w else "",
+        ]
+        if mates:
+            cells.append(f"{w['batch_mates_grey_levels']:g}" if w and "batch_mates_grey_levels" in w else "")
+        cells += [
             f"{img:.1f}" if img is not None else "",
             f"{exact / img:.1f}x" if img and exact else "",
             f"{oc / img:.1f}x" if img and oc else "",
@@ -375,6 +412,7 @@ def main() -> None:
         "peak_gflops": {
             "fp32": matmul_peak(torch.float32),
             "bf16": matmul_peak(torch.bfloat16, n=2048 if cpu_kind() != "avx2" else 512, trials=1, repeat=1),
+            "int8": matmul_peak(torch.int8),
         },
     }
     print(f"{r['kind']}: matmul peak {r['peak_gflops']}", flush=True)

@@ -26,13 +26,18 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=out_bias)
         nn.init.kaiming_uniform_(self.in_proj_weight, a=math.sqrt(5))  # as the official layers re-initialise it
 
+    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The input projections, each (B, N, E); an inference variant (benchmarks/int8_token.py) overrides them."""
+        wq, wk, wv = self.in_proj_weight.chunk(3, dim=0)
+        return F.linear(query, wq), F.linear(key, wk), F.linear(value, wv)
+
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         b, n, e = query.shape
         h = self.num_heads
-        wq, wk, wv = self.in_proj_weight.chunk(3, dim=0)
-        q = F.linear(query, wq).view(b, n, h, e // h).transpose(1, 2)
-        k = F.linear(key, wk).view(b, key.shape[1], h, e // h).transpose(1, 2)
-        v = F.linear(value, wv).view(b, value.shape[1], h, e // h).transpose(1, 2)
+        q, k, v = self.project(query, key, value)
+        q = q.reshape(b, n, h, e // h).transpose(1, 2)
+        k = k.reshape(b, key.shape[1], h, e // h).transpose(1, 2)
+        v = v.reshape(b, value.shape[1], h, e // h).transpose(1, 2)
         p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, e))

@@ -1,0 +1,93 @@
+"""int8 inference of IPT's linear layers with per-token activation scales, for bench_variants.
+
+torch.ao's dynamic quantization (bench_variants' ``int8_dynamic``) scales each Linear's input by one number for the
+whole tensor, so a window's output depends on the other windows in its batch, and it leaves the attention's input
+projections (``F.linear`` on ``in_proj_weight``) in fp32. Here every linear map of the body (q, k, v, out_proj, the
+MLPs, linear_encoding, mlp_head) runs as an int8 x int8 -> int32 matmul (``torch._int_mm``, exact in integers) with:
+
+- weights quantized once, symmetric, one scale per output channel;
+- activations quantized at each call, symmetric, one scale per token (row), so no window sees another's values;
+- the int32 result scaled back to fp32 by both scales, then the bias added.
+
+Everything else (convolutions, attention's softmax product, LayerNorm) stays in the caller's precision. Eager mode
+pays for the quantize / rescale passes over memory; ``compile=True`` fuses them with ``torch.compile`` (dynamic
+shapes: one compilation for every batch size).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ipt.model.body import Attention
+
+LinearFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """(M, K) float -> (M, K) int8 and the (M, 1) fp32 scales, symmetric per row: x ~ q * scale, |q| <= 127."""
+    x = x.float()
+    peak = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg())
+    scale = peak.clamp(min=1e-30) / 127.0  # an all-zero row quantizes to zeros
+    return torch.round(x * scale.reciprocal()).to(torch.int8), scale
+
+
+def int8_linear(x: Tensor, wq: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
+    """(M, K) float @ the int8 weight ``wq`` (K, N) with per-column ``w_scale`` (N,), plus ``bias``: fp32 (M, N)."""
+    q, s = quantize_rows(x)
+    y = torch._int_mm(q, wq).float().mul_(s).mul_(w_scale)
+    return y if bias is None else y.add_(bias)
+
+
+class Int8Linear(nn.Module):
+    """A linear map y = x W^T + b with W held in int8 (per output channel) and x quantized per token at each call."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, fn: LinearFn = int8_linear) -> None:
+        super().__init__()
+        w = weight.detach().float()
+        scale = w.abs().amax(1).clamp(min=1e-30) / 127.0
+        self.register_buffer("wq", torch.round(w / scale[:, None]).to(torch.int8).t().contiguous())
+        self.register_buffer("w_scale", scale)
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.fn(x.reshape(-1, x.shape[-1]), self.wq, self.w_scale, self.bias)
+        return y.to(x.dtype).view(*x.shape[:-1], y.shape[-1])
+
+
+class Int8Attention(Attention):
+    """:class:`ipt.model.body.Attention` with its projections in int8; q and k share one matmul when the layer
+    passes the same tensor for both (self-attention)."""
+
+    def __init__(self, attn: Attention, fn: LinearFn) -> None:
+        dim = attn.in_proj_weight.shape[1]
+        super().__init__(dim, attn.num_heads, attn.dropout)
+        del self.in_proj_weight
+        wq, wk, wv = attn.in_proj_weight.chunk(3, dim=0)
+        self.qk = Int8Linear(torch.cat([wq, wk]), None, fn)
+        self.q, self.k, self.v = (Int8Linear(w, None, fn) for w in (wq, wk, wv))
+        self.out_proj = Int8Linear(attn.out_proj.weight, attn.out_proj.bias, fn)
+
+    def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if query is key:
+            q, k = self.qk(query).chunk(2, dim=-1)
+        else:
+            q, k = self.q(query), self.k(key)
+        return q, k, self.v(value)
+
+
+def quantize_int8_token(model: nn.Module, compile: bool = False) -> nn.Module:
+    """A copy of ``model`` (eval) whose Linear layers and attention projections run in int8 as described above."""
+    fn: LinearFn = torch.compile(int8_linear, dynamic=True) if compile else int8_linear
+    m = copy.deepcopy(model).eval()
+    for parent in list(m.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Attention):
+                setattr(parent, name, Int8Attention(child, fn))
+            elif isinstance(child, nn.Linear):
+                setattr(parent, name, Int8Linear(child.weight, child.bias, fn))
+    return m
