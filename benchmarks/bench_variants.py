@@ -1,11 +1,11 @@
 """Inference variants on this CPU kind: speed at paper size, Y-PSNR change on trained weights.
 
 For each variant (fp32, channels-last, torch.compile, int8 dynamic quantization of the Linear layers, int8 with
-per-token scales (benchmarks/int8_token.py, eager and compiled), bf16 autocast, bf16 weights, bf16 autocast + compile):
-the paper-size IPT's time per 48x48 window (random weights, batch 8) against the measured matmul peak of the dtype it
-computes in, whether a window's output changes with the other windows of its batch, the whole-image Set5 x2 time with
-the default overlap tiling, and the change of Set5 x2 Y-PSNR against the exact path (official tiling, fp32) on each
-trained model given.
+per-token scales (ipt.model.int8, `--precision int8`; eager and compiled), bf16 autocast, bf16 weights, bf16
+autocast + compile): the paper-size IPT's time per 48x48 window (random weights, batch 8) against the measured matmul
+peak of the dtype it computes in, whether a window's output changes with the other windows of its batch, the
+whole-image Set5 x2 time with the default overlap tiling, and the change of Set5 x2 Y-PSNR against the exact path
+(official tiling, fp32) on each trained model given.
 The exact path itself is timed beside the official code's window count (it recomputes the top/left strips).
 
     python benchmarks/bench_variants.py --root ../shared/benchmarks --trained runs/finetune/sr_x2/model.pt \
@@ -22,7 +22,9 @@ import copy
 import gc
 import json
 import math
+import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -33,7 +35,6 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import save_results  # noqa: E402
-from int8_token import quantize_int8_token  # noqa: E402
 
 from ipt.checkpoint import load_model  # noqa: E402
 from ipt.config import ModelSpec  # noqa: E402
@@ -49,6 +50,7 @@ from ipt.inference import (  # noqa: E402
 )
 from ipt.metrics import psnr_y  # noqa: E402
 from ipt.model import build_ipt  # noqa: E402
+from ipt.model.int8 import quantize_int8  # noqa: E402
 
 SECTION = "bench_variants"
 GFLOP_X2_WINDOW = 66.65  # paper-size IPT, one 48x48 x2 window (IPT_REFERENCE 3.5)
@@ -101,7 +103,7 @@ def variant(name: str, model: nn.Module, task: str) -> WindowFn:
             q = quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
         return lambda w: q(w, task)
     if name in INT8:
-        m = quantize_int8_token(model, compile=name == "int8_token_compile")
+        m = quantize_int8(model, compile=name == "int8_token_compile")
         return lambda w: m(w, task)
     if name == "bf16_weights":
         m = copy.deepcopy(model).to(torch.bfloat16)
@@ -213,11 +215,11 @@ def set5(root: Path) -> list:
 
 
 def row_keys(names: list[str], extra_overlap: int | None) -> list[tuple[str, str, int | None]]:
-    """(row key, variant, overlap) of the whole-image rows: every variant at the default overlap, then the ones that
-    are not compiled (a compiled variant recompiles per batch shape) again at ``extra_overlap``."""
+    """(row key, variant, overlap) of the whole-image rows: every variant at the default overlap, then the ones not
+    compiled for one batch shape (those recompile for every new one) again at ``extra_overlap``."""
     keys = [(n, n, None) for n in names]
     if extra_overlap is not None:
-        keys += [(f"{n}@{extra_overlap}", n, extra_overlap) for n in names if "compile" not in n]
+        keys += [(f"{n}@{extra_overlap}", n, extra_overlap) for n in names if n not in STATIC_COMPILE]
     return keys
 
 
@@ -301,8 +303,13 @@ def to_markdown(r: dict, command: str) -> str:
         f"{GFLOP_X2_WINDOW} GFLOP per window, '% peak' against the dtype the matmuls run in (int8_dynamic: fp32's, "
         "as it leaves the attention's input projections in fp32)"
         + (
+            "; 'first call' is the warm-up, for a compiled variant a compile with an empty Inductor cache"
+            if r.get("cold_compile")
+            else ""
+        )
+        + (
             "; 'batch-mates': the largest change, in grey levels, of a window's output computed alone instead of "
-            "among its batch (0: the batch cannot change a result; compiled-for-one-shape variants not checked)"
+            f"among its batch of {r['batch']} (random weights; variants compiled for one shape not checked)"
             if any("batch_mates_grey_levels" in w for w in r["windows"].values())
             else ""
         )
@@ -389,6 +396,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--render", type=Path, default=None, help="rewrite the section from this saved JSON; run nothing")
     args = ap.parse_args()
+    # a compiled variant's first call is a cold compile: Inductor's on-disk cache would hide it on a second run
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_variants_inductor_")
     if args.render:
         r = json.loads(args.render.read_text())
         save_results(args.out or Path("docs/BENCHMARKS.md"), section_name(r), "cpu", to_markdown(r, r["command"]), r)
@@ -406,6 +415,7 @@ def main() -> None:
         "batch": args.batch,
         "image_batch": args.image_batch,
         "repeat": args.repeat,
+        "cold_compile": True,
         "extra_overlap": args.extra_overlap,
         "overlap": default_overlap(48),
         "set5_windows": {str(o): set5_windows(o) for o in {default_overlap(48), args.extra_overlap} if o is not None},

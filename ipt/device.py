@@ -12,8 +12,10 @@ import torch
 
 from ipt.errors import IPTError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "int8")  # int8: inference on the CPU only (ipt.model.int8)
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU flags of native bf16 matmuls
+INT8_FLAGS = ("amx_int8", "avx512_vnni")  # CPU flags of native int8 dot products
 
 
 @lru_cache(maxsize=1)
@@ -84,15 +86,15 @@ def resolve_device(name: str = "auto") -> torch.device:
 class Precision:
     """The precision a run uses, what was asked for, and why: ``label`` is what every summary line and report says."""
 
-    name: str  # fp32 | bf16
-    asked: str  # auto | fp32 | bf16
+    name: str  # fp32 | bf16 | int8
+    asked: str  # auto | fp32 | bf16 | int8
     reason: str
 
     @property
     def label(self) -> str:
         if self.asked != "auto" or self.name == "fp32":
             return self.name
-        return f"bf16 (auto: {self.reason}; --precision fp32 for the exact path)"
+        return f"{self.name} (auto: {self.reason}; --precision fp32 for the exact path)"
 
 
 def native_bf16(device: torch.device) -> tuple[bool, str]:
@@ -107,23 +109,42 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     return False, "this CPU has no native bf16 (emulated bf16 is up to 10x slower than fp32)"
 
 
-def choose_precision(name: str, device: torch.device, *, exact: bool = False) -> Precision:
-    """The one precision rule, for inference and training. ``fp32`` and ``bf16`` are taken as asked; ``auto`` is
-    fp32 where ``exact`` output is promised (the official tiling), else bf16 where ``device`` runs it natively (CUDA
-    with bf16, a CPU with AMX or AVX512-BF16) and fp32 elsewhere. fp32 is the exact path."""
-    if name not in PRECISIONS:
-        raise IPTError(f"unknown precision {name!r}; known: {list(PRECISIONS)}")
+def native_int8(device: torch.device) -> tuple[bool, str]:
+    """(whether ``device`` is a CPU with int8 dot products (VNNI / AMX), a few words saying why)."""
+    flags = [f for f in INT8_FLAGS if f in cpu_flags()] if device.type == "cpu" else []
+    if flags:
+        return True, f"this CPU has int8 dot products ({','.join(flags)})"
+    return False, f"{device} has no int8 dot products"
+
+
+def choose_precision(name: str, device: torch.device, *, exact: bool = False, training: bool = False) -> Precision:
+    """The one precision rule, for inference and training. ``fp32``, ``bf16`` and ``int8`` are taken as asked (int8:
+    inference on the CPU only); ``auto`` is fp32 where ``exact`` output is promised (the official tiling); else bf16
+    where ``device`` runs it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16); else, for inference on a CPU
+    with int8 dot products (AVX512-VNNI), int8 linear maps (ipt.model.int8); else fp32. fp32 is the exact path.
+
+    Why in that order (docs/BENCHMARKS.md, inference variants): int8 restored Set5 2.2x faster than fp32, but no
+    faster than bf16 autocast on a CPU that has both (eagerly; fused by torch.compile it was 1.26x bf16)."""
+    known = TRAIN_PRECISIONS if training else PRECISIONS
+    if name not in known:
+        why = " (int8 is an inference precision)" if name == "int8" else ""
+        raise IPTError(f"unknown precision {name!r}{why}; known: {list(known)}")
+    if name == "int8" and device.type != "cpu":
+        raise IPTError(f"--precision int8 runs on the CPU only, not on {device}; use bf16 or fp32 there")
     if name != "auto":
         return Precision(name, name, "asked for")
     if exact:
         return Precision("fp32", "auto", "exact output asked for")
     ok, why = native_bf16(device)
-    return Precision("bf16" if ok else "fp32", "auto", why)
+    if ok or training:
+        return Precision("bf16" if ok else "fp32", "auto", why)
+    ok8, why8 = native_int8(device)
+    return Precision("int8", "auto", f"{why8} but no native bf16") if ok8 else Precision("fp32", "auto", why)
 
 
-def resolve_precision(name: str, device: torch.device, *, exact: bool = False) -> str:
-    """:func:`choose_precision`'s name (``fp32`` or ``bf16``)."""
-    return choose_precision(name, device, exact=exact).name
+def resolve_precision(name: str, device: torch.device, *, exact: bool = False, training: bool = False) -> str:
+    """:func:`choose_precision`'s name (``fp32``, ``bf16`` or ``int8``)."""
+    return choose_precision(name, device, exact=exact, training=training).name
 
 
 @contextlib.contextmanager
@@ -169,6 +190,7 @@ def describe() -> dict[str, str]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "fast_bf16": str(cpu_has_fast_bf16()),
         "cpu_bf16": cpu_bf16_flags(),
+        "cpu_int8": ",".join(f for f in INT8_FLAGS if f in cpu_flags()) or "none",
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",

@@ -18,6 +18,7 @@ from ipt.device import Precision, autocast, choose_precision, resolve_device
 from ipt.errors import IPTError
 from ipt.inference import default_overlap, quantize, restore_image
 from ipt.model import IPT
+from ipt.model.int8 import quantize_int8
 
 # checkpoint "kind" -> module with ``open_restorer(path, task, **options)`` for it
 OPENERS: dict[str, str] = {"ipt-ptgrm": "ipt.refine.restore"}
@@ -46,10 +47,12 @@ class Restorer:
         self.precision_info: Precision = choose_precision(self.precision, self._device, exact=self.tiling == "official")
         if self.tiling == "official" and self.precision_info.name != "fp32":
             self.notes.append(
-                "bf16 with the official tiling: the output is not the official code's (it differs by a few grey "
-                "levels in part of the pixels); --precision fp32 reproduces it"
+                f"{self.precision_info.name} with the official tiling: the output is not the official code's (it "
+                "differs by a few grey levels in part of the pixels); --precision fp32 reproduces it"
             )
         self.model = self.model.to(self._device).eval()
+        if self.precision_info.name == "int8":  # a quantized copy: the caller's model is left as it was
+            self.model = quantize_int8(self.model)
         self.scale = self.model.scale(self.task)
 
     @property

@@ -25,6 +25,7 @@ PURE_ALLOWED = {"torch", "numpy", "__future__", "ipt", "corruptions"} | {
     "enum",
     "abc",
     "json",
+    "copy",
 }
 # Per-file exceptions: the JPEG corruption needs a JPEG codec (Pillow, a core dependency, imported inside the function
 # that uses it, in memory only: no file I/O).

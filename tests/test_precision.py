@@ -16,24 +16,46 @@ from ipt.checkpoint import load_model
 from ipt.config import ModelSpec
 from ipt.model.ipt import IPT
 from ipt.restore import Restorer
+from ipt.train.config import TrainConfig
 from ipt.train.loop import pretrain
 from ipt.train.state import read_metrics
 
 
 @pytest.mark.parametrize(
-    ("flags", "expected"),
+    ("flags", "expected", "training"),
     [
-        (frozenset({"avx2", "fma"}), "fp32"),  # AMD EPYC / older Xeon: bf16 would be emulated, ~10x slower
-        (frozenset({"avx2", "avx512f", "avx512_bf16"}), "bf16"),
-        (frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"}), "bf16"),  # Sapphire Rapids and later
+        (frozenset({"avx2", "fma"}), "fp32", "fp32"),  # AMD EPYC / older Xeon: bf16 would be emulated, ~10x slower
+        (frozenset({"avx2", "avx512f", "avx512_bf16"}), "bf16", "bf16"),
+        (frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"}), "bf16", "bf16"),
+        # int8 dot products without native bf16: int8 linear maps for inference (2.2x fp32 on Set5), never for
+        # training; with native bf16 too, bf16 (int8 was no faster than bf16 there: docs/BENCHMARKS.md)
+        (frozenset({"avx2", "avx512f", "avx512_vnni"}), "int8", "fp32"),  # Xeon without bf16
+        (frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}), "bf16", "bf16"),  # AMD EPYC (Zen 4)
+        (frozenset({"avx2", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile"}), "bf16", "bf16"),  # Sapphire Rapids
     ],
 )
-def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, expected) -> None:
+def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, expected, training) -> None:
     monkeypatch.setattr(ipt.device, "cpu_flags", lambda: flags)
     cpu = torch.device("cpu")
     assert ipt.device.resolve_precision("auto", cpu) == expected
+    assert ipt.device.resolve_precision("auto", cpu, exact=True) == "fp32"  # the official tiling's promise
+    assert ipt.device.resolve_precision("auto", cpu, training=True) == training
     assert ipt.device.resolve_precision("fp32", cpu) == "fp32"  # asked for: never overridden
     assert ipt.device.resolve_precision("bf16", cpu) == "bf16"
+    assert ipt.device.resolve_precision("int8", cpu) == "int8"
+    label = ipt.device.choose_precision("auto", cpu).label
+    assert label == "fp32" if expected == "fp32" else label.startswith(f"{expected} (auto: this CPU has ")
+    if expected == "int8":
+        assert "(avx512_vnni) but no native bf16; --precision fp32 for the exact path)" in label
+
+
+def test_int8_is_for_cpu_inference_only() -> None:
+    with pytest.raises(ValueError, match=r"unknown precision 'int8' \(int8 is an inference precision\)"):
+        ipt.device.resolve_precision("int8", torch.device("cpu"), training=True)
+    with pytest.raises(ValueError, match="--precision int8 runs on the CPU only, not on cuda"):
+        ipt.device.resolve_precision("int8", torch.device("cuda"))
+    with pytest.raises(ValueError, match="unknown precision 'int8'"):
+        TrainConfig(shards="x", out="y", precision="int8")
 
 
 def test_cpu_id_tells_apart_cpus_that_share_a_model_name() -> None:

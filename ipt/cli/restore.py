@@ -195,8 +195,8 @@ def add_restore(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto: fp32 with --tiling official (the exact path), else bf16 where the hardware runs it natively "
-        "(the summary line says so)",
+        help="auto: fp32 with --tiling official (the exact path); else bf16 where the hardware runs it natively, "
+        "else int8 linear maps on a CPU with int8 dot products (AVX512-VNNI), else fp32 (the summary line says which)",
     )
     p.add_argument("--num-heads", type=int, default=12, help="attention heads of an official-layout file (not stored)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ipt.device import PRECISIONS
+from ipt.device import TRAIN_PRECISIONS
 
 
 def _csv(kind: Callable[[str], Any]) -> Callable[[str], list]:
@@ -46,7 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-segment", type=int, help="steps after which every stream restarts from a fresh seed")
     p.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=TRAIN_PRECISIONS,
         help="auto: bf16 autocast where the device runs it natively (CUDA, AMX / AVX512-BF16 CPUs), else fp32",
     )
     p.add_argument("--device", help="auto, cpu, cuda")

@@ -27,7 +27,7 @@ class Attention(nn.Module):
         nn.init.kaiming_uniform_(self.in_proj_weight, a=math.sqrt(5))  # as the official layers re-initialise it
 
     def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The input projections, each (B, N, E); an inference variant (benchmarks/int8_token.py) overrides them."""
+        """The input projections, each (B, N, E); ipt.model.int8 overrides them."""
         wq, wk, wv = self.in_proj_weight.chunk(3, dim=0)
         return F.linear(query, wq), F.linear(key, wk), F.linear(value, wv)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ipt.config import DEFAULT_SEED, OFFICIAL_PRETRAIN_TASKS, ModelSpec, strict_from_dict
-from ipt.device import PRECISIONS
+from ipt.device import TRAIN_PRECISIONS
 from ipt.train.errors import TrainingError
 from ipt.train.losses import PIXEL_LOSSES
 
@@ -100,8 +100,8 @@ class TrainConfig:
             raise TrainingError(f"unknown pixel_loss {self.pixel_loss!r}; known: {list(PIXEL_LOSSES)}")
         if self.charbonnier_eps <= 0:
             raise TrainingError(f"charbonnier_eps must be > 0, got {self.charbonnier_eps}")
-        if self.precision not in PRECISIONS:
-            raise TrainingError(f"unknown precision {self.precision!r}; known: {list(PRECISIONS)}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise TrainingError(f"unknown precision {self.precision!r}; known: {list(TRAIN_PRECISIONS)}")
         lanes = self.lanes or self.batch_size
         if self.batch_size % lanes:
             raise TrainingError(f"batch_size {self.batch_size} is not a multiple of lanes {lanes}")

@@ -307,7 +307,7 @@ def _run(
     _check_same_data(cfg, resumed, versions)
     if env.is_main:
         _announce(cfg, tracker, start, versions, tags)
-    precision = resolve_precision(cfg.precision, env.device)  # the one rule (ipt.device): auto = bf16 where native
+    precision = resolve_precision(cfg.precision, env.device, training=True)  # the one rule (ipt.device)
     net: nn.Module = model
     if env.distributed:
         ids = [env.device.index] if env.device.type == "cuda" else None

@@ -1,23 +1,27 @@
-"""int8 inference of IPT's linear layers with per-token activation scales, for bench_variants.
+"""int8 inference of IPT's linear maps with per-token activation scales (``--precision int8``, CPU only).
 
-torch.ao's dynamic quantization (bench_variants' ``int8_dynamic``) scales each Linear's input by one number for the
-whole tensor, so a window's output depends on the other windows in its batch, and it leaves the attention's input
-projections (``F.linear`` on ``in_proj_weight``) in fp32. Here every linear map of the body (q, k, v, out_proj, the
-MLPs, linear_encoding, mlp_head) runs as an int8 x int8 -> int32 matmul (``torch._int_mm``, exact in integers) with:
+Every linear map of the body (q, k, v, out_proj, the MLPs, linear_encoding, mlp_head) runs as an int8 x int8 -> int32
+matmul (``torch._int_mm``, exact in integers) with:
 
 - weights quantized once, symmetric, one scale per output channel;
-- activations quantized at each call, symmetric, one scale per token (row), so no window sees another's values;
+- activations quantized at each call, symmetric, one scale per token (row), so a linear map treats each token on
+  its own (torch.ao's dynamic quantization scales a whole batch by one number, and leaves the attention's input
+  projections in fp32);
 - the int32 result scaled back to fp32 by both scales, then the bias added.
 
-Everything else (convolutions, attention's softmax product, LayerNorm) stays in the caller's precision. Eager mode
-pays for the quantize / rescale passes over memory; ``compile=True`` fuses them with ``torch.compile`` (dynamic
-shapes: one compilation for every batch size).
+Everything else (convolutions, the attention's softmax product, LayerNorm) stays in fp32. The whole model's output
+can still move by a grey level with the batch size: fp32 kernels round differently for different batch sizes, and
+int8 rounding passes such last-bit differences on (bench_variants' batch-mates column; bf16 absorbs them).
+
+The quantize / rescale passes run eagerly; ``compile=True`` fuses them with ``torch.compile`` (dynamic shapes, one
+compilation for every batch size; it needs a C++ compiler), which only benchmarks/bench_variants.py uses.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +29,7 @@ from torch import Tensor, nn
 from ipt.model.body import Attention
 
 LinearFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
+M = TypeVar("M", bound=nn.Module)
 
 
 def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -80,7 +85,7 @@ class Int8Attention(Attention):
         return q, k, self.v(value)
 
 
-def quantize_int8_token(model: nn.Module, compile: bool = False) -> nn.Module:
+def quantize_int8(model: M, compile: bool = False) -> M:
     """A copy of ``model`` (eval) whose Linear layers and attention projections run in int8 as described above."""
     fn: LinearFn = torch.compile(int8_linear, dynamic=True) if compile else int8_linear
     m = copy.deepcopy(model).eval()

@@ -1,18 +1,13 @@
-"""benchmarks/int8_token.py: int8 linear maps with per-token activation scales (a bench_variants variant)."""
+"""ipt.model.int8: int8 linear maps with per-token activation scales (``--precision int8``)."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from int8_token import Int8Attention, Int8Linear, int8_linear, quantize_int8_token, quantize_rows  # noqa: E402
-
-from ipt.model import build_ipt  # noqa: E402
-from ipt.model.body import Attention  # noqa: E402
+from ipt.model import build_ipt
+from ipt.model.body import Attention
+from ipt.model.int8 import Int8Attention, Int8Linear, int8_linear, quantize_int8, quantize_rows
 
 
 def test_rows_quantize_within_half_a_step_and_zero_rows_stay_zero():
@@ -60,7 +55,7 @@ def test_quantized_ipt_keeps_the_original_and_stays_close_to_it(tiny_spec):
     torch.manual_seed(0)
     model = build_ipt(tiny_spec).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    q = quantize_int8_token(model)
+    q = quantize_int8(model)
     assert not any(isinstance(m, torch.nn.Linear) for m in q.modules())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the original is untouched
     x = torch.rand(3, 3, 12, 12) * 255
@@ -68,3 +63,25 @@ def test_quantized_ipt_keeps_the_original_and_stays_close_to_it(tiny_spec):
         ref, out = model(x, "sr_x2"), q(x, "sr_x2")
     assert out.shape == ref.shape
     assert F.mse_loss(out, ref) < 1.0  # > 48 dB on the 0-255 scale
+
+
+def test_int8_restore_is_close_to_fp32_and_labelled(tiny_spec):
+    """`--precision int8`: a quantized copy restores (the caller's model stays fp32) close to fp32, and the record
+    says int8."""
+    import numpy as np
+
+    from ipt.restore import Restorer
+
+    torch.manual_seed(0)
+    model = build_ipt(tiny_spec).eval()
+    img = np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    exact = Restorer(model, "sr_x2", precision="fp32", device="cpu")(img).astype(np.float64)
+    r = Restorer(model, "sr_x2", precision="int8", device="cpu", batch=64)
+    assert r.describe()["precision"] == "int8" and r.precision_info.label == "int8" and r.notes == []
+    assert any(isinstance(m, Int8Linear) for m in r.model.modules())
+    assert any(isinstance(m, torch.nn.Linear) for m in model.modules())  # the caller's model is untouched
+    out = r(img)
+    psnr = 10 * np.log10(255**2 / max(np.mean((out - exact) ** 2), 1e-12))
+    assert 35 < psnr < 99, psnr  # an approximation, a close one
+    official = Restorer(model, "sr_x2", tiling="official", precision="int8", device="cpu")
+    assert official.notes and official.notes[0].startswith("int8 with the official tiling: the output is not")
