@@ -528,7 +528,9 @@ def _base_meta(a: argparse.Namespace) -> tuple[int, str]:
     from ipt.device import resolve_device, resolve_precision
 
     obj = torch.load(a.work / "finetune" / a.tasks.split(",")[0] / "model.pt", map_location="cpu", weights_only=True)
-    return sum(v.numel() for v in obj["state_dict"].values()), resolve_precision("auto", resolve_device(a.device))
+    return sum(v.numel() for v in obj["state_dict"].values()), resolve_precision(
+        "auto", resolve_device(a.device), training=True
+    )
 
 
 def _refiner_params(d: Path) -> int:

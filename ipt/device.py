@@ -123,8 +123,9 @@ def choose_precision(name: str, device: torch.device, *, exact: bool = False, tr
     where ``device`` runs it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16); else, for inference on a CPU
     with int8 dot products (AVX512-VNNI), int8 linear maps (ipt.model.int8); else fp32. fp32 is the exact path.
 
-    Why in that order (docs/BENCHMARKS.md, inference variants): int8 restored Set5 2.2x faster than fp32, but no
-    faster than bf16 autocast on a CPU that has both (eagerly; fused by torch.compile it was 1.26x bf16)."""
+    Why in that order (docs/BENCHMARKS.md, inference variants): int8 restored Set5 2.2x faster than fp32, but as fast
+    as bf16 autocast on a CPU that has both (1.2x at overlap 6; fused by torch.compile, 1.26x at the default), and
+    bf16's output did not change with the batch size in the table's check, where int8's did."""
     known = TRAIN_PRECISIONS if training else PRECISIONS
     if name not in known:
         why = " (int8 is an inference precision)" if name == "int8" else ""

@@ -64,35 +64,42 @@ class Int8Linear(nn.Module):
         return y.to(x.dtype).view(*x.shape[:-1], y.shape[-1])
 
 
-class Int8Attention(Attention):
-    """:class:`ipt.model.body.Attention` with its projections in int8; q and k share one matmul when the layer
-    passes the same tensor for both (self-attention)."""
+class Int8Attention(nn.Module):
+    """:class:`ipt.model.body.Attention` with its projections in int8. A self-attention (the layers pass one tensor
+    as query and key) holds q and k as one matmul of twice the width; a cross-attention holds them apart."""
 
-    def __init__(self, attn: Attention, fn: LinearFn) -> None:
-        dim = attn.in_proj_weight.shape[1]
-        super().__init__(dim, attn.num_heads, attn.dropout)
-        del self.in_proj_weight
-        wq, wk, wv = attn.in_proj_weight.chunk(3, dim=0)
-        self.qk = Int8Linear(torch.cat([wq, wk]), None, fn)
-        self.q, self.k, self.v = (Int8Linear(w, None, fn) for w in (wq, wk, wv))
+    forward = Attention.forward
+
+    def __init__(self, attn: Attention, fn: LinearFn, self_attention: bool) -> None:
+        super().__init__()
+        self.num_heads, self.dropout = attn.num_heads, attn.dropout
+        wq, wk, wv = attn.in_proj_weight.detach().chunk(3, dim=0)
+        if self_attention:
+            self.qk = Int8Linear(torch.cat([wq, wk]), None, fn)
+        else:
+            self.q, self.k = Int8Linear(wq, None, fn), Int8Linear(wk, None, fn)
+        self.v = Int8Linear(wv, None, fn)
         self.out_proj = Int8Linear(attn.out_proj.weight, attn.out_proj.bias, fn)
 
     def project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if not hasattr(self, "qk"):
+            return self.q(query), self.k(key), self.v(value)
         if query is key:
             q, k = self.qk(query).chunk(2, dim=-1)
-        else:
-            q, k = self.q(query), self.k(key)
+        else:  # (not how IPT's layers call a self-attention; correct, at twice the matmuls)
+            q, k = self.qk(query).chunk(2, dim=-1)[0], self.qk(key).chunk(2, dim=-1)[1]
         return q, k, self.v(value)
 
 
 def quantize_int8(model: M, compile: bool = False) -> M:
-    """A copy of ``model`` (eval) whose Linear layers and attention projections run in int8 as described above."""
+    """A copy of ``model`` in eval mode whose Linear layers and attention projections run in int8 as described
+    above (attributes named ``self_attn`` are self-attentions, as in :mod:`ipt.model.body`)."""
     fn: LinearFn = torch.compile(int8_linear, dynamic=True) if compile else int8_linear
-    m = copy.deepcopy(model).eval()
+    m = copy.deepcopy(model)
     for parent in list(m.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, Attention):
-                setattr(parent, name, Int8Attention(child, fn))
+                setattr(parent, name, Int8Attention(child, fn, self_attention=name == "self_attn"))
             elif isinstance(child, nn.Linear):
                 setattr(parent, name, Int8Linear(child.weight, child.bias, fn))
-    return m
+    return m.eval()  # (the modules put in start in training mode)
