@@ -63,7 +63,7 @@ def params(work: Path, train: Path, a: argparse.Namespace) -> dict:
             "steps": a.finetune_steps,
             "batch_size": a.batch,
             "lr": a.finetune_lr or a.lr,
-            "milestones": [round(a.finetune_steps * 2 / 3)],
+            "milestones": [round(a.finetune_steps * f) for f in a.decay_at] or [round(a.finetune_steps * 2 / 3)],
             "checkpoint_every": 250,
             "precision": a.precision,
         },
@@ -101,6 +101,12 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="training precision (both stages)")
     ap.add_argument("--target", type=float, default=35.5, help="Set5 x2 Y-PSNR the run is judged against")
     ap.add_argument("--n-feats", type=int, default=16, help="the small model's n_feats (tokens are 9x as wide)")
+    ap.add_argument(
+        "--decay-at",
+        type=lambda v: [float(f) for f in v.split(",")],
+        default=[],
+        help="fractions of the fine-tuning steps where its lr halves, e.g. 0.5,0.67,0.8,0.9 (default: 2/3)",
+    )
     ap.add_argument("--tag", default="", help="suffix of the docs section, so another recipe keeps its own")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args()
@@ -162,7 +168,9 @@ def main() -> None:
             f" ../shared/train (T91, SunHays80), pairs for sr_x2/x3/x4 made by `ipt corrupt`. Model `small`"
             f" (n_feats {a.n_feats}, 2+2 layers, 4 heads, 48-px windows{', image-residual' * a.image_residual},"
             f" {result['model_params']:,} parameters),"
-            f" batch {a.batch}, Adam halved at 2/3 of each stage; pretrain {a.pretrain_steps} steps at lr {a.lr:g}"
+            f" batch {a.batch}, Adam halved at 2/3 of each stage"
+            + (f" (fine-tuning: at {', '.join(f'{f:g}' for f in a.decay_at)} of its steps)" if a.decay_at else "")
+            + "; pretrain {a.pretrain_steps} steps at lr {a.lr:g}"
             f" on x2/x3/x4 ({loss} + 0.1 contrastive), finetune {a.finetune_steps} steps at lr"
             f" {a.finetune_lr or a.lr:g} on x2 ({loss}). Scored with `ipt benchmark` (protocol ipt, overlap tiling).",
             "",
