@@ -170,7 +170,7 @@ def main() -> None:
             f" {result['model_params']:,} parameters),"
             f" batch {a.batch}, Adam halved at 2/3 of each stage"
             + (f" (fine-tuning: at {', '.join(f'{f:g}' for f in a.decay_at)} of its steps)" if a.decay_at else "")
-            + "; pretrain {a.pretrain_steps} steps at lr {a.lr:g}"
+            + f"; pretrain {a.pretrain_steps} steps at lr {a.lr:g}"
             f" on x2/x3/x4 ({loss} + 0.1 contrastive), finetune {a.finetune_steps} steps at lr"
             f" {a.finetune_lr or a.lr:g} on x2 ({loss}). Scored with `ipt benchmark` (protocol ipt, overlap tiling).",
             "",
