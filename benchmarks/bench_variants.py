@@ -284,6 +284,7 @@ def to_markdown(r: dict, command: str) -> str:
     hw = r["hardware"]
     peak32, peak16 = r["peak_gflops"]["fp32"], r["peak_gflops"]["bf16"]
     peak8 = r["peak_gflops"].get("int8")
+    mates = any("batch_mates_grey_levels" in w for w in r["windows"].values())  # (not measured before 2026-12-04)
     # (runs before 2026-12-04 stored neither; their grid placement evaluated as many windows as the even one)
     overlap = r.get("overlap", 12)
     windows = r.get("set5_windows") or {str(o): set5_windows(o) for o in (overlap, r.get("extra_overlap")) if o}
@@ -310,7 +311,7 @@ def to_markdown(r: dict, command: str) -> str:
         + (
             "; 'batch-mates': the largest change, in grey levels, of a window's output computed alone instead of "
             f"among its batch of {r['batch']} (random weights; variants compiled for one shape not checked)"
-            if any("batch_mates_grey_levels" in w for w in r["windows"].values())
+            if mates
             else ""
         )
         + ". Set5 "
@@ -327,7 +328,6 @@ def to_markdown(r: dict, command: str) -> str:
         "",
     ]
     trained = r.get("trained", [])
-    mates = any("batch_mates_grey_levels" in w for w in r["windows"].values())  # (not measured before 2026-12-04)
     head = (
         "| variant | s / window | GFLOP/s | % peak | first call (s) |"
         + (" batch-mates |" if mates else "")

@@ -70,6 +70,11 @@ def cpu_bf16_flags() -> str:
     return ",".join(f for f in BF16_FLAGS if f in cpu_flags()) or "none"
 
 
+def cpu_int8_flags() -> str:
+    """This CPU's int8 dot-product flags (``amx_int8,avx512_vnni``), or ``none``: recorded with every result."""
+    return ",".join(f for f in INT8_FLAGS if f in cpu_flags()) or "none"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -111,9 +116,9 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
 
 def native_int8(device: torch.device) -> tuple[bool, str]:
     """(whether ``device`` is a CPU with int8 dot products (VNNI / AMX), a few words saying why)."""
-    flags = [f for f in INT8_FLAGS if f in cpu_flags()] if device.type == "cpu" else []
-    if flags:
-        return True, f"this CPU has int8 dot products ({','.join(flags)})"
+    flags = cpu_int8_flags() if device.type == "cpu" else "none"
+    if flags != "none":
+        return True, f"this CPU has int8 dot products ({flags})"
     return False, f"{device} has no int8 dot products"
 
 
@@ -191,7 +196,7 @@ def describe() -> dict[str, str]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "fast_bf16": str(cpu_has_fast_bf16()),
         "cpu_bf16": cpu_bf16_flags(),
-        "cpu_int8": ",".join(f for f in INT8_FLAGS if f in cpu_flags()) or "none",
+        "cpu_int8": cpu_int8_flags(),
         "torch": torch.__version__,
         "threads": str(torch.get_num_threads()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
