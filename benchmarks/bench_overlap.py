@@ -9,7 +9,8 @@ count per set says what each choice costs: inference time is the window count ti
     python benchmarks/bench_overlap.py --root ../shared/benchmarks \
         --trained runs/finetune/*/model.pt --out docs/BENCHMARKS.md
 
-All fp32 on the CPU (the tiling's own change, not the precision's). Section ``bench_overlap``.
+All fp32 on the CPU (the tiling's own change, not the precision's). Section ``bench_overlap``, or
+``bench_overlap_<tag>`` with ``--tag`` (another set of models or overlaps beside it).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def to_markdown(r: dict, command: str) -> str:
     hw = r["hardware"]
     keys = [f"{n}/{o}" for n in PLACEMENTS for o in r["overlaps"]]
     lines = [
-        "## Window placement and overlap on trained weights",
+        "## Window placement and overlap on trained weights" + (f" ({r['tag']})" if r.get("tag") else ""),
         "",
         f"Command: `{command}`",
         "",
@@ -146,28 +147,32 @@ def main() -> None:
     ap.add_argument("--overlaps", default="12,8,6", help="overlaps in LR pixels, comma-separated")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set (default: all)")
     ap.add_argument("--out", type=Path, default=None, help="markdown file to update (e.g. docs/BENCHMARKS.md)")
+    ap.add_argument("--tag", default="", help="section bench_overlap_<tag> instead of bench_overlap")
     ap.add_argument("--render", type=Path, default=None, help="rewrite the section from this saved JSON; run nothing")
     args = ap.parse_args()
     if args.render:
         r = json.loads(args.render.read_text())
-        save_results(args.out or Path("docs/BENCHMARKS.md"), SECTION, "cpu", to_markdown(r, r["command"]), r)
+        section = SECTION + (f"_{r['tag']}" if r.get("tag") else "")
+        save_results(args.out or Path("docs/BENCHMARKS.md"), section, "cpu", to_markdown(r, r["command"]), r)
         return
     if not args.trained:
         ap.error("--trained: give at least one trained checkpoint")
     overlaps = [int(o) for o in args.overlaps.split(",")]
     rows = [row for w in args.trained for row in sweep(w, args.root, overlaps, args.limit)]
     r = {"hardware": describe(), "date": time.strftime("%Y-%m-%d"), "overlaps": overlaps, "limit": args.limit}
+    r["tag"] = args.tag
     command = (
         f"python benchmarks/bench_overlap.py --root {args.root} --trained {' '.join(args.trained)}"
         + (f" --overlaps {args.overlaps}" if args.overlaps != "12,8,6" else "")
         + (f" --limit {args.limit}" if args.limit else "")
+        + (f" --tag {args.tag}" if args.tag else "")
         + (f" --out {args.out}" if args.out else "")
     )
     r |= {"rows": rows, "command": command}
     md = to_markdown(r, command)
     print(md)
     if args.out:
-        save_results(args.out, SECTION, "cpu", md, r)
+        save_results(args.out, SECTION + (f"_{args.tag}" if args.tag else ""), "cpu", md, r)
 
 
 if __name__ == "__main__":
