@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -150,6 +151,10 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="section bench_overlap_<tag> instead of bench_overlap")
     ap.add_argument("--render", type=Path, default=None, help="rewrite the section from this saved JSON; run nothing")
     args = ap.parse_args()
+    if args.tag and not re.fullmatch(r"[A-Za-z0-9_-]+", args.tag):
+        ap.error(f"--tag {args.tag!r}: letters, digits, '_' and '-' only (it names a section and a file)")
+    if args.render and args.tag:
+        ap.error("--tag with --render: the saved JSON names its own section")
     if args.render:
         r = json.loads(args.render.read_text())
         section = SECTION + (f"_{r['tag']}" if r.get("tag") else "")
