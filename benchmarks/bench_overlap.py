@@ -41,6 +41,11 @@ SECTION = "bench_overlap"
 PLACEMENTS = ("even", "grid")
 
 
+def section_name(r: dict) -> str:
+    """``bench_overlap``, or ``bench_overlap_<tag>`` for a run saved with ``--tag`` (runs before it have none)."""
+    return SECTION + (f"_{r['tag']}" if r.get("tag") else "")
+
+
 def grid_starts(length: int, patch: int, overlap: int) -> list[int]:
     """The placement before ``window_starts``: a regular grid at stride ``patch - overlap``, plus one window flush
     with the end (whose overlap with the one before can be a single pixel)."""
@@ -157,8 +162,7 @@ def main() -> None:
         ap.error("--tag with --render: the saved JSON names its own section")
     if args.render:
         r = json.loads(args.render.read_text())
-        section = SECTION + (f"_{r['tag']}" if r.get("tag") else "")
-        save_results(args.out or Path("docs/BENCHMARKS.md"), section, "cpu", to_markdown(r, r["command"]), r)
+        save_results(args.out or Path("docs/BENCHMARKS.md"), section_name(r), "cpu", to_markdown(r, r["command"]), r)
         return
     if not args.trained:
         ap.error("--trained: give at least one trained checkpoint")
@@ -177,7 +181,7 @@ def main() -> None:
     md = to_markdown(r, command)
     print(md)
     if args.out:
-        save_results(args.out, SECTION + (f"_{args.tag}" if args.tag else ""), "cpu", md, r)
+        save_results(args.out, section_name(r), "cpu", md, r)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def test_auto_restores_in_int8_on_a_cpu_with_int8_dot_products_and_no_bf16(tiny_
     assert r.describe()["precision"] == "int8" and r.describe()["precision_asked"] == "auto"
     assert r.precision_info.label.startswith("int8 (auto: this CPU has int8 dot products (avx512_vnni)")
     assert any(isinstance(m, Int8Linear) for m in r.model.modules())
-    img = np.zeros((12, 12, 3), dtype=np.uint8)
-    assert np.array_equal(r(img), Restorer(model, "sr_x2", device="cpu", precision="int8")(img))
+    img = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    out = r(img)
+    assert np.array_equal(out, Restorer(model, "sr_x2", device="cpu", precision="int8")(img))
+    assert not np.array_equal(out, Restorer(model, "sr_x2", device="cpu", precision="fp32")(img))  # (so it tells)
     assert Restorer(model, "sr_x2", device="cpu", tiling="official").precision_used == "fp32"
