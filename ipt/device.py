@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +29,52 @@ def cpu_flags() -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+# oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA): the names it takes and their bit masks (dnnl_cpu_isa_t), and the lowest
+# mask under which each native flag is still usable. Under a cap below a flag's, bf16 or int8 matmuls are emulated
+# (slowly) even on a CPU that has the flag, so the precision choice must not count it.
+ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+ONEDNN_ISA = {
+    "SSE41": 0x1,
+    "AVX": 0x3,
+    "AVX2": 0x7,
+    "AVX2_VNNI": 0xF,
+    "AVX2_VNNI_2": 0x1F,
+    "AVX512_CORE": 0x27,
+    "AVX512_CORE_VNNI": 0x67,
+    "AVX512_CORE_BF16": 0xE7,
+    "AVX10_1_512": 0x1EF,
+    "AVX512_CORE_FP16": 0x1EF,
+    "AVX10_1_512_AMX": 0xFEF,
+    "AVX512_CORE_AMX": 0xFEF,
+    "AVX10_1_512_AMX_FP16": 0x1FEF,
+    "AVX512_CORE_AMX_FP16": 0x1FEF,
+}
+FLAG_NEEDS_ISA = {"avx512_vnni": 0x67, "avx512_bf16": 0xE7, "amx_bf16": 0xFEF, "amx_int8": 0xFEF}
+
+
+def isa_cap() -> str:
+    """The ISA cap oneDNN runs under (``ONEDNN_MAX_CPU_ISA``, upper-cased), or "" where none is set (or ``ALL``).
+
+    An unknown name is refused: oneDNN would ignore it, and a run would silently not be what was asked for."""
+    cap = os.environ.get(ONEDNN_ISA_ENV, "").strip().upper()
+    if cap in ("", "ALL", "DEFAULT"):
+        return ""
+    if cap not in ONEDNN_ISA:
+        raise IPTError(f"{ONEDNN_ISA_ENV}={cap}: not an ISA oneDNN knows; known: ALL, {', '.join(ONEDNN_ISA)}")
+    return cap
+
+
+def usable_cpu_flags() -> frozenset[str]:
+    """This CPU's flags less the native bf16 / int8 ones that the ISA cap (:func:`isa_cap`) keeps oneDNN from using.
+
+    (``ONEDNN_MAX_CPU_ISA=AVX2`` on an AMX CPU: neither bf16 nor int8 is native any more, so ``auto`` is fp32.)"""
+    flags, cap = cpu_flags(), isa_cap()
+    if not cap:
+        return flags
+    mask = ONEDNN_ISA[cap]
+    return frozenset(f for f in flags if f not in FLAG_NEEDS_ISA or FLAG_NEEDS_ISA[f] & mask == FLAG_NEEDS_ISA[f])
 
 
 @lru_cache(maxsize=1)
@@ -61,18 +108,19 @@ def cpu_id(cpuinfo: str | None = None) -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True where bf16 matmuls are native on this CPU (AMX or AVX512-BF16); AVX2-only CPUs emulate them slowly."""
-    return bool(set(BF16_FLAGS) & cpu_flags())
+    """True where bf16 matmuls are native on this CPU (AMX or AVX512-BF16, not capped off); AVX2-only CPUs emulate
+    them slowly."""
+    return bool(set(BF16_FLAGS) & usable_cpu_flags())
 
 
 def cpu_bf16_flags() -> str:
-    """This CPU's native-bf16 flags (``amx_bf16,avx512_bf16``), or ``none``: recorded with every result."""
-    return ",".join(f for f in BF16_FLAGS if f in cpu_flags()) or "none"
+    """This CPU's usable native-bf16 flags (``amx_bf16,avx512_bf16``), or ``none``: recorded with every result."""
+    return ",".join(f for f in BF16_FLAGS if f in usable_cpu_flags()) or "none"
 
 
 def cpu_int8_flags() -> str:
-    """This CPU's int8 dot-product flags (``amx_int8,avx512_vnni``), or ``none``: recorded with every result."""
-    return ",".join(f for f in INT8_FLAGS if f in cpu_flags()) or "none"
+    """This CPU's usable int8 dot-product flags (``amx_int8,avx512_vnni``), or ``none``: recorded with every result."""
+    return ",".join(f for f in INT8_FLAGS if f in usable_cpu_flags()) or "none"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -127,6 +175,7 @@ def choose_precision(name: str, device: torch.device, *, exact: bool = False, tr
     inference on the CPU only); ``auto`` is fp32 where ``exact`` output is promised (the official tiling); else bf16
     where ``device`` runs it natively (CUDA with bf16, a CPU with AMX or AVX512-BF16); else, for inference on a CPU
     with int8 dot products (AVX512-VNNI), int8 linear maps (ipt.model.int8); else fp32. fp32 is the exact path.
+    A CPU's flags count only where an ``ONEDNN_MAX_CPU_ISA`` cap leaves them usable (:func:`usable_cpu_flags`).
 
     Why in that order (docs/BENCHMARKS.md, inference variants): int8 restored Set5 2.2x faster than fp32, but as fast
     as bf16 autocast on a CPU that has both (1.2x at overlap 6; fused by torch.compile, 1.26x at the default), and
@@ -189,8 +238,9 @@ def torch_threads(n: int | None):
 
 
 def describe() -> dict[str, str]:
-    """Hardware facts recorded with every benchmark."""
-    return {
+    """Hardware facts recorded with every benchmark (``isa_cap`` only where ``ONEDNN_MAX_CPU_ISA`` caps oneDNN)."""
+    cap = isa_cap()
+    return ({"isa_cap": cap} if cap else {}) | {
         "cpu_model": cpu_model(),
         "cpu_id": cpu_id(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

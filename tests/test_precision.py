@@ -49,6 +49,40 @@ def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, expected, trai
         assert "(avx512_vnni) but no native bf16; --precision fp32 for the exact path)" in label
 
 
+SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile"})
+
+
+@pytest.mark.parametrize(
+    ("cap", "expected", "bf16_flags", "int8_flags"),
+    [
+        ("", "bf16", "amx_bf16,avx512_bf16", "amx_int8,avx512_vnni"),
+        ("ALL", "bf16", "amx_bf16,avx512_bf16", "amx_int8,avx512_vnni"),
+        ("avx512_core_amx", "bf16", "amx_bf16,avx512_bf16", "amx_int8,avx512_vnni"),  # (case as oneDNN takes it)
+        ("AVX512_CORE_BF16", "bf16", "avx512_bf16", "avx512_vnni"),  # an AVX512-BF16 EPYC's kernels
+        ("AVX512_CORE_VNNI", "int8", "none", "avx512_vnni"),  # a Cascade Lake's: int8 dot products, no bf16
+        ("AVX512_CORE", "fp32", "none", "none"),
+        ("AVX2", "fp32", "none", "none"),  # an AVX2-only CPU's kernels: bf16 would be emulated, ~10x slower
+    ],
+)
+def test_auto_precision_follows_the_onednn_isa_cap(monkeypatch, cap, expected, bf16_flags, int8_flags) -> None:
+    """ONEDNN_MAX_CPU_ISA keeps oneDNN's matmuls off the instructions above the cap although the CPU has them, so
+    ``auto`` must count only the flags still usable (an AMX CPU capped to AVX2 would run bf16 emulated)."""
+    monkeypatch.setattr(ipt.device, "cpu_flags", lambda: SAPPHIRE_RAPIDS)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert ipt.device.resolve_precision("auto", torch.device("cpu")) == expected
+    assert (ipt.device.cpu_bf16_flags(), ipt.device.cpu_int8_flags()) == (bf16_flags, int8_flags)
+    assert ipt.device.cpu_flags() == SAPPHIRE_RAPIDS  # the hardware facts stay what the CPU has
+    hw = ipt.device.describe()
+    assert hw.get("isa_cap") == (cap.upper() if cap not in ("", "ALL") else None)  # recorded only where it caps
+    assert hw["cpu_bf16"] == bf16_flags and hw["fast_bf16"] == str(expected == "bf16")
+
+
+def test_an_isa_cap_onednn_does_not_know_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX3")
+    with pytest.raises(ValueError, match=r"^ONEDNN_MAX_CPU_ISA=AVX3: not an ISA oneDNN knows; known: ALL, SSE41, "):
+        ipt.device.resolve_precision("auto", torch.device("cpu"))
+
+
 def test_int8_is_for_cpu_inference_only() -> None:
     with pytest.raises(ValueError, match=r"unknown precision 'int8' \(int8 is an inference precision\)"):
         ipt.device.resolve_precision("int8", torch.device("cpu"), training=True)
