@@ -13,6 +13,11 @@ The exact path itself is timed beside the official code's window count (it recom
 
 The section is named after the CPU kind (``bench_variants_avx2``, ``bench_variants_avx512_bf16``,
 ``bench_variants_amx``) and the x86 family-model-stepping (``_25-17-1``), so every CPU met keeps its own table.
+
+``--isa AVX2`` (oneDNN's ISA names) runs the script again with oneDNN, ATen's kernels, Inductor and MKL capped at
+that ISA: the kernels an older CPU kind would run, on this CPU's cores, caches and clock (not that CPU; its section
+is ``bench_variants_<isa>_on_<kind>_<id>``). int8_dynamic (fbgemm picks its kernels from the CPU's own flags) is
+refused under a cap, and the bf16 variants are left out of the default list where the cap leaves no native bf16.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from bench_inference import save_results  # noqa: E402
 from ipt.checkpoint import load_model  # noqa: E402
 from ipt.config import ModelSpec  # noqa: E402
 from ipt.data.testsets import load_benchmark  # noqa: E402
-from ipt.device import cpu_flags, describe  # noqa: E402
+from ipt.device import ONEDNN_ISA, choose_precision, cpu_flags, cpu_has_fast_bf16, describe, isa_cap  # noqa: E402
 from ipt.inference import (  # noqa: E402
     default_overlap,
     forward_chop_official,
@@ -71,14 +76,33 @@ STATIC_COMPILE = {"compile", "bf16_compile"}  # compiled for one batch shape (a 
 WindowFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+UNCAPPED = {"int8_dynamic"}  # fbgemm: its kernels follow the CPU's flags whatever the ISA cap
+
+
 def cpu_kind() -> str:
-    """amx, avx512_bf16 or torch's capability name (avx2, ...): the key of this machine's table."""
+    """amx, avx512_bf16 or torch's capability name (avx2, ...): the key of this machine's table; under an ISA cap
+    ``<isa>_on_<kind>`` (``avx2_on_amx``), so a capped run never passes for a CPU of the capped kind."""
     flags = cpu_flags()
-    if "amx_bf16" in flags:
-        return "amx"
-    if "avx512_bf16" in flags:
-        return "avx512_bf16"
-    return torch.backends.cpu.get_cpu_capability().lower()
+    kind = "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else ""
+    cap = isa_cap()
+    if cap:
+        return f"{cap.lower()}_on_{kind or ('avx512' if 'avx512f' in flags else 'avx2')}"
+    return kind or torch.backends.cpu.get_cpu_capability().lower()
+
+
+def isa_env(isa: str) -> dict[str, str]:
+    """The environment capping oneDNN (``ONEDNN_MAX_CPU_ISA``), ATen's and Inductor's vector kernels
+    (``ATEN_CPU_CAPABILITY``) and MKL's (``MKL_ENABLE_INSTRUCTIONS``) at ``isa``, oneDNN's name (AVX2 and above)."""
+    mask = ONEDNN_ISA[isa]
+    if mask & ONEDNN_ISA["AVX2"] != ONEDNN_ISA["AVX2"]:
+        raise ValueError(f"--isa {isa}: below AVX2, which torch's kernels need at least")
+    wide = mask & ONEDNN_ISA["AVX512_CORE"] == ONEDNN_ISA["AVX512_CORE"]
+    return {
+        "ONEDNN_MAX_CPU_ISA": isa,
+        "ATEN_CPU_CAPABILITY": "avx512" if wide else "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512" if wide else "AVX2",
+    }
 
 
 def section_name(r: dict) -> str:
@@ -298,7 +322,15 @@ def to_markdown(r: dict, command: str) -> str:
         f"{hw['threads']} threads), torch {hw['torch']}; {r['date']}. Measured matmul peak (2048^3): fp32 "
         f"{peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s"
         + (f", int8 {peak8:.0f} GOP/s (`torch._int_mm`)" if peak8 else "")
-        + ". One run; compare rows of this table only.",
+        + ". One run; compare rows of this table only."
+        + (
+            f" **ISA capped at {hw['isa_cap']}** ("
+            + ", ".join(f"`{k}={v}`" for k, v in r.get("isa_env", {}).items())
+            + "): the kernels a CPU of that kind runs, on this CPU's cores, caches and clock; not such a CPU."
+            if hw.get("isa_cap")
+            else ""
+        )
+        + (f" `--precision auto` here: {r['auto']}." if r.get("auto") else ""),
         "",
         f"Windows: random weights, batch {r['batch']}, best of {r['repeat']} after a warm-up; GFLOP/s from "
         f"{GFLOP_X2_WINDOW} GFLOP per window, '% peak' against the dtype the matmuls run in (int8_dynamic: fp32's, "
@@ -395,7 +427,18 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--render", type=Path, default=None, help="rewrite the section from this saved JSON; run nothing")
+    ap.add_argument("--isa", default=None, help="cap the kernels at this ISA (oneDNN's name: AVX2, AVX512_CORE_VNNI)")
     args = ap.parse_args()
+    if args.isa and not args.render:
+        isa = args.isa.upper()
+        try:
+            env = isa_env(isa)
+        except (KeyError, ValueError) as e:
+            ap.error(str(e) if isinstance(e, ValueError) else f"--isa {isa}: known: {', '.join(ONEDNN_ISA)}")
+        if any(os.environ.get(k) != v for k, v in env.items()):  # the caps are read when the libraries load
+            os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
+        if torch.backends.cpu.get_cpu_capability().lower() != env["ATEN_CPU_CAPABILITY"]:
+            ap.error(f"--isa {isa}: torch runs {torch.backends.cpu.get_cpu_capability()} kernels, not the capped ones")
     # a compiled variant's first call is a cold compile: Inductor's on-disk cache would hide it on a second run
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_variants_inductor_")
     if args.render:
@@ -404,13 +447,20 @@ def main() -> None:
         return
     if args.extra_overlap is not None and not 0 <= args.extra_overlap < 48:
         ap.error(f"--extra-overlap must be in [0, 48), not {args.extra_overlap}")
+    default_names = args.variants == ",".join(VARIANTS)
     names = [n for n in args.variants.split(",") if n]
     for n in names:
         if n not in VARIANTS:
             ap.error(f"unknown variant {n!r}; known: {', '.join(VARIANTS)}")
+    if args.isa:
+        if default_names:  # (bf16 emulated: ~10x slower than fp32, as bench_inference measured on AVX2)
+            names = [n for n in names if n not in UNCAPPED and (cpu_has_fast_bf16() or n not in BF16)]
+        elif set(names) & UNCAPPED:
+            ap.error(f"--isa {args.isa}: {', '.join(sorted(set(names) & UNCAPPED))} ignores the cap (fbgemm)")
     r: dict = {
         "hardware": describe(),
         "kind": cpu_kind(),
+        "auto": choose_precision("auto", torch.device("cpu")).label,
         "date": time.strftime("%Y-%m-%d"),
         "batch": args.batch,
         "image_batch": args.image_batch,
@@ -421,10 +471,12 @@ def main() -> None:
         "set5_windows": {str(o): set5_windows(o) for o in {default_overlap(48), args.extra_overlap} if o is not None},
         "peak_gflops": {
             "fp32": matmul_peak(torch.float32),
-            "bf16": matmul_peak(torch.bfloat16, n=2048 if cpu_kind() != "avx2" else 512, trials=1, repeat=1),
+            "bf16": matmul_peak(torch.bfloat16, n=2048 if cpu_has_fast_bf16() else 512, trials=1, repeat=1),
             "int8": matmul_peak(torch.int8),
         },
     }
+    if isa_cap():  # (set by --isa, or by hand: record what the libraries ran under either way)
+        r["isa_env"] = {k: os.environ[k] for k in ISA_VARS if k in os.environ}
     print(f"{r['kind']}: matmul peak {r['peak_gflops']}", flush=True)
     r["windows"] = window_times(names, args.batch, args.repeat)
     pairs = set5(args.root)
@@ -437,10 +489,11 @@ def main() -> None:
     command = "python benchmarks/bench_variants.py " + " ".join(
         [f"--root {args.root}"]
         + [f"--trained {w}" for w in args.trained]
-        + ([f"--variants {args.variants}"] if args.variants != ",".join(VARIANTS) else [])
+        + ([f"--variants {args.variants}"] if not default_names else [])
         + [f"--batch {args.batch}", f"--repeat {args.repeat}"]
         + (["--no-images"] if args.no_images else [])
         + ([f"--extra-overlap {args.extra_overlap}"] if args.extra_overlap is not None else [])
+        + ([f"--isa {args.isa.upper()}"] if args.isa else [])
         + ([f"--out {args.out}"] if args.out else [])
     )
     r["command"] = command
