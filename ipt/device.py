@@ -16,7 +16,10 @@ from ipt.errors import IPTError
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # int8: inference on the CPU only (ipt.model.int8)
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU flags of native bf16 matmuls
-INT8_FLAGS = ("amx_int8", "avx512_vnni")  # CPU flags of native int8 dot products
+INT8_FLAGS = ("amx_int8", "avx512_vnni")  # CPU flags of native int8 dot products (where `auto` picks int8)
+# int8 dot products of any width: without one, oneDNN's int8 matmul (torch._int_mm) adds pairs of u8 x s8 products
+# in saturating 16-bit sums and is off by up to a third of the result (tests/test_int8.py), so int8 is refused there
+EXACT_INT8_FLAGS = (*INT8_FLAGS, "avx_vnni")
 
 
 @lru_cache(maxsize=1)
@@ -50,19 +53,24 @@ ONEDNN_ISA = {
     "AVX512_CORE_AMX": 0xFEF,
     "AVX10_1_512_AMX_FP16": 0x1FEF,
     "AVX512_CORE_AMX_FP16": 0x1FEF,
+    "AVX10_2_512": 0x1EF,  # (newer oneDNN; given their AVX10.1 counterparts' masks: only the flags below matter)
+    "AVX10_2_512_AMX_2": 0x1FEF,
 }
-FLAG_NEEDS_ISA = {"avx512_vnni": 0x67, "avx512_bf16": 0xE7, "amx_bf16": 0xFEF, "amx_int8": 0xFEF}
+ISA_ENVS = (ONEDNN_ISA_ENV, "DNNL_MAX_CPU_ISA")  # oneDNN reads the first one set
+FLAG_NEEDS_ISA = {"avx_vnni": 0xF, "avx512_vnni": 0x67, "avx512_bf16": 0xE7, "amx_bf16": 0xFEF, "amx_int8": 0xFEF}
 
 
 def isa_cap() -> str:
-    """The ISA cap oneDNN runs under (``ONEDNN_MAX_CPU_ISA``, upper-cased), or "" where none is set (or ``ALL``).
+    """The ISA cap oneDNN runs under (``ONEDNN_MAX_CPU_ISA``, else ``DNNL_MAX_CPU_ISA``; upper-cased), or "" where none
+    is set (or ``ALL``).
 
     An unknown name is refused: oneDNN would ignore it, and a run would silently not be what was asked for."""
-    cap = os.environ.get(ONEDNN_ISA_ENV, "").strip().upper()
+    env = next((e for e in ISA_ENVS if os.environ.get(e, "").strip()), ONEDNN_ISA_ENV)
+    cap = os.environ.get(env, "").strip().upper()
     if cap in ("", "ALL", "DEFAULT"):
         return ""
     if cap not in ONEDNN_ISA:
-        raise IPTError(f"{ONEDNN_ISA_ENV}={cap}: not an ISA oneDNN knows; known: ALL, {', '.join(ONEDNN_ISA)}")
+        raise IPTError(f"{env}={cap}: not an ISA oneDNN knows; known: ALL, {', '.join(ONEDNN_ISA)}")
     return cap
 
 
@@ -121,6 +129,12 @@ def cpu_bf16_flags() -> str:
 def cpu_int8_flags() -> str:
     """This CPU's usable int8 dot-product flags (``amx_int8,avx512_vnni``), or ``none``: recorded with every result."""
     return ",".join(f for f in INT8_FLAGS if f in usable_cpu_flags()) or "none"
+
+
+def cpu_has_exact_int8() -> bool:
+    """True where this CPU has usable int8 dot products (VNNI of any width, or AMX), which torch._int_mm needs to be
+    exact (see EXACT_INT8_FLAGS)."""
+    return bool(set(EXACT_INT8_FLAGS) & usable_cpu_flags())
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -186,6 +200,13 @@ def choose_precision(name: str, device: torch.device, *, exact: bool = False, tr
         raise IPTError(f"unknown precision {name!r}{why}; known: {list(known)}")
     if name == "int8" and device.type != "cpu":
         raise IPTError(f"--precision int8 runs on the CPU only, not on {device}; use bf16 or fp32 there")
+    if name == "int8" and not cpu_has_exact_int8():
+        cap = isa_cap()
+        raise IPTError(
+            "--precision int8 needs int8 dot products (AVX512-VNNI, AVX-VNNI or AMX), which this CPU"
+            + (f" under the oneDNN ISA cap {cap}" if cap else "")
+            + " lacks: oneDNN's int8 matmul saturates without them; use fp32 (exact) or bf16"
+        )
     if name != "auto":
         return Precision(name, name, "asked for")
     if exact:

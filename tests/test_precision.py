@@ -42,7 +42,11 @@ def test_auto_precision_follows_the_cpu_flags(monkeypatch, flags, expected, trai
     assert ipt.device.resolve_precision("auto", cpu, training=True) == training
     assert ipt.device.resolve_precision("fp32", cpu) == "fp32"  # asked for: never overridden
     assert ipt.device.resolve_precision("bf16", cpu) == "bf16"
-    assert ipt.device.resolve_precision("int8", cpu) == "int8"
+    if flags & {"avx512_vnni", "amx_int8"}:
+        assert ipt.device.resolve_precision("int8", cpu) == "int8"
+    else:  # oneDNN's int8 matmul saturates without int8 dot products (tests/test_int8.py): refused, not wrong
+        with pytest.raises(ValueError, match=r"^--precision int8 needs int8 dot products .* which this CPU lacks: "):
+            ipt.device.resolve_precision("int8", cpu)
     label = ipt.device.choose_precision("auto", cpu).label
     assert label == "fp32" if expected == "fp32" else label.startswith(f"{expected} (auto: this CPU has ")
     if expected == "int8":
@@ -72,6 +76,11 @@ def test_auto_precision_follows_the_onednn_isa_cap(monkeypatch, cap, expected, b
     assert ipt.device.resolve_precision("auto", torch.device("cpu")) == expected
     assert (ipt.device.cpu_bf16_flags(), ipt.device.cpu_int8_flags()) == (bf16_flags, int8_flags)
     assert ipt.device.cpu_flags() == SAPPHIRE_RAPIDS  # the hardware facts stay what the CPU has
+    if int8_flags == "none":  # an explicit int8 is refused under a cap that leaves no int8 dot products, and says so
+        with pytest.raises(ValueError, match=f"which this CPU under the oneDNN ISA cap {cap.upper()} lacks"):
+            ipt.device.resolve_precision("int8", torch.device("cpu"))
+    else:
+        assert ipt.device.resolve_precision("int8", torch.device("cpu")) == "int8"
     hw = ipt.device.describe()
     assert hw.get("isa_cap") == (cap.upper() if cap not in ("", "ALL") else None)  # recorded only where it caps
     assert hw["cpu_bf16"] == bf16_flags and hw["fast_bf16"] == str(expected == "bf16")

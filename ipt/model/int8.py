@@ -1,7 +1,8 @@
 """int8 inference of IPT's linear maps with per-token activation scales (``--precision int8``, CPU only).
 
 Every linear map of the body (q, k, v, out_proj, the MLPs, linear_encoding, mlp_head) runs as an int8 x int8 -> int32
-matmul (``torch._int_mm``, exact in integers) with:
+matmul (``torch._int_mm``, exact in integers where the CPU has int8 dot products, VNNI or AMX: without them oneDNN
+saturates its 16-bit pair sums, and ``ipt.device.choose_precision`` refuses int8) with:
 
 - weights quantized once, symmetric, one scale per output channel;
 - activations quantized at each call, symmetric, one scale per token (row), so a linear map treats each token on
