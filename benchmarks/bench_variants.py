@@ -17,7 +17,8 @@ The section is named after the CPU kind (``bench_variants_avx2``, ``bench_varian
 ``--isa AVX2`` (oneDNN's ISA names) runs the script again with oneDNN, ATen's kernels, Inductor and MKL capped at
 that ISA: the kernels an older CPU kind would run, on this CPU's cores, caches and clock (not that CPU; its section
 is ``bench_variants_<isa>_on_<kind>_<id>``). int8_dynamic (fbgemm picks its kernels from the CPU's own flags) is
-refused under a cap, and the bf16 variants are left out of the default list where the cap leaves no native bf16.
+refused under a cap; the bf16 variants are left out of the default list where the cap leaves no native bf16, and the
+int8 ones where it leaves no int8 dot products (oneDNN's int8 matmul is not exact there: tests/test_int8.py).
 """
 
 from __future__ import annotations
@@ -44,7 +45,16 @@ from bench_inference import save_results  # noqa: E402
 from ipt.checkpoint import load_model  # noqa: E402
 from ipt.config import ModelSpec  # noqa: E402
 from ipt.data.testsets import load_benchmark  # noqa: E402
-from ipt.device import ONEDNN_ISA, choose_precision, cpu_flags, cpu_has_fast_bf16, describe, isa_cap  # noqa: E402
+from ipt.device import (  # noqa: E402
+    ONEDNN_ISA,
+    choose_precision,
+    cpu_flags,
+    cpu_has_exact_int8,
+    cpu_has_fast_bf16,
+    describe,
+    isa_cap,
+    usable_cpu_flags,
+)
 from ipt.inference import (  # noqa: E402
     default_overlap,
     forward_chop_official,
@@ -318,7 +328,9 @@ def to_markdown(r: dict, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Hardware: {hw['cpu_model']} (torch CPU capability {hw['cpu_capability']}, native bf16: {hw['cpu_bf16']}, "
+        f"Hardware: {hw['cpu_model']} (torch CPU capability {hw['cpu_capability']}, native bf16"
+        + (" under the cap" if hw.get("isa_cap") else "")
+        + f": {hw['cpu_bf16']}, "
         f"{hw['threads']} threads), torch {hw['torch']}; {r['date']}. Measured matmul peak (2048^3): fp32 "
         f"{peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s"
         + (f", int8 {peak8:.0f} GOP/s (`torch._int_mm`)" if peak8 else "")
@@ -429,16 +441,23 @@ def main() -> None:
     ap.add_argument("--render", type=Path, default=None, help="rewrite the section from this saved JSON; run nothing")
     ap.add_argument("--isa", default=None, help="cap the kernels at this ISA (oneDNN's name: AVX2, AVX512_CORE_VNNI)")
     args = ap.parse_args()
-    if args.isa and not args.render:
+    if args.isa and args.render:
+        ap.error("--isa runs the benchmark under a cap; --render only rewrites a saved one (its JSON names its cap)")
+    if isa_cap() and not args.isa:
+        ap.error(f"oneDNN is capped at {isa_cap()} by the environment: use --isa, which caps ATen and MKL with it")
+    if args.isa:
         isa = args.isa.upper()
         try:
             env = isa_env(isa)
         except (KeyError, ValueError) as e:
             ap.error(str(e) if isinstance(e, ValueError) else f"--isa {isa}: known: {', '.join(ONEDNN_ISA)}")
         if any(os.environ.get(k) != v for k, v in env.items()):  # the caps are read when the libraries load
-            os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
+            os.execve(sys.executable, sys.orig_argv, {**os.environ, **env})
         if torch.backends.cpu.get_cpu_capability().lower() != env["ATEN_CPU_CAPABILITY"]:
             ap.error(f"--isa {isa}: torch runs {torch.backends.cpu.get_cpu_capability()} kernels, not the capped ones")
+        own = "avx512" if "avx512f" in cpu_flags() else "avx2"
+        if usable_cpu_flags() == cpu_flags() and env["ATEN_CPU_CAPABILITY"] == own:
+            ap.error(f"--isa {isa}: at or above this CPU's own instructions, so it caps nothing; run without it")
     # a compiled variant's first call is a cold compile: Inductor's on-disk cache would hide it on a second run
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_variants_inductor_")
     if args.render:
@@ -454,9 +473,17 @@ def main() -> None:
             ap.error(f"unknown variant {n!r}; known: {', '.join(VARIANTS)}")
     if args.isa:
         if default_names:  # (bf16 emulated: ~10x slower than fp32, as bench_inference measured on AVX2)
-            names = [n for n in names if n not in UNCAPPED and (cpu_has_fast_bf16() or n not in BF16)]
+            names = [
+                n
+                for n in names
+                if n not in UNCAPPED
+                and (cpu_has_fast_bf16() or n not in BF16)
+                and (cpu_has_exact_int8() or n not in INT8)
+            ]
         elif set(names) & UNCAPPED:
             ap.error(f"--isa {args.isa}: {', '.join(sorted(set(names) & UNCAPPED))} ignores the cap (fbgemm)")
+    if set(names) & INT8 and not cpu_has_exact_int8():
+        ap.error("the int8 variants need int8 dot products (VNNI or AMX): oneDNN's int8 matmul is not exact without")
     r: dict = {
         "hardware": describe(),
         "kind": cpu_kind(),
