@@ -86,8 +86,12 @@ STATIC_COMPILE = {"compile", "bf16_compile"}  # compiled for one batch shape (a 
 WindowFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 UNCAPPED = {"int8_dynamic"}  # fbgemm: its kernels follow the CPU's flags whatever the ISA cap
+
+
+def own_capability() -> str:
+    """The widest vector kernels this CPU runs uncapped: ``avx512`` or ``avx2`` (ATen's names)."""
+    return "avx512" if "avx512f" in cpu_flags() else "avx2"
 
 
 def cpu_kind() -> str:
@@ -97,7 +101,7 @@ def cpu_kind() -> str:
     kind = "amx" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else ""
     cap = isa_cap()
     if cap:
-        return f"{cap.lower()}_on_{kind or ('avx512' if 'avx512f' in flags else 'avx2')}"
+        return f"{cap.lower()}_on_{kind or own_capability()}"
     return kind or torch.backends.cpu.get_cpu_capability().lower()
 
 
@@ -445,18 +449,20 @@ def main() -> None:
         ap.error("--isa runs the benchmark under a cap; --render only rewrites a saved one (its JSON names its cap)")
     if isa_cap() and not args.isa:
         ap.error(f"oneDNN is capped at {isa_cap()} by the environment: use --isa, which caps ATen and MKL with it")
+    env: dict[str, str] = {}
     if args.isa:
         isa = args.isa.upper()
+        if isa not in ONEDNN_ISA:
+            ap.error(f"--isa {isa}: known: {', '.join(ONEDNN_ISA)}")
         try:
             env = isa_env(isa)
-        except (KeyError, ValueError) as e:
-            ap.error(str(e) if isinstance(e, ValueError) else f"--isa {isa}: known: {', '.join(ONEDNN_ISA)}")
+        except ValueError as e:
+            ap.error(str(e))
         if any(os.environ.get(k) != v for k, v in env.items()):  # the caps are read when the libraries load
             os.execve(sys.executable, sys.orig_argv, {**os.environ, **env})
         if torch.backends.cpu.get_cpu_capability().lower() != env["ATEN_CPU_CAPABILITY"]:
             ap.error(f"--isa {isa}: torch runs {torch.backends.cpu.get_cpu_capability()} kernels, not the capped ones")
-        own = "avx512" if "avx512f" in cpu_flags() else "avx2"
-        if usable_cpu_flags() == cpu_flags() and env["ATEN_CPU_CAPABILITY"] == own:
+        if usable_cpu_flags() == cpu_flags() and env["ATEN_CPU_CAPABILITY"] == own_capability():
             ap.error(f"--isa {isa}: at or above this CPU's own instructions, so it caps nothing; run without it")
     # a compiled variant's first call is a cold compile: Inductor's on-disk cache would hide it on a second run
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_variants_inductor_")
@@ -502,8 +508,8 @@ def main() -> None:
             "int8": matmul_peak(torch.int8),
         },
     }
-    if isa_cap():  # (set by --isa, or by hand: record what the libraries ran under either way)
-        r["isa_env"] = {k: os.environ[k] for k in ISA_VARS if k in os.environ}
+    if env:  # (a cap set in the environment alone was refused above)
+        r["isa_env"] = env
     print(f"{r['kind']}: matmul peak {r['peak_gflops']}", flush=True)
     r["windows"] = window_times(names, args.batch, args.repeat)
     pairs = set5(args.root)
