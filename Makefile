@@ -16,7 +16,7 @@ export IPT_PROJECT_DIR ?= $(CURDIR)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv test test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui serve
+.PHONY: venv test test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui serve experiment
 
 venv: $(STAMP)
 
@@ -90,3 +90,11 @@ serve: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# An experiment file to its report (docs/experiments.md): EXP=derain_loss runs experiments/derain_loss.yaml on the
+# Dask task runner as the Prefect flow `run-experiment`, resuming where a killed run stopped; DRY=1 prints the cells
+# and their cost only.
+EXP ?= derain_loss
+experiment: $(STAMP)
+	PREFECT_API_URL=$${PREFECT_API_URL-$(if $(prefect_up),$(PREFECT_LOCAL),)} $(PY) -m flows.experiment \
+		experiments/$(EXP).yaml $(if $(DRY),--dry-run,)

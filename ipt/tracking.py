@@ -193,6 +193,15 @@ class MlflowTracker:
 
         self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
+    def log_series(self, points: list[tuple[str, float, int]]) -> None:
+        """Many step metrics (name, value, step) in batches of the store's limit (1000 a call)."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        for i in range(0, len(points), 1000):
+            batch = [Metric(k, float(v), ts, int(step)) for k, v, step in points[i : i + 1000]]
+            self.client.log_batch(self.run_id, metrics=batch)
+
     def set_tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
@@ -202,6 +211,22 @@ class MlflowTracker:
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+
+def find_run(experiment: str, tags: dict[str, str], tracking_uri: str | None = None) -> str | None:
+    """The id of the newest finished or running run of ``experiment`` carrying every tag of ``tags`` (None: none,
+    or no such experiment yet)."""
+    client, uri = client_for(tracking_uri)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return None
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
+    except Exception as e:  # noqa: BLE001 - the store's own errors, a server that is not there
+        raise store_error(e, f"cannot search runs of experiment {experiment!r}", uri) from None
+    runs = [r for r in runs if r.info.status in ("FINISHED", "RUNNING")]
+    return runs[0].info.run_id if runs else None
 
 
 @contextlib.contextmanager

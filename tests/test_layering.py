@@ -110,7 +110,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # lowest first; a module is in th
     ("engines: restoring, scoring, training", ("ipt.restore", "ipt.scoring", "ipt.score_report", "ipt.train")),
     ("the registry and serving", ("ipt.serving", "ipt.versions", "ipt.registry")),
     ("add-ons: PTG-RM plugs in from above", ("ipt.refine",)),
-    ("entry points: the ipt command", ("ipt.cli", "ipt.codedeps")),
+    ("entry points: the ipt command, experiments", ("ipt.cli", "ipt.codedeps", "ipt.experiment")),
     ("the Python API and the flows", ("ipt", "flows")),
 ]
 

@@ -1,0 +1,382 @@
+"""Experiments (ipt.experiment, flows/experiment.py): the file checked whole, cells as shared pipeline stages, the
+report computed from the numbers, and a real sweep on the Dask task runner that resumes after a kill."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, with_root_on_path
+from helpers_data import make_sr_set
+from helpers_images import PHOTOS, photo_folder
+from ipt.experiment import plan as P
+from ipt.experiment import report as R
+from ipt.experiment.spec import ExperimentError, load
+
+
+def tiny_params(tmp: Path) -> Path:
+    """A params file for a sweep that runs in seconds: three photos, sr_x2 only, a tiny model, two steps a stage."""
+    src = photo_folder(tmp / "src", names=PHOTOS[:3], as_jpeg=False)
+    bench = make_sr_set(tmp / "bench", "Set5", n=2, size=(36, 40))
+    params = {
+        "seed": 5,
+        "patch_size": 12,
+        "shard": {
+            "source": str(src),
+            "out": "unused",
+            "max_scale": 2,
+            "crops": 2,
+            "images_per_shard": 64,
+            "executor": "serial",
+            "workers": 1,
+        },
+        "corrupt": {
+            "clean": "unused",
+            "out": "unused/{task}",
+            "executor": "serial",
+            "workers": 1,
+            "tasks": {
+                "sr_x2": {"name": "bicubic_down", "scale": 2},
+                "denoise_s30": {"name": "gaussian_noise", "sigma": 30},
+            },
+        },
+        "pretrain": {
+            "shards": "unused",
+            "out": "unused",
+            "model_size": "tiny",
+            "steps": 2,
+            "batch_size": 2,
+            "lr": 1.0e-3,
+            "checkpoint_every": 1,
+            "shuffle_buffer": 4,
+        },
+        "finetune": {
+            "shards": "unused",
+            "init": "unused",
+            "out": "unused",
+            "steps": 2,
+            "batch_size": 2,
+            "lr": 1.0e-3,
+            "checkpoint_every": 1,
+            "shuffle_buffer": 4,
+        },
+        "model": {"n_feats": 64, "num_layers": 12},
+        "benchmark": {"root": str(bench)},
+    }
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def write_exp(tmp: Path, name: str = "lr", **over) -> Path:
+    exp = {
+        "question": "Does a larger fine-tuning rate help the tiny model?",
+        "factors": {"finetune.lr": [1.0e-3, 1.0e-2]},
+        "reference": {"finetune.lr": 1.0e-3},
+        "seeds": [1, 2],
+        "score": {"task": "sr_x2", "dataset": "Set5", "metric": "psnr_y", "tiling": "overlap"},
+        "engine": {"workers": 2, "threads": 1},
+    }
+    for k, v in over.items():
+        if v is None:
+            exp.pop(k, None)
+        else:
+            exp[k] = v
+    folder = tmp / "experiments"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ the file
+
+
+@pytest.mark.parametrize(
+    ("over", "key", "says"),
+    [
+        ({"factors": {"finetune.learning_rate": [1, 2]}}, "factors.finetune.learning_rate", "no key 'learning_rate'"),
+        ({"factors": {"nosuch.lr": [1, 2]}}, "factors.nosuch.lr", "unknown param path"),
+        ({"factors": {"finetune.lr": []}}, "factors.finetune.lr", "non-empty list"),
+        ({"factors": {"finetune.lr": 0.1}}, "factors.finetune.lr", "non-empty list"),
+        ({"seeds": []}, "seeds", "non-empty list"),
+        ({"seeds": [1, "two"]}, "seeds", "integer"),
+        ({"score": {"task": "sr_x2", "dataset": "Urban999"}}, "score.dataset", "Urban999"),
+        ({"score": {"task": "sr_x9", "dataset": "Set5"}}, "score.task", "sr_x9"),
+        ({"score": {"task": "sr_x2", "dataset": "Set5", "metric": "lpips"}}, "score.metric", "lpips"),
+        ({"reference": {"finetune.lr": 0.5}}, "reference.finetune.lr", "not one of"),
+        ({"reference": None}, "reference", "name the variant"),
+        ({"base": {"pretrain": {"stepz": 3}}}, "base.pretrain.stepz", "no key 'stepz'"),
+        (
+            {"factors": {"corrupt.tasks.sr_x2.sigma": [1, 2]}},
+            "factors.corrupt.tasks.sr_x2.sigma",
+            "no parameter 'sigma'",
+        ),
+        (
+            {"factors": {"finetune.steps": ["many", 3]}, "reference": {"finetune.steps": 3}},
+            "finetune.steps",
+            "invalid value 'many'",
+        ),
+        (
+            {"factors": {"finetune.pixel_loss": ["l1", "l3"]}, "reference": {"finetune.pixel_loss": "l1"}},
+            "finetune.pixel_loss",
+            "'l3' is not one of",
+        ),
+        ({"engine": {"workers": 0}}, "engine.workers", ">= 1"),
+        ({"colour": "blue"}, "colour", "unknown key"),
+    ],
+)
+def test_a_bad_experiment_file_is_refused_in_one_line_naming_the_file_and_key(tmp_path, over, key, says) -> None:
+    params = tiny_params(tmp_path)
+    path = write_exp(tmp_path, **over)
+    with pytest.raises(ExperimentError) as e:
+        load(path, params_file=params)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(path)) and key in msg and says in msg, msg
+
+
+def test_the_grid_named_variants_reference_and_seeds_make_the_cells(tmp_path) -> None:
+    params = tiny_params(tmp_path)
+    path = write_exp(
+        tmp_path,
+        factors={"finetune.lr": [0.001, 0.01]},
+        variants={"l1": {"finetune.pixel_loss": "l1"}, "charb": {"finetune.pixel_loss": "charbonnier"}},
+        reference="charb, lr=0.001",
+        seeds=[3, 4, 5],
+        seed_stages=["finetune"],
+    )
+    exp = load(path, params_file=params)
+    assert [v.label for v in exp.variants] == ["l1, lr=0.001", "l1, lr=0.01", "charb, lr=0.001", "charb, lr=0.01"]
+    assert exp.reference.label == "charb, lr=0.001"
+    cells = exp.cells()
+    assert len(cells) == 12
+    c = cells[7]  # variants in order, each with its 3 seeds: index 7 is the third variant's second seed
+    assert (c.variant.label, c.seed) == ("charb, lr=0.001", 4)
+    assert c.params["finetune"]["lr"] == 0.001 and c.params["finetune"]["pixel_loss"] == "charbonnier"
+    assert c.params["finetune"]["seed"] == 4 and "seed" not in c.params["pretrain"] and c.params["seed"] == 5
+
+
+def test_cells_share_the_stages_whose_inputs_agree_and_keys_follow_params_and_code(tmp_path, monkeypatch) -> None:
+    params = tiny_params(tmp_path)
+    exp = load(write_exp(tmp_path, seed_stages=["finetune"]), params_file=params)
+    plan = P.build(exp, tmp_path / "work")
+    stages = [n.stage for n in plan.nodes.values()]
+    # one shard, two corrupts, one pretrain shared by the 4 cells; a finetune and a benchmark per cell
+    assert stages.count("shard") == 1 and stages.count("corrupt") == 2 and stages.count("pretrain") == 1
+    assert stages.count("finetune") == 4 and stages.count("benchmark") == 4
+    assert len({c["pretrain"] for c in plan.cell_nodes}) == 1 and len({c["score"] for c in plan.cell_nodes}) == 4
+    # where files go and how many workers write them are no part of a key; what changes the numbers is
+    keys = {n.label + str(n.params.get("finetune", {}).get("lr")): n.key for n in plan.nodes.values()}
+    moved = params.read_text().replace("workers: 1", "workers: 2")
+    (tmp_path / "p2.yaml").write_text(moved)
+    again = P.build(
+        load(write_exp(tmp_path, seed_stages=["finetune"]), params_file=tmp_path / "p2.yaml"), tmp_path / "w"
+    )
+    assert {n.label + str(n.params.get("finetune", {}).get("lr")): n.key for n in again.nodes.values()} == keys
+    (tmp_path / "p3.yaml").write_text(params.read_text().replace("crops: 2", "crops: 3"))
+    other = P.build(
+        load(write_exp(tmp_path, seed_stages=["finetune"]), params_file=tmp_path / "p3.yaml"), tmp_path / "w"
+    )
+    assert not {n.key for n in other.nodes.values()} & set(keys.values())  # new data: every stage downstream is new
+    real = P._code
+    monkeypatch.setattr(P, "_code", lambda c, k=None: real(c, k) + ("x" if c == "finetune" else ""))
+    code = P.build(load(write_exp(tmp_path, seed_stages=["finetune"]), params_file=params), tmp_path / "w")
+    changed = {n.stage for n in code.nodes.values() if n.key not in set(keys.values())}
+    assert changed == {"finetune", "benchmark"}  # a fine-tuning code change reruns fine-tuning and what reads it
+
+
+def test_the_dry_run_lists_every_cell_and_prices_what_is_left(tmp_path) -> None:
+    params = tiny_params(tmp_path)
+    path = write_exp(tmp_path)
+    env = with_root_on_path(dict(os.environ))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.experiment",
+            str(path),
+            "--params",
+            str(params),
+            "--dry-run",
+            "--work",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "4 cells" in r.stdout and r.stdout.count("[to run]") == 4 and "CPU-hours" in r.stdout
+    assert not (tmp_path / "work").exists()  # nothing ran, nothing written
+    bad = write_exp(tmp_path, name="bad", seeds=[])
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.experiment", str(bad), "--params", str(params), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {bad}: seeds: needs a non-empty list of integers"
+
+
+# ------------------------------------------------------------------------------------------------ the report
+
+
+def test_paired_statistics_match_an_independent_t_test() -> None:
+    from scipy.stats import ttest_rel
+
+    ref = {1: 30.0, 2: 30.4, 3: 29.9, 4: 30.2}
+    var = {1: 30.5, 2: 30.6, 3: 30.6, 4: 30.3}
+    p = R.paired("v", var, ref)
+    t = ttest_rel([var[s] for s in sorted(var)], [ref[s] for s in sorted(ref)])
+    assert p.n == 4 and math.isclose(p.t, t.statistic, rel_tol=1e-12)
+    assert math.isclose(p.mean, 0.375, rel_tol=1e-12) and p.separated == (t.pvalue < 0.05)
+    assert math.isclose(p.t_crit, 3.182446305284263, rel_tol=1e-9)  # t(0.975, 3)
+
+
+def test_the_verdict_is_computed_from_the_numbers_whichever_way_they_go() -> None:
+    recs = [
+        {"variant": v, "values": {"f": x}, "seed": s, "score": base + d}
+        for v, x, base in (("ref", 0, 30.0), ("up", 1, 30.5), ("noise", 2, 30.0))
+        for s, d in ((1, 0.01), (2, -0.02), (3, 0.015))
+    ]
+    for r in recs:  # noise: differences that change sign over the seeds
+        if r["variant"] == "noise":
+            r["score"] += {1: 0.05, 2: -0.06, 3: 0.02}[r["seed"]]
+    out = R.build(recs, reference="ref", factors={"f": [0, 1, 2]}, metric="psnr_y")
+    assert out["verdict"].startswith("'up' has the highest mean psnr_y and beats the reference 'ref' separably.")
+    assert "'noise' and 'ref' are not separated by these 3 seeds" in out["verdict"]
+    down = [dict(r, score=r["score"] - 1.0) if r["variant"] == "up" else r for r in recs]
+    out = R.build(down, reference="ref", factors={"f": [0, 1, 2]}, metric="psnr_y")
+    assert "'up' scores lower than 'ref' by 0.5000 dB psnr_y" in out["verdict"]
+    means = {v["variant"]: v["mean"] for v in out["variants"]}
+    assert math.isclose(means["up"], 29.5 + 0.005 / 3 * 1, abs_tol=1e-9)
+
+
+def test_the_report_files_hold_the_tables_and_a_plot(tmp_path) -> None:
+    recs = [
+        {"variant": f"lr={lr}", "values": {"finetune.lr": lr}, "seed": s, "score": 30 + lr * 10 + s / 100}
+        for lr in (0.001, 0.01)
+        for s in (1, 2)
+    ]
+    numbers = R.build(recs, reference="lr=0.001", factors={"finetune.lr": [0.001, 0.01]}, metric="psnr_y")
+    paths = R.write(tmp_path / "exp", "exp", "Q?", numbers, ["- about"])
+    md = paths["md"].read_text()
+    assert "| lr=0.01 | 2 | +0.0900 | 0.0000 | inf | 12.71 | yes |" in md and "![psnr_y" in md
+    assert json.loads(paths["json"].read_text())["paired"][0]["n"] == 2
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
+
+
+# ------------------------------------------------------------------------------------------------ a real sweep
+
+
+def _run(path: Path, params: Path, work: Path, uri: str, log: Path) -> subprocess.Popen:
+    env = with_root_on_path(dict(os.environ)) | {
+        "PREFECT_API_URL": "",
+        "MLFLOW_TRACKING_URI": uri,
+        "IPT_PROJECT_DIR": str(ROOT),
+    }
+    with log.open("w") as f:  # a file, not a pipe: a flow's log can outgrow a pipe's buffer and stall it
+        return subprocess.Popen(
+            [sys.executable, "-m", "flows.experiment", str(path), "--params", str(params), "--work", str(work)],
+            env=env,
+            cwd=ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_midway_resumes_only_its_unfinished_cells_and_reports(tmp_path) -> None:
+    pytest.importorskip("prefect_dask")
+    from mlflow.tracking import MlflowClient
+
+    params = tiny_params(tmp_path)
+    path = write_exp(tmp_path)
+    work, uri = tmp_path / "work", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = tmp_path / "sweep.log"
+    proc = _run(path, params, work, uri, log)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(work.glob("nodes/benchmark@*/done.json"))) < 1:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole sweep: flow, Dask workers, the stage they run
+    proc.wait()
+    first = {p: p.read_bytes() for p in work.glob("nodes/*/done.json")}
+    scored = {
+        p.parent: json.loads((p.parent / "run" / "report.json").read_text())
+        for p in work.glob("nodes/benchmark@*/done.json")
+    }
+    assert 1 <= len(scored) < 4
+    proc = _run(path, params, work, uri, log)
+    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    for p, text in first.items():  # nothing that was done ran again
+        assert p.read_bytes() == text
+    for folder, rep in scored.items():  # and the finished cells' numbers are unchanged
+        assert json.loads((folder / "run" / "report.json").read_text()) == rep
+    report = json.loads((tmp_path / "experiments" / "lr" / "report.json").read_text())
+    assert [v["n"] for v in report["variants"]] == [2, 2] and report["paired"][0]["n"] == 2
+    scores = {(c["variant"], c["seed"]): c["score"] for c in report["cells"]}
+    for rep in scored.values():
+        assert rep["datasets"]["Set5"]["psnr_y"] in scores.values()
+    assert (tmp_path / "experiments" / "lr" / "score.png").is_file()
+    md = (tmp_path / "experiments" / "lr" / "report.md").read_text()
+    assert report["verdict"] in md and "4 of 4 finished" in md
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("exp-lr")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("ipt.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("ipt.role") == "cell"]
+    assert len(parents) == 1 and len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert sorted((r.data.params["finetune.lr"], r.data.params["seed"]) for r in children) == [
+        ("0.001", "1"),
+        ("0.001", "2"),
+        ("0.01", "1"),
+        ("0.01", "2"),
+    ]
+    c = children[0]
+    assert set(c.data.metrics) >= {"score", "Set5/psnr_y", "finetune/loss", "pretrain/loss"}
+    history = client.get_metric_history(c.info.run_id, "finetune/loss")
+    assert [m.step for m in history] == [1, 2]
+    assert math.isclose(c.data.metrics["score"], scores[(c.data.tags["ipt.variant"], int(c.data.params["seed"]))])
+    # a third run has nothing to do: no stage runs, no new MLflow runs, the same report
+    proc = _run(path, params, work, uri, log)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert re.search(r"\b0 of 13 stages to run", log.read_text())
+    assert len(client.search_runs([exp.experiment_id])) == 5
+    assert json.loads((tmp_path / "experiments" / "lr" / "report.json").read_text()) == report
+
+
+def test_the_run_experiment_deployment_names_the_flow_and_a_file_that_loads(benchmark_root) -> None:
+    import importlib
+
+    deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+    (dep,) = [d for d in deployments if d["entrypoint"].startswith("flows/experiment.py:")]
+    path, name = dep["entrypoint"].split(":")
+    module = path.removesuffix(".py").replace("/", ".")
+    fl = getattr(importlib.import_module(module), name)
+    assert fl.name == "run-experiment" and "file" in fl.parameters.properties
+    exp = load(ROOT / dep["parameters"]["file"])  # the checkout's params.yaml and ../shared's Rain100L
+    assert exp.name == "derain_loss" and len(exp.cells()) == 9
+
+
+@pytest.mark.parametrize("name", ["derain_loss", "ptgrm_prior", "quality_decay"])
+def test_the_committed_experiment_files_load(name, benchmark_root, monkeypatch) -> None:
+    monkeypatch.setenv("IPT_BENCHMARK_ROOT", str(benchmark_root))
+    exp = load(ROOT / "experiments" / f"{name}.yaml")
+    assert exp.reference in exp.variants and len(exp.seeds) == 3
+    plan = P.build(exp, ROOT / "runs" / "experiments" / name)
+    assert sum(n.stage == "benchmark" for n in plan.nodes.values()) == len(exp.cells())
