@@ -5,6 +5,7 @@ The plan and the rates: docs/paper_scale.md.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,4 +172,128 @@ def report(plan: dict[str, Any], root: Path, *, workers: int, gpus: int, png_lev
             f"  level {lv}: clean {_size(clean)}, pairs {_size(pairs)}, total {_size(clean + pairs)}; "
             f"{cpu_h:.0f} CPU-hours ({cpu_h / workers:.1f} h on {workers} worker(s))"
         )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ experiments
+# The dry run of an experiment (flows/experiment.py --dry-run): its distinct stages priced at the project's measured
+# CPU and GPU rates.
+
+
+def _rates() -> dict[str, Any]:
+    """Measured rates (docs/bench_train.json, docs/bench_data.json, docs/bench_train_cuda.json) where present."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    out: dict[str, Any] = {}
+    for name in ("bench_train", "bench_data", "bench_train_cuda"):
+        try:
+            out[name] = json.loads((docs / f"{name}.json").read_text())
+        except (OSError, ValueError):
+            out[name] = {}
+    return out
+
+
+_RATES: dict[str, Any] | None = None
+
+
+def _train_rate(table: dict[str, Any], size: str, precision: str) -> float | None:
+    for run in table.get("runs", []):
+        if run.get("size") == size and run.get("precision") == precision:
+            return float(run["samples_per_s"])
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _source_images(source: str, default: float) -> float:
+    """Images of a shard source: counted in a local folder, 26 for scikit-image's samples, else the measured set's."""
+    if source == "skimage":
+        return 26.0
+    folder = Path(source)
+    if folder.is_dir():
+        from ipt.data.images import IMAGE_EXTENSIONS
+
+        return float(sum(1 for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS))
+    return default
+
+
+def stage_estimate(node: Any) -> dict[str, float]:
+    """CPU hours (at the rates measured on this project's 2-core CPU: docs/bench_*.json), GPU hours where a GPU rate
+    for the model size was measured, and bytes written. An estimate, stated as one; 0 for a node already done."""
+    global _RATES
+    if _RATES is None:
+        _RATES = _rates()
+    rates, p = _RATES, node.params
+    data = rates["bench_data"]
+    crops_per_image = float((p.get("shard") or {}).get("crops", 1))
+    per_sample = float(data.get("clean_bytes_per_sample", 112656.0))
+    images = _source_images(str((p.get("shard") or {}).get("source", "")), float(data.get("images", 1440)))
+    samples = images * crops_per_image
+    if node.stage == "shard":
+        return {
+            "cpu_h": images / float(data.get("shard_img_s", 200.0)) / 3600,
+            "gpu_h": 0.0,
+            "bytes": samples * per_sample,
+        }
+    if node.stage == "corrupt":
+        rate = float(data.get("corrupt_sr_x2_samples_s", 380.0))
+        return {"cpu_h": samples / rate / 3600, "gpu_h": 0.0, "bytes": samples * per_sample * 1.25}
+    if node.stage in ("pretrain", "finetune", "refine"):
+        sec = p.get(node.stage) or {}
+        size = str((p.get("pretrain") or {}).get("model_size", "paper"))
+        steps, batch = float(sec.get("steps", 0)), float(sec.get("batch_size", 8))
+        precision = str(sec.get("precision", "fp32"))
+        cpu = _train_rate(rates["bench_train"], size, "fp32" if precision == "auto" else precision)
+        gpu = _train_rate(rates["bench_train_cuda"], size, "bf16")
+        scale = 0.3 if node.stage == "refine" else 1.0  # PTG-RM's module is < 1M parameters beside a frozen base
+        return {
+            "cpu_h": steps * batch / cpu / 3600 * scale if cpu else float("nan"),
+            "gpu_h": steps * batch / gpu / 3600 * scale if gpu else float("nan"),
+            "bytes": 0.0,
+        }
+    return {"cpu_h": 0.0, "gpu_h": 0.0, "bytes": 0.0}  # benchmark: seconds on a tiny or small model
+
+
+def experiment_report(plan: Any) -> str:
+    """The dry run's text: every cell, every distinct stage with its estimate, the totals of what is left to run."""
+    exp = plan.experiment
+    lines = [
+        f"experiment {exp.name}: {len(exp.variants)} variant(s) x {len(exp.seeds)} seed(s) = {len(plan.cells)} cells,"
+        f" {len(plan.nodes)} distinct stages ({sum(n.done() for n in plan.nodes.values())} done)",
+        f"score: {exp.score.task} on {exp.score.dataset}, {exp.score.metric}, model {exp.score.model},"
+        f" tiling {exp.score.tiling}, " + (f"the first {exp.score.limit} images" if exp.score.limit else "every image"),
+        f"reference: {exp.reference.label}",
+        "",
+        "cells:",
+    ]
+    for i, c in enumerate(plan.cells):
+        state = "done" if plan.score_node(i).done() else "to run"
+        lines.append(f"  {i + 1:>3}. {c.label}  [{state}]")
+    lines += ["", f"{'stage':<28} {'cells':>5} {'CPU h':>8} {'GPU h':>8} {'written':>10}  state"]
+    costs = {n.key: stage_estimate(n) for n in plan.nodes.values()}
+    users: dict[str, int] = {}
+    for labels in plan.cell_nodes:
+        for k in labels.values():
+            users[k] = users.get(k, 0) + 1
+    total = {"cpu_h": 0.0, "gpu_h": 0.0, "bytes": 0.0}
+    for n in plan.nodes.values():
+        done = n.done()
+        if not done:
+            for k in total:
+                v = costs[n.key].get(k, 0.0)
+                total[k] += 0.0 if v != v else v  # NaN: no measured rate
+        gpu = costs[n.key].get("gpu_h", 0.0)
+        lines.append(
+            f"{n.label + '-' + n.key[:8]:<28} {users.get(n.key, 0):>5} {costs[n.key].get('cpu_h', 0.0):>8.3f} "
+            f"{'-' if gpu != gpu else f'{gpu:.4f}':>8} {costs[n.key].get('bytes', 0.0) / 1e6:>8.1f} MB  "
+            + ("done" if done else "to run")
+        )
+    workers = max(exp.workers, 1)
+    lines += [
+        "",
+        f"left to run: {total['cpu_h']:.2f} CPU-hours (about {total['cpu_h'] / workers * 60:.0f} min on {workers}"
+        f" worker(s) if they do not slow each other; 2 cores share them here), {total['gpu_h']:.3f} GPU-hours where a"
+        f" GPU rate was measured, {total['bytes'] / 1e6:.0f} MB written",
+        "rates: docs/bench_train.json and docs/bench_data.json (this project's 2-core CPU, fp32),"
+        " docs/bench_train_cuda.json (GPU, bf16); benchmark stages are not priced (seconds to minutes each on a CPU);"
+        " an estimate, not a measurement",
+    ]
     return "\n".join(lines)

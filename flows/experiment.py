@@ -15,8 +15,10 @@ finished cells. No torch import here. Docs: docs/experiments.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,10 +26,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.cost import experiment_report
 from flows.stages import run_cli
 from ipt.experiment import plan as P
 from ipt.experiment import report as R
-from ipt.experiment.spec import Experiment, ExperimentError, load
+from ipt.experiment.spec import Experiment, ExperimentError, load, project_root
 
 MLFLOW_PREFIX = "exp-"  # the sweeps' MLflow experiments: apart from the DAG's stage experiments and its registry
 RESUMABLE = ("pretrain", "finetune")  # stages that continue from their latest checkpoint
@@ -49,12 +52,17 @@ def run_node(node: P.Node, label: str, threads: int, cwd: str) -> dict[str, Any]
 
     if node.done():
         return {"key": node.key, "state": "done"}
-    params = P.write_node_params(node)
-    args = [*node.argv, "--params", str(params)]
-    if node.stage in RESUMABLE:
-        args.append("--resume")
+    node.folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with FolderLock(str(node.folder)):
+        if node.done():  # finished by another run while this one waited for the lock
+            return {"key": node.key, "state": "done"}
+        params = P.write_node_params(node)
+        args = [*node.argv, "--params", str(params)]
+        if node.stage in RESUMABLE:
+            args.append("--resume")
+        elif node.run.exists():  # a stage that cannot continue (refine, benchmark) starts over; the folder is ours
+            shutil.rmtree(node.run)
         run_cli(args, env=_stage_env(threads), cwd=cwd)
         write_json(node.folder / P.DONE, {"key": node.key, "stage": node.label, "seconds": time.perf_counter() - t0})
     return {"key": node.key, "state": "ran", "seconds": time.perf_counter() - t0}
@@ -112,8 +120,11 @@ def log_to_mlflow(plan: P.Plan, records: dict[int, dict[str, Any]], tracking_uri
 
     exp = plan.experiment
     name = MLFLOW_PREFIX + exp.name
-    tags = {"ipt.experiment": exp.name, "ipt.experiment_file": str(exp.path)}
-    parent_id = find_run(name, {"ipt.experiment": exp.name, "ipt.role": "parent"}, tracking_uri)
+    # the design: every cell's scored stage, whose key holds its params, code and data; an edited file or a code
+    # change makes a new parent instead of mixing its cells into the old one
+    design = hashlib.sha256(" ".join(sorted(c["score"] for c in plan.cell_nodes)).encode()).hexdigest()[:16]
+    tags = {"ipt.experiment": exp.name, "ipt.experiment_file": str(exp.path), "ipt.design": design}
+    parent_id = find_run(name, {"ipt.design": design, "ipt.role": "parent"}, tracking_uri)
     if parent_id is None:
         parent = MlflowTracker.start(name, run_name=exp.name, tracking_uri=tracking_uri)
         parent.set_tags({**tags, "ipt.role": "parent", "mlflow.note.content": exp.question})
@@ -177,6 +188,11 @@ def about_lines(plan: P.Plan, records: dict[int, dict[str, Any]]) -> list[str]:
         f"- Base: {exp.params_file.name} with `base:` of `{exp.path.as_posix()}`; the command:"
         f" `python -m flows.experiment {exp.path.as_posix()}`.",
     ]
+    from ipt.provenance import git_commit
+
+    lines.append(
+        f"- Code: git commit {git_commit() or 'unknown'} (each stage's key holds the sha256 of the code it imports)."
+    )
     for k in kinds:
         h = json.loads(k)
         lines.append(
@@ -212,12 +228,9 @@ def run_experiment(
     from flows.data import task_runner
 
     logger = get_run_logger()
-    exp = load(file, params_file=params_file)
-    if workers:
-        exp = Experiment(**{**vars(exp), "workers": workers})
-    root = Path(os.environ.get("IPT_PROJECT_DIR") or Path.cwd()).resolve()
-    plan = P.build(exp, Path(work) if work else root / "runs" / "experiments" / exp.name)
-    logger.info("%s", P.cost_table(plan))
+    exp, plan = prepare(file, work, workers, params_file)
+    root = project_root()
+    logger.info("%s", experiment_report(plan))
     todo = [n for n in plan.nodes.values() if not n.done()]
     logger.info("%d of %d stages to run on %s (%d worker(s))", len(todo), len(plan.nodes), exp.executor, exp.workers)
     threads = _threads(exp)
@@ -243,9 +256,9 @@ def run_experiment(
 
         failed = cells()
     records = {i: r for i in range(len(plan.cells)) if (r := _cell_record(plan, i)) is not None}
+    paths = write_report(plan, records) if records else {}  # first: an unreachable MLflow costs no report
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
     parent = log_to_mlflow(plan, records, uri) if records else None
-    paths = write_report(plan, records) if records else {}
     for line in failed:
         logger.error("failed: %s", line)
     result = {
@@ -265,6 +278,38 @@ def run_experiment(
     return result
 
 
+def prepare(file: str, work: str | None, workers: int | None, params_file: str | None) -> tuple[Experiment, P.Plan]:
+    """The checked experiment and its plan; ``work`` (default runs/experiments/<name>) is under the project root
+    when relative, as every path the stages read."""
+    exp = load(file, params_file=params_file)
+    if workers:
+        exp = Experiment(**{**vars(exp), "workers": workers})
+    folder = Path(work) if work else Path("runs") / "experiments" / exp.name
+    return exp, P.build(exp, folder if folder.is_absolute() else project_root() / folder)
+
+
+def render(exp: Experiment, markdown: Path) -> Path:
+    """Copy the experiment's report into ``markdown`` (docs/BENCHMARKS.md) as the section ``experiment_<name>``, its
+    headings one level down and its links made relative to that file: the docs table is the computed report."""
+    folder = exp.path.parent / exp.name
+    report = folder / "report.md"
+    if not report.is_file():
+        raise ExperimentError(f"{report}: no report yet; run the experiment first")
+    rel = Path(os.path.relpath(folder.resolve(), markdown.resolve().parent)).as_posix()
+    body = report.read_text().replace("](score.png)", f"]({rel}/score.png)")
+    body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines()) + "\n"
+    name = f"experiment_{exp.name}"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = markdown.read_text()
+    block = f"{start}\n{body}{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    markdown.write_text(text)
+    return markdown
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.experiment", description="Run an experiment file to its report.")
     ap.add_argument("file", help="experiments/<name>.yaml")
@@ -275,12 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--tracking-uri", default=None, help="MLflow (default $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)"
     )
+    ap.add_argument("--render", type=Path, default=None, help="copy the report into this markdown file; run nothing")
     a = ap.parse_args(argv)
     try:
-        exp = load(a.file, params_file=a.params)
+        if a.render:
+            print(render(load(a.file, params_file=a.params), a.render))
+            return 0
+        exp, plan = prepare(a.file, a.work, a.workers, a.params)
         if a.dry_run:
-            work = Path(a.work) if a.work else Path.cwd() / "runs" / "experiments" / exp.name
-            print(P.cost_table(P.build(exp, work)))
+            print(experiment_report(plan))
             return 0
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)

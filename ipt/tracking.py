@@ -214,8 +214,8 @@ class MlflowTracker:
 
 
 def find_run(experiment: str, tags: dict[str, str], tracking_uri: str | None = None) -> str | None:
-    """The id of the newest finished or running run of ``experiment`` carrying every tag of ``tags`` (None: none,
-    or no such experiment yet)."""
+    """The id of the newest finished run of ``experiment`` carrying every tag of ``tags`` (None: none, or no such
+    experiment yet). A run left RUNNING by a crash does not count: its work is done again."""
     client, uri = client_for(tracking_uri)
     try:
         exp = client.get_experiment_by_name(experiment)
@@ -225,7 +225,7 @@ def find_run(experiment: str, tags: dict[str, str], tracking_uri: str | None = N
         runs = client.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
     except Exception as e:  # noqa: BLE001 - the store's own errors, a server that is not there
         raise store_error(e, f"cannot search runs of experiment {experiment!r}", uri) from None
-    runs = [r for r in runs if r.info.status in ("FINISHED", "RUNNING")]
+    runs = [r for r in runs if r.info.status == "FINISHED"]
     return runs[0].info.run_id if runs else None
 
 

@@ -134,15 +134,23 @@ def write_exp(tmp: Path, name: str = "lr", **over) -> Path:
         ),
         ({"engine": {"workers": 0}}, "engine.workers", ">= 1"),
         ({"colour": "blue"}, "colour", "unknown key"),
+        ({"engine": {"cpus": 2}}, "engine.cpus", "unknown key"),
+        ({"params": "nosuch.yaml"}, "params", "not found"),
+        ({"factors": {"benchmark.protocol": ["ipt", "matlab"]}}, "factors.benchmark.protocol", "set in `score:`"),
+        ({"factors": {"model.n_feats": [8, 16]}}, "factors.model.n_feats", "no stage of an experiment reads"),
+        ({"factors": {"finetune.init": ["a", "b"]}}, "factors.finetune.init", "wires each stage"),
+        ({"factors": {"refine.steps": [1, 2]}}, "factors.refine.steps", "no cell runs refine"),
+        ({"seed_stages": ["refine"]}, "seed_stages", "runs before its score"),
+        ({"seed_stages": ["benchmark"]}, "seed_stages", "runs before its score"),
     ],
 )
 def test_a_bad_experiment_file_is_refused_in_one_line_naming_the_file_and_key(tmp_path, over, key, says) -> None:
     params = tiny_params(tmp_path)
     path = write_exp(tmp_path, **over)
     with pytest.raises(ExperimentError) as e:
-        load(path, params_file=params)
+        load(path, params_file=None if "params" in over else params)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(str(path)) and key in msg and says in msg, msg
+    assert "\n" not in msg and msg.startswith(f"{path}: ") and key in msg and says in msg, msg
 
 
 def test_the_grid_named_variants_reference_and_seeds_make_the_cells(tmp_path) -> None:
@@ -175,14 +183,22 @@ def test_cells_share_the_stages_whose_inputs_agree_and_keys_follow_params_and_co
     assert stages.count("shard") == 1 and stages.count("corrupt") == 2 and stages.count("pretrain") == 1
     assert stages.count("finetune") == 4 and stages.count("benchmark") == 4
     assert len({c["pretrain"] for c in plan.cell_nodes}) == 1 and len({c["score"] for c in plan.cell_nodes}) == 4
+
     # where files go and how many workers write them are no part of a key; what changes the numbers is
-    keys = {n.label + str(n.params.get("finetune", {}).get("lr")): n.key for n in plan.nodes.values()}
+    def keyed(p):
+        return {
+            (n.label, str(n.params["finetune"].get("lr")), n.params["finetune"].get("seed")): n.key
+            for n in p.nodes.values()
+        }
+
+    keys = keyed(plan)
+    assert len(keys) == len(plan.nodes)
     moved = params.read_text().replace("workers: 1", "workers: 2")
     (tmp_path / "p2.yaml").write_text(moved)
     again = P.build(
         load(write_exp(tmp_path, seed_stages=["finetune"]), params_file=tmp_path / "p2.yaml"), tmp_path / "w"
     )
-    assert {n.label + str(n.params.get("finetune", {}).get("lr")): n.key for n in again.nodes.values()} == keys
+    assert keyed(again) == keys
     (tmp_path / "p3.yaml").write_text(params.read_text().replace("crops: 2", "crops: 3"))
     other = P.build(
         load(write_exp(tmp_path, seed_stages=["finetune"]), params_file=tmp_path / "p3.yaml"), tmp_path / "w"
@@ -193,6 +209,29 @@ def test_cells_share_the_stages_whose_inputs_agree_and_keys_follow_params_and_co
     code = P.build(load(write_exp(tmp_path, seed_stages=["finetune"]), params_file=params), tmp_path / "w")
     changed = {n.stage for n in code.nodes.values() if n.key not in set(keys.values())}
     assert changed == {"finetune", "benchmark"}  # a fine-tuning code change reruns fine-tuning and what reads it
+    img = next((tmp_path / "src").rglob("*.png"))
+    img.write_bytes(img.read_bytes() + b"\0")  # a source image changed: the data stages and all after them are new
+    P.files_digest.cache_clear()
+    data = P.build(load(write_exp(tmp_path, seed_stages=["finetune"]), params_file=params), tmp_path / "w")
+    assert not {n.key for n in data.nodes.values()} & set(keys.values())
+    workers = write_exp(tmp_path, name="w", factors={"shard.workers": [1, 2]}, reference={"shard.workers": 1})
+    with pytest.raises(ExperimentError, match="run the same stages"):  # a factor that changes no output
+        P.build(load(workers, params_file=params), tmp_path / "w")
+
+
+def test_a_whole_corruption_entry_replaces_the_old_one_and_can_add_a_task(tmp_path) -> None:
+    params = tiny_params(tmp_path)
+    new = {"name": "gaussian_noise", "sigma": 10}
+    path = write_exp(
+        tmp_path,
+        base={"corrupt": {"tasks": {"denoise_s10": new, "sr_x2": {"name": "gaussian_noise", "sigma": 5}}}},
+        factors={"corrupt.tasks.denoise_s10.sigma": [10, 15]},
+        reference={"corrupt.tasks.denoise_s10.sigma": 10},
+    )
+    exp = load(path, params_file=params)
+    cell = exp.cells()[2]
+    assert cell.params["corrupt"]["tasks"]["sr_x2"] == {"name": "gaussian_noise", "sigma": 5}  # no scale left over
+    assert cell.params["corrupt"]["tasks"]["denoise_s10"] == {"name": "gaussian_noise", "sigma": 15}
 
 
 def test_the_dry_run_lists_every_cell_and_prices_what_is_left(tmp_path) -> None:
@@ -255,13 +294,26 @@ def test_the_verdict_is_computed_from_the_numbers_whichever_way_they_go() -> Non
         if r["variant"] == "noise":
             r["score"] += {1: 0.05, 2: -0.06, 3: 0.02}[r["seed"]]
     out = R.build(recs, reference="ref", factors={"f": [0, 1, 2]}, metric="psnr_y")
-    assert out["verdict"].startswith("'up' has the highest mean psnr_y and beats the reference 'ref' separably.")
+    assert out["verdict"].startswith("1 of 2 variant(s) beat the reference 'ref' separably; the largest gain is 'up'")
     assert "'noise' and 'ref' are not separated by these 3 seeds" in out["verdict"]
     down = [dict(r, score=r["score"] - 1.0) if r["variant"] == "up" else r for r in recs]
     out = R.build(down, reference="ref", factors={"f": [0, 1, 2]}, metric="psnr_y")
     assert "'up' scores lower than 'ref' by 0.5000 dB psnr_y" in out["verdict"]
+    assert out["verdict"].startswith("No variant beats the reference 'ref'; 1 of 2 score separably lower.")
     means = {v["variant"]: v["mean"] for v in out["variants"]}
     assert math.isclose(means["up"], 29.5 + 0.005 / 3 * 1, abs_tol=1e-9)
+    same = [dict(r, score=30.0) for r in recs if r["variant"] in ("ref", "up")]
+    out = R.build(same, reference="ref", factors={"f": [0, 1]}, metric="psnr_y")
+    assert out["verdict"] == (
+        "These seeds separate no variant from the reference 'ref'. 'up' and 'ref' score the same on all 3 seeds."
+    )
+    # a cell not finished: the comparison uses the seeds both have and says so; the unpaired mean plays no part
+    partial = [r for r in recs if not (r["variant"] == "up" and r["seed"] > 1)]
+    out = R.build(partial, reference="ref", factors={"f": [0, 1, 2]}, metric="psnr_y")
+    assert (
+        "'up' minus 'ref': +0.5000 dB on 1 seed(s): fewer than two paired seeds cannot separate them." in out["verdict"]
+    )
+    assert out["verdict"].startswith("These seeds separate no variant")
 
 
 def test_the_report_files_hold_the_tables_and_a_plot(tmp_path) -> None:
@@ -360,9 +412,10 @@ def test_a_sweep_killed_midway_resumes_only_its_unfinished_cells_and_reports(tmp
     assert json.loads((tmp_path / "experiments" / "lr" / "report.json").read_text()) == report
 
 
-def test_the_run_experiment_deployment_names_the_flow_and_a_file_that_loads(benchmark_root) -> None:
+def test_the_run_experiment_deployment_names_the_flow_and_a_file_that_loads(benchmark_root, monkeypatch) -> None:
     import importlib
 
+    monkeypatch.setenv("IPT_BENCHMARK_ROOT", str(benchmark_root))
     deployments = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
     (dep,) = [d for d in deployments if d["entrypoint"].startswith("flows/experiment.py:")]
     path, name = dep["entrypoint"].split(":")
@@ -377,6 +430,27 @@ def test_the_run_experiment_deployment_names_the_flow_and_a_file_that_loads(benc
 def test_the_committed_experiment_files_load(name, benchmark_root, monkeypatch) -> None:
     monkeypatch.setenv("IPT_BENCHMARK_ROOT", str(benchmark_root))
     exp = load(ROOT / "experiments" / f"{name}.yaml")
-    assert exp.reference in exp.variants and len(exp.seeds) == 3
+    assert len(exp.seeds) == 3 and exp.question
     plan = P.build(exp, ROOT / "runs" / "experiments" / name)
     assert sum(n.stage == "benchmark" for n in plan.nodes.values()) == len(exp.cells())
+
+
+def test_render_copies_the_computed_report_into_a_docs_section(tmp_path) -> None:
+    from flows.experiment import render
+
+    params = tiny_params(tmp_path)
+    exp = load(write_exp(tmp_path), params_file=params)
+    recs = [
+        {"variant": v.label, "values": v.as_dict(), "seed": s, "score": 30.0 + i + s / 10}
+        for i, v in enumerate(exp.variants)
+        for s in exp.seeds
+    ]
+    numbers = R.build(recs, reference=exp.reference.label, factors=exp.factors, metric="psnr_y")
+    R.write(tmp_path / "experiments" / "lr", "lr", exp.question, numbers, ["- about"])
+    docs = tmp_path / "docs" / "B.md"
+    docs.parent.mkdir()
+    docs.write_text("# B\n\n<!-- experiment_lr:start -->\nold\n<!-- experiment_lr:end -->\n\ntail\n")
+    render(exp, docs)
+    text = docs.read_text()
+    assert "\nold\n" not in text and text.endswith("tail\n") and "## Experiment `lr`" in text
+    assert numbers["verdict"] in text and "](../experiments/lr/score.png)" in text

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ipt.experiment.spec import Cell, Experiment
+from ipt.experiment.spec import Cell, Experiment, ExperimentError
 
 # Keys that say where a stage's files go, or how many processes write them: not part of a node's key (the data
 # stages write the same bytes for any executor and worker count; docs/data_pipeline.md).
@@ -54,7 +54,6 @@ class Node:
     argv: list[str] = field(default_factory=list)  # `python -m ipt.cli` arguments
     folder: Path = Path()
     views: dict[str, str] = field(default_factory=dict)  # pairs/<task> -> the corrupt node folder it links to
-    cost: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -139,7 +138,9 @@ class _Builder:
     def cell(self, cell: Cell) -> dict[str, str]:
         p = cell.params
         score = self.exp.score
-        shard = self.add("shard", None, {"shard": _section(p, "shard"), "code": self.code("shard")}, [], p)
+        source = str(p["shard"].get("source", ""))
+        shard_inputs = {"shard": _section(p, "shard"), "source": files_digest(source), "code": self.code("shard")}
+        shard = self.add("shard", None, shard_inputs, [], p)
         shard.params["shard"] = {**p["shard"], "out": str(shard.run)}
         shard.argv = ["shard", "--quiet"]
         tasks = pretrain_tasks(p)
@@ -198,6 +199,8 @@ class _Builder:
             model, model_node = rf.run / "model.pt", rf
         bench_inputs = {
             "score": {k: v for k, v in vars(score).items() if k != "metric"},
+            "benchmark": {k: v for k, v in (p.get("benchmark") or {}).items() if k not in ("model", "out")},
+            "dataset": files_digest(str(Path(score.root) / score.dataset)),
             "code": self.code("benchmark"),
         }
         if score.task in ((p.get("corrupt") or {}).get("tasks") or {}):
@@ -207,7 +210,7 @@ class _Builder:
             "benchmark",
             *("--task", t, "--model", str(model), "--root", score.root, "--datasets", score.dataset),
             *("--tiling", score.tiling, "--precision", score.precision, "--seed", str(score.seed)),
-            *(("--limit", str(score.limit)) if score.limit else ()),
+            *("--protocol", "ipt", "--limit", str(score.limit)),
             *("--out", str(b.run / "report.json"), "--quiet"),
         ]
         labels["score"] = b.key
@@ -215,134 +218,41 @@ class _Builder:
 
 
 def build(exp: Experiment, work: str | Path) -> Plan:
-    """The plan of ``exp`` with its node folders under ``work`` (runs/experiments/<name> by default)."""
+    """The plan of ``exp`` with its node folders under ``work`` (runs/experiments/<name> by default). Two cells that
+    would share their scored stage are refused: a factor or seed that reaches no stage of the score cannot answer."""
     b = _Builder(exp, Path(work))
     cells = exp.cells()
     cell_nodes = [b.cell(c) for c in cells]
-    for n in b.nodes.values():
-        n.cost = estimate(n)
+    seen: dict[str, Cell] = {}
+    for c, labels in zip(cells, cell_nodes, strict=True):
+        if labels["score"] in seen:
+            raise ExperimentError(
+                f"{exp.path}: cells '{seen[labels['score']].label}' and '{c.label}' run the same stages: what tells"
+                " them apart reaches no stage of the score (a seed stage or a param that no stage reads)"
+            )
+        seen[labels["score"]] = c
     return Plan(exp, Path(work), b.nodes, cells, cell_nodes)
 
 
-# ------------------------------------------------------------------------------------------------ cost
-
-
-def _rates() -> dict[str, Any]:
-    """Measured rates (docs/bench_train.json, docs/bench_data.json, docs/bench_train_cuda.json) where present."""
-    docs = Path(__file__).resolve().parents[2] / "docs"
-    out: dict[str, Any] = {}
-    for name in ("bench_train", "bench_data", "bench_train_cuda"):
-        try:
-            out[name] = json.loads((docs / f"{name}.json").read_text())
-        except (OSError, ValueError):
-            out[name] = {}
-    return out
-
-
-_RATES: dict[str, Any] | None = None
-
-
-def _train_rate(table: dict[str, Any], size: str, precision: str) -> float | None:
-    for run in table.get("runs", []):
-        if run.get("size") == size and run.get("precision") == precision:
-            return float(run["samples_per_s"])
-    return None
-
-
-@functools.lru_cache(maxsize=16)
-def _source_images(source: str, default: float) -> float:
-    """Images of a shard source: counted in a local folder, 26 for scikit-image's samples, else the measured set's."""
-    if source == "skimage":
-        return 26.0
+@functools.lru_cache(maxsize=64)
+def files_digest(source: str) -> str:
+    """What a data stage's key knows of its input files: for a local folder the sha256 of every file's relative
+    path and size (cheap for ImageNet's 1.28 M files, and a changed or added image changes it); else the source
+    name itself (``skimage``: with scikit-image's version; a tarball or s3:// URL: its name only)."""
     folder = Path(source)
-    if folder.is_dir():
-        from ipt.data.images import IMAGE_EXTENSIONS
+    if source == "skimage":
+        import skimage
 
-        return float(sum(1 for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS))
-    return default
-
-
-def estimate(node: Node) -> dict[str, float]:
-    """CPU hours (at the rates measured on this project's 2-core CPU: docs/bench_*.json), GPU hours where a GPU rate
-    for the model size was measured, and bytes written. An estimate, stated as one; 0 for a node already done."""
-    global _RATES
-    if _RATES is None:
-        _RATES = _rates()
-    rates, p = _RATES, node.params
-    data = rates["bench_data"]
-    crops_per_image = float((p.get("shard") or {}).get("crops", 1))
-    per_sample = float(data.get("clean_bytes_per_sample", 112656.0))
-    images = _source_images(str((p.get("shard") or {}).get("source", "")), float(data.get("images", 1440)))
-    samples = images * crops_per_image
-    if node.stage == "shard":
-        return {
-            "cpu_h": images / float(data.get("shard_img_s", 200.0)) / 3600,
-            "gpu_h": 0.0,
-            "bytes": samples * per_sample,
-        }
-    if node.stage == "corrupt":
-        rate = float(data.get("corrupt_sr_x2_samples_s", 380.0))
-        return {"cpu_h": samples / rate / 3600, "gpu_h": 0.0, "bytes": samples * per_sample * 1.25}
-    if node.stage in ("pretrain", "finetune", "refine"):
-        sec = p.get(node.stage) or {}
-        size = str((p.get("pretrain") or {}).get("model_size", "paper"))
-        steps, batch = float(sec.get("steps", 0)), float(sec.get("batch_size", 8))
-        precision = str(sec.get("precision", "fp32"))
-        cpu = _train_rate(rates["bench_train"], size, "fp32" if precision == "auto" else precision)
-        gpu = _train_rate(rates["bench_train_cuda"], size, "bf16")
-        scale = 0.3 if node.stage == "refine" else 1.0  # PTG-RM's module is < 1M parameters beside a frozen base
-        return {
-            "cpu_h": steps * batch / cpu / 3600 * scale if cpu else float("nan"),
-            "gpu_h": steps * batch / gpu / 3600 * scale if gpu else float("nan"),
-            "bytes": 0.0,
-        }
-    return {"cpu_h": 0.0, "gpu_h": 0.0, "bytes": 0.0}  # benchmark: seconds on a tiny or small model
-
-
-def cost_table(plan: Plan) -> str:
-    """The dry run's text: every cell, every distinct stage with its estimate, the totals of what is left to run."""
-    exp = plan.experiment
-    lines = [
-        f"experiment {exp.name}: {len(exp.variants)} variant(s) x {len(exp.seeds)} seed(s) = {len(plan.cells)} cells,"
-        f" {len(plan.nodes)} distinct stages ({sum(n.done() for n in plan.nodes.values())} done)",
-        f"score: {exp.score.task} on {exp.score.dataset}, {exp.score.metric}, model {exp.score.model},"
-        f" tiling {exp.score.tiling}, " + (f"the first {exp.score.limit} images" if exp.score.limit else "every image"),
-        f"reference: {exp.reference.label}",
-        "",
-        "cells:",
-    ]
-    for i, c in enumerate(plan.cells):
-        state = "done" if plan.score_node(i).done() else "to run"
-        lines.append(f"  {i + 1:>3}. {c.label}  [{state}]")
-    lines += ["", f"{'stage':<28} {'cells':>5} {'CPU h':>8} {'GPU h':>8} {'written':>10}  state"]
-    users: dict[str, int] = {}
-    for labels in plan.cell_nodes:
-        for k in labels.values():
-            users[k] = users.get(k, 0) + 1
-    total = {"cpu_h": 0.0, "gpu_h": 0.0, "bytes": 0.0}
-    for n in plan.nodes.values():
-        done = n.done()
-        if not done:
-            for k in total:
-                v = n.cost.get(k, 0.0)
-                total[k] += 0.0 if v != v else v  # NaN: no measured rate
-        gpu = n.cost.get("gpu_h", 0.0)
-        lines.append(
-            f"{n.label + '-' + n.key[:8]:<28} {users.get(n.key, 0):>5} {n.cost.get('cpu_h', 0.0):>8.3f} "
-            f"{'-' if gpu != gpu else f'{gpu:.4f}':>8} {n.cost.get('bytes', 0.0) / 1e6:>8.1f} MB  "
-            + ("done" if done else "to run")
-        )
-    workers = max(exp.workers, 1)
-    lines += [
-        "",
-        f"left to run: {total['cpu_h']:.2f} CPU-hours (about {total['cpu_h'] / workers * 60:.0f} min on {workers}"
-        f" worker(s) if they do not slow each other; 2 cores share them here), {total['gpu_h']:.3f} GPU-hours where a"
-        f" GPU rate was measured, {total['bytes'] / 1e6:.0f} MB written",
-        "rates: docs/bench_train.json and docs/bench_data.json (this project's 2-core CPU, fp32),"
-        " docs/bench_train_cuda.json (GPU, bf16); benchmark stages are not priced (seconds to minutes each on a CPU);"
-        " an estimate, not a measurement",
-    ]
-    return "\n".join(lines)
+        return f"skimage {skimage.__version__}"
+    if folder.is_file():
+        return f"{source} {folder.stat().st_size}"
+    if not folder.is_dir():
+        return source
+    h = hashlib.sha256()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f"{f.relative_to(folder).as_posix()}\0{f.stat().st_size}\0".encode())
+    return h.hexdigest()
 
 
 def write_node_params(node: Node) -> Path:

@@ -63,46 +63,46 @@ def _fmt(x: float, digits: int = 4) -> str:
     return f"{x:+.{digits}f}" if digits else f"{x:.0f}"
 
 
-def verdict(metric_name: str, unit: str, reference: str, pairs: list[Paired], means: dict[str, float]) -> str:
-    """One sentence per comparison, from the numbers: which variant is higher, by how much, and whether these seeds
-    separate it from the reference (two-sided paired t test at 5%)."""
-    out = []
+def verdict(metric_name: str, unit: str, reference: str, pairs: list[Paired]) -> str:
+    """Sentences from the paired comparisons alone (each on the seeds both variants have): a headline saying which
+    variants beat or lose to the reference separably (two-sided paired t test at 5%), then one sentence a variant."""
+    winners = sorted((p for p in pairs if p.separated and p.mean > 0), key=lambda p: -p.mean)
+    losers = [p for p in pairs if p.separated and p.mean < 0]
+    if winners:
+        head = (
+            f"{len(winners)} of {len(pairs)} variant(s) beat the reference '{reference}' separably; the largest gain"
+            f" is '{winners[0].variant}' ({winners[0].mean:+.4f} {unit} {metric_name})."
+        )
+    elif losers:
+        head = f"No variant beats the reference '{reference}'; {len(losers)} of {len(pairs)} score separably lower."
+    else:
+        head = f"These seeds separate no variant from the reference '{reference}'."
+    out = [head]
     for p in pairs:
         if p.n < 2:
             out.append(
-                f"'{p.variant}' minus '{reference}': {_fmt(p.mean)} {unit} on {p.n} seed(s): one seed cannot"
-                " separate them."
+                f"'{p.variant}' minus '{reference}': {_fmt(p.mean)} {unit} on {p.n} seed(s): fewer than two paired"
+                " seeds cannot separate them."
             )
-            continue
-        word = "higher" if p.mean > 0 else "lower"
-        if p.separated:
+        elif p.separated:
+            word = "higher" if p.mean > 0 else "lower"
             out.append(
                 f"'{p.variant}' scores {word} than '{reference}' by {abs(p.mean):.4f} {unit} {metric_name}"
                 f" (paired t = {p.t:.2f}, n = {p.n}, |t| >= {p.t_crit:.2f}: separated at 5%)."
             )
+        elif p.mean == 0 and p.sd == 0:
+            out.append(f"'{p.variant}' and '{reference}' score the same on all {p.n} seeds.")
         else:
             out.append(
                 f"'{p.variant}' and '{reference}' are not separated by these {p.n} seeds: mean difference"
                 f" {p.mean:+.4f} {unit}, sd {p.sd:.4f}, paired t = {p.t:.2f} (|t| < {p.t_crit:.2f})."
             )
-    best = max(means, key=lambda k: means[k])
-    winners = [p for p in pairs if p.separated and p.mean > 0]
-    if best == reference:
-        head = f"The reference '{reference}' has the highest mean {metric_name}"
-        losers = [p for p in pairs if p.separated]
-        head += (
-            f"; {len(losers)} of {len(pairs)} other variant(s) score separably lower."
-            if losers
-            else "; no other variant is separated from it by these seeds."
+    if len(pairs) > 1:
+        out.append(
+            f"({len(pairs)} comparisons, each at 5%: about {0.05 * len(pairs):.2f} false separations expected"
+            " among them when nothing differs.)"
         )
-    elif any(p.variant == best for p in winners):
-        head = f"'{best}' has the highest mean {metric_name} and beats the reference '{reference}' separably."
-    else:
-        head = (
-            f"'{best}' has the highest mean {metric_name}, but these seeds do not separate it from the reference"
-            f" '{reference}'."
-        )
-    return " ".join([head, *out])
+    return " ".join(out)
 
 
 def build(
@@ -130,9 +130,8 @@ def build(
     ref = by_variant.get(reference, {})
     pairs = [paired(v, s, ref) for v, s in by_variant.items() if v != reference] if ref else []
     unit = "dB" if metric.startswith("psnr") else ""
-    means = {v["variant"]: v["mean"] for v in variants}
     text = (
-        verdict(metric, unit, reference, pairs, means)
+        verdict(metric, unit, reference, pairs)
         if ref and pairs
         else (
             f"No verdict: the reference '{reference}' has no finished cell."

@@ -30,6 +30,12 @@ from ipt.errors import IPTError
 
 # Sections that a subcommand reads (checked against its own params keys); the others are checked against params.yaml.
 COMMAND_SECTIONS = ("shard", "corrupt", "pretrain", "finetune", "refine", "benchmark")
+# What a cell may vary: the top-level keys its stages inherit and the sections of the stages it runs. `benchmark.*`
+# is the score's (set in `score:`); `model:`, `dag:`, `launch:` and `refine_tasks` are read by no stage of a cell.
+VARIABLE_TOP = ("seed", "patch_size")
+VARIABLE_SECTIONS = ("shard", "corrupt", "pretrain", "finetune", "refine")
+# Keys the plan sets itself (where each stage reads and writes): a value given for them would be overwritten.
+WIRED_KEYS = frozenset({"out", "shards", "clean", "init", "base", "resume"})
 TRAINING_STAGES = ("pretrain", "finetune", "refine")
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb")
 SCORED_MODELS = ("finetune", "refine")
@@ -122,7 +128,8 @@ def _fail(path: Path, key: str, problem: str) -> ExperimentError:
 
 
 def set_path(params: dict[str, Any], dotted: str, value: Any) -> None:
-    """``params[a][b][c] = value`` for ``a.b.c`` (mappings made on the way)."""
+    """``params[a][b][c] = value`` for ``a.b.c`` (mappings made on the way; a mapping value replaces, never merges:
+    a corruption entry given whole drops the old function's arguments)."""
     node = params
     *parents, last = dotted.split(".")
     for p in parents:
@@ -138,8 +145,9 @@ def flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in overrides.items():
         path = f"{prefix}{k}"
-        deep = path.count(".") < 1 or path == "corrupt.tasks" or path.startswith("corrupt.tasks.")
-        if isinstance(v, dict) and v and (deep or path.split(".")[0] not in COMMAND_SECTIONS):
+        entry = path.startswith("corrupt.tasks.") and path.count(".") == 2  # a whole corruption entry: one value
+        deep = path.count(".") < 1 or path == "corrupt.tasks"
+        if isinstance(v, dict) and v and not entry and (deep or path.split(".")[0] not in COMMAND_SECTIONS):
             out.update(flatten(v, path + "."))
         else:
             out[path] = v
@@ -154,9 +162,20 @@ def check_path(file: Path, key: str, dotted: str, params: dict[str, Any], value:
     head = parts[0]
     if any(not p for p in parts):
         raise _fail(file, key, f"'{dotted}' is not a param path (empty part)")
+    if head == "benchmark":
+        raise _fail(file, key, f"'{dotted}': the scoring is set in `score:` (task, dataset, metric, limit, ...)")
+    if head in params and head not in VARIABLE_TOP + VARIABLE_SECTIONS:
+        varied = list(VARIABLE_TOP + VARIABLE_SECTIONS)
+        raise _fail(file, key, f"'{dotted}': no stage of an experiment reads '{head}' (it varies {varied})")
     if head not in params and head not in COMMAND_SECTIONS:
         raise _fail(file, key, f"unknown param path '{dotted}': params has no '{head}' (it has {sorted(params)})")
+    if head in VARIABLE_TOP:
+        if len(parts) > 1:
+            raise _fail(file, key, f"'{head}' is a single value; '{dotted}' names a key inside it")
+        return
     if head in COMMAND_SECTIONS:
+        if len(parts) > 1 and parts[1] in WIRED_KEYS:
+            raise _fail(file, key, f"'{dotted}': the experiment wires each stage's inputs and outputs itself")
         if len(parts) == 1:
             raise _fail(file, key, f"'{dotted}' is a whole section; name a key in it ('{head}.<key>')")
         known = section_keys(head) or ()
@@ -228,6 +247,13 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+def project_root() -> Path:
+    """Where the stages run and relative paths (params, score.root, --work) resolve: $IPT_PROJECT_DIR, else here."""
+    import os
+
+    return Path(os.environ.get("IPT_PROJECT_DIR") or Path.cwd()).resolve()
+
+
 def load(path: str | Path, *, params_file: str | Path | None = None) -> Experiment:
     """Read and check ``path`` (an ``experiments/<name>.yaml``) whole: every refusal comes before any stage runs."""
     file = Path(path)
@@ -238,11 +264,15 @@ def load(path: str | Path, *, params_file: str | Path | None = None) -> Experime
     unknown = sorted(set(data) - FILE_KEYS)
     if unknown:
         raise _fail(file, unknown[0], f"unknown key; an experiment file has {sorted(FILE_KEYS)}")
-    root = file.resolve().parent.parent if file.resolve().parent.name == "experiments" else Path.cwd()
-    pfile = Path(params_file or data.get("params") or root / "params.yaml")
-    if not pfile.is_absolute() and params_file is None and data.get("params"):
-        pfile = root / pfile
-    params = _read_yaml(pfile, "params file")
+    root = project_root()
+    given = params_file if params_file is not None else data.get("params", "params.yaml")
+    if not isinstance(given, str | Path) or not str(given):
+        raise _fail(file, "params", f"must be a params file's path, got {given!r}")
+    pfile = Path(given) if Path(given).is_absolute() else root / given
+    try:
+        params = _read_yaml(pfile, "params file")
+    except ExperimentError as e:
+        raise _fail(file, "params", str(e)) from None
 
     base_over = data.get("base") or {}
     if not isinstance(base_over, dict):
@@ -280,21 +310,34 @@ def load(path: str | Path, *, params_file: str | Path | None = None) -> Experime
     for label, over in (named or {"": {}}).items():
         for combo in grid:
             values = tuple(zip(factors, combo, strict=True)) + tuple(flatten(over).items())
-            parts = ([label] if label else []) + [
-                f"{k.split('.')[-1]}={_label(v)}" for k, v in zip(factors, combo, strict=True)
-            ]
-            variants.append(Variant(", ".join(parts), values))
+            shown = [f"{k.split('.')[-1]}={_label(v)}" for k, v in zip(factors, combo, strict=True)]
+            variants.append(Variant(", ".join(([str(label)] if label else []) + shown), values))
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        raise _fail(file, "factors", f"two variants print the same: {twice} (values that differ only in type?)")
 
     seeds = _int_list(file, "seeds", data.get("seeds"))
-    stages = data.get("seed_stages", list(TRAINING_STAGES))
-    if not isinstance(stages, list) or not stages or any(s not in COMMAND_SECTIONS for s in stages):
-        raise _fail(file, "seed_stages", f"needs a non-empty list of stages from {list(COMMAND_SECTIONS)}")
+    score = _score(file, data.get("score"), base, root)
+    scored = ("shard", "corrupt", "pretrain", "finetune") + (("refine",) if score.model == "refine" else ())
+    stages = data.get("seed_stages", [s for s in TRAINING_STAGES if s in scored])
+    if not isinstance(stages, list) or not stages or any(s not in scored for s in stages):
+        ran = list(scored)
+        raise _fail(file, "seed_stages", f"needs a non-empty list of the stages a cell runs before its score: {ran}")
+    if score.model != "refine":
+        varied = [f"factors.{k}" for k in factors]
+        varied += [f"variants.{label}.{k}" for label, over in named.items() for k in flatten(over)]
+        for k in varied:
+            if k.split(".", 2)[-1].startswith("refine.") or k.startswith("factors.refine."):
+                raise _fail(file, k, "the score is the fine-tuned model's (score.model: finetune): no cell runs refine")
 
     reference = _reference(file, data.get("reference"), variants, factors, named)
-    score = _score(file, data.get("score"), base)
     engine = data.get("engine") or {}
-    if not isinstance(engine, dict) or set(engine) - ENGINE_KEYS:
+    if not isinstance(engine, dict):
         raise _fail(file, "engine", f"a mapping with keys from {sorted(ENGINE_KEYS)}")
+    for k in engine:
+        if k not in ENGINE_KEYS:
+            raise _fail(file, f"engine.{k}", f"unknown key; engine has {sorted(ENGINE_KEYS)}")
     workers = engine.get("workers", 1)
     threads = engine.get("threads", 0)
     for k, v, low in (("workers", workers, 1), ("threads", threads, 0)):
@@ -352,7 +395,7 @@ def _reference(
     return hits[0]
 
 
-def _score(file: Path, score: Any, base: dict[str, Any]) -> Score:
+def _score(file: Path, score: Any, base: dict[str, Any], project: Path) -> Score:
     import os
 
     from ipt.data.testsets import BenchmarkDataError, resolve_datasets
@@ -385,6 +428,7 @@ def _score(file: Path, score: Any, base: dict[str, Any]) -> Score:
     root = str(
         score.get("root") or os.environ.get("IPT_BENCHMARK_ROOT") or (base.get("benchmark") or {}).get("root") or ""
     )
+    root = str(Path(root) if Path(root).is_absolute() else project / root)
     try:
         resolve_datasets(Path(root), task, [score["dataset"]], tasks[task])
     except (BenchmarkDataError, TaskError) as e:
