@@ -95,6 +95,13 @@ def _cell_record(plan: P.Plan, i: int) -> dict[str, Any] | None:
     }
 
 
+def _get(params: dict[str, Any], dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _losses(node: P.Node) -> list[tuple[str, float, int]]:
     """A training stage's metrics.jsonl as (stage/name, value, step)."""
     out = []
@@ -138,6 +145,7 @@ def log_to_mlflow(plan: P.Plan, records: dict[int, dict[str, Any]], tracking_uri
         )
         parent_id = parent.run_id
     parent = MlflowTracker(parent_id, tracking_uri)
+    paths = list(dict.fromkeys(k for v in exp.variants for k in v.as_dict()))
     for i, rec in sorted(records.items()):
         if find_run(name, {"ipt.cell": rec["key"], "ipt.parent": parent_id}, tracking_uri):
             continue
@@ -147,9 +155,12 @@ def log_to_mlflow(plan: P.Plan, records: dict[int, dict[str, Any]], tracking_uri
         child.set_tags(
             {**tags, "ipt.role": "cell", "ipt.cell": rec["key"], "ipt.parent": parent_id, "ipt.variant": rec["variant"]}
         )
+        # every path any variant sets, with this cell's value (a variant that leaves one at the base still has a
+        # point on that axis of the compare view)
+        values = {k: _get(plan.cells[i].params, k) for k in paths}
         child.log_params(
             {
-                **{k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in rec["values"].items()},
+                **{k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in values.items()},
                 "seed": rec["seed"],
                 "variant": rec["variant"],
             }

@@ -454,3 +454,19 @@ def test_render_copies_the_computed_report_into_a_docs_section(tmp_path) -> None
     text = docs.read_text()
     assert "\nold\n" not in text and text.endswith("tail\n") and "## Experiment `lr`" in text
     assert numbers["verdict"] in text and "](../experiments/lr/score.png)" in text
+
+
+def test_the_docs_walk_through_file_loads_and_plans_as_written(tmp_path, benchmark_root, monkeypatch) -> None:
+    """docs/experiments.md's example, copied as a user would, is a valid experiment of 9 cells."""
+    text = (ROOT / "docs" / "experiments.md").read_text()
+    block = text.split("`experiments/ft_batch.yaml`:\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "experiments").mkdir()
+    path = tmp_path / "experiments" / "ft_batch.yaml"
+    path.write_text(block)
+    monkeypatch.setenv("IPT_BENCHMARK_ROOT", str(benchmark_root))
+    monkeypatch.setenv("IPT_PROJECT_DIR", str(ROOT))  # params: params.yaml of the project folder
+    exp = load(path)
+    assert [v.label for v in exp.variants] == ["batch_size=4", "batch_size=8", "batch_size=16"]
+    assert exp.reference.label == "batch_size=8" and exp.seed_stages == ("finetune",)
+    plan = P.build(exp, tmp_path / "work")
+    assert len(plan.cells) == 9 and sum(n.stage == "pretrain" for n in plan.nodes.values()) == 1
