@@ -15,6 +15,7 @@ from ipt.config import ModelSpec
 from ipt.metrics import crop_border_for, psnr_y, ssim_y
 from ipt.model import build_ipt
 from ipt.train.data import StreamSpec, _Lane, find_shards, held_out, source_of
+from ipt.train.errors import TrainingError
 from ipt.train.loop import finetune, pretrain
 from ipt.train.state import list_checkpoints, read_metrics
 from ipt.train.validate import evaluate, held_out_sets
@@ -134,3 +135,49 @@ def test_finetune_validates_its_task_and_exports_the_best(pairs, tmp_path) -> No
     assert load_model(tmp_path / "ft" / "model.pt").spec.task_names == ("sr_x2",)
     assert read_state(tmp_path / "ft" / "official.pt") and result["best"]["step"] in (2, 4)
     assert [s for s, _ in list_checkpoints(tmp_path / "ft")] == [4]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("val_every: 0", "PretrainConfig.val_every must be a number of steps >= 1 (leave it out for no validation)"),
+        ("val_every: -5", "PretrainConfig.val_every must be a number of steps >= 1"),
+        ("ema_decay: 1.0", "PretrainConfig.ema_decay must be in [0, 1) (0: no EMA), got 1.0"),
+        ("ema_decay: -0.1", "PretrainConfig.ema_decay must be in [0, 1)"),
+        ("export: best", "PretrainConfig.export best needs validation: set val_every"),
+        ("val_fraction: 1.5", "PretrainConfig.val_fraction must be in (0, 1)"),
+        ("schedule: linear", "pretrain.schedule: 'linear' is not one of step, cosine"),
+        ("schedule: cosine\n  milestones: [3]", "PretrainConfig.milestones apply to schedule step, not 'cosine'"),
+    ],
+)
+def test_bad_values_are_refused_in_one_line_naming_the_param_before_training(
+    pairs, tmp_path, capsys, line, message
+) -> None:
+    from ipt.cli import main
+
+    params = tmp_path / "p.yaml"
+    params.write_text(f"pretrain:\n  shards: {pairs}\n  out: {tmp_path / 'run'}\n  model_size: tiny\n  {line}\n")
+    assert main(["pretrain", "--params", str(params), "--tasks", "sr_x2,denoise_s30"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_or_missing_validation_folder_or_split_is_refused_before_training(pairs, tmp_path) -> None:
+    val = make_pair_root(tmp_path / "val", tasks=("sr_x2",), samples=2, shards=1)
+    with pytest.raises(TrainingError, match=r"^val_dir: .*denoise_s30: no pair shards for task 'denoise_s30'"):
+        pretrain(tiny_pretrain(pairs, tmp_path / "a", val_every=2, val_dir=str(val)))
+    make_pair_root(val, tasks=("denoise_s30",), samples=2, shards=1)
+    manifest = val / "denoise_s30" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(data | {"shards": [s | {"samples": 0} for s in data["shards"]]}))
+    with pytest.raises(TrainingError, match=r"^val_dir: .*manifest.json: lists no non-empty shards") as e:
+        pretrain(tiny_pretrain(pairs, tmp_path / "b", val_every=2, val_dir=str(val)))
+    assert "\n" not in str(e.value)
+    with pytest.raises(TrainingError, match=r"^val_fraction 1e-09: no source image of .* falls in the validation"):
+        pretrain(tiny_pretrain(pairs, tmp_path / "c", val_every=2, val_fraction=1e-9))
+    assert not any((tmp_path / r).exists() for r in "abc")
+    from ipt.train.loop import preflight  # what `ipt launch` checks once before torchrun
+
+    with pytest.raises(TrainingError, match="^val_dir: "):
+        preflight(tiny_pretrain(pairs, tmp_path / "d", val_every=2, val_dir=str(tmp_path / "nowhere")))
