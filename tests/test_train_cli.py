@@ -86,9 +86,16 @@ def test_per_step_metrics_reach_an_mlflow_run(pairs, tmp_path, monkeypatch) -> N
     tracker = MlflowTracker.start("train-test", run_name="pretrain", tracking_uri=uri)
     argv = ["pretrain", "--shards", str(pairs), "--out", str(tmp_path / "run"), "--tasks", "sr_x2,denoise_s30"]
     argv += ["--model-size", "tiny", "--steps", "3", "--batch-size", "2", "--log-every", "0"]
+    argv += ["--val-every", "2", "--val-dir", str(pairs), "--val-samples", "2"]  # any pair-shard root validates
     assert run([*argv, "--mlflow-run-id", tracker.run_id, "--tracking-uri", uri]) == 0
     history = tracker.client.get_metric_history(tracker.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
+    for name in ("val_psnr_y", "val_ssim_y", "val_psnr_y_sr_x2", "val_ssim_y_denoise_s30"):  # the UI's curves
+        assert sorted(m.step for m in tracker.client.get_metric_history(tracker.run_id, name)) == [2, 3], name
+    rows = read_metrics(tmp_path / "run", "validation.jsonl")
+    assert [m.value for m in tracker.client.get_metric_history(tracker.run_id, "val_psnr_y")] == [
+        r["psnr_y"] for r in rows
+    ]
     logged = tracker.client.get_run(tracker.run_id).data
     assert logged.params["pretrain.steps"] == "3" and logged.tags["ipt.stage"] == "pretrain"
     versions = shard_versions(pairs, ["sr_x2", "denoise_s30"])

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from helpers_pairs import _png, make_pair_root, make_pair_shards, structured_image
-from ipt.train.data import StreamSpec, decode_pair, find_shards, pair_batches, task_for_step
+from ipt.train.data import (
+    StreamSpec,
+    augment_code,
+    decode_pair,
+    dihedral,
+    find_shards,
+    pair_batches,
+    task_for_step,
+)
 from ipt.train.errors import TrainingError
 
 TASKS = ("sr_x2", "denoise_s30")
@@ -161,3 +169,37 @@ def test_a_sample_filed_under_the_wrong_task_is_refused() -> None:
     sample |= {"lq.png": _png(img), "hr.png": _png(img)}
     with pytest.raises(TrainingError, match="made for task 'derain', found under task 'denoise_s30'"):
         decode_pair(sample, "denoise_s30", 12, 1)
+
+
+def _symmetry(plain: torch.Tensor, flipped: torch.Tensor) -> int | None:
+    return next((c for c in range(8) if torch.equal(dihedral(plain, c), flipped)), None)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_augmentation_flips_and_rotates_each_pair_alike_the_same_for_any_ranks_or_workers(one_shard_root) -> None:
+    plain = list(pair_batches(spec_for(one_shard_root), stop=6))
+    spec = spec_for(one_shard_root, augment=True)
+    with deadline(60):
+        inline = list(pair_batches(spec, stop=6))
+        workers = list(pair_batches(spec, stop=6, num_workers=3))
+        ranks = [list(pair_batches(spec, rank=r, world=2, stop=6, num_workers=2)) for r in range(2)]
+        late = list(pair_batches(spec, start=4, stop=6))  # a resume mid-segment
+    codes = []
+    for p, a in zip(plain, inline, strict=True):
+        for row in range(4):  # the same rows, each under one symmetry applied to LQ and HR alike
+            c = _symmetry(p.lq[row], a.lq[row])
+            assert c is not None and torch.equal(dihedral(p.hr[row], c), a.hr[row])
+            assert c == augment_code(7, p.step, row, 0)
+            codes.append(c)
+    assert len(set(codes)) >= 4  # 24 rows: several of the eight symmetries, not one
+    assert all(same(a, b) for a, b in zip(inline, workers, strict=True))
+    assert all(same(a, b) for a, b in zip(inline[4:], late, strict=True))
+    for a, r0, r1 in zip(inline, *ranks, strict=True):
+        assert torch.equal(a.lq[0::2], r0.lq) and torch.equal(a.hr[1::2], r1.hr)
+
+
+def test_dihedral_gives_the_eight_symmetries_of_the_square() -> None:
+    x = torch.arange(9).view(1, 3, 3)
+    images = {tuple(dihedral(x, c).flatten().tolist()) for c in range(8)}
+    assert len(images) == 8 and torch.equal(dihedral(x, 0), x)
+    assert torch.equal(dihedral(x, 5), torch.rot90(x, 1, (-2, -1)))  # a left-right flip, then transposed

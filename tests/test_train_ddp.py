@@ -22,6 +22,11 @@ from ipt.checkpoint import load_model
 from ipt.train.loop import pretrain
 from ipt.train.state import read_metrics
 
+# Validation on a held-out split (2 of the 8 test photos), the EMA and augmentation on: rank 0 validates and keeps
+# the EMA while the other rank goes on; every rank's stream leaves the held-out photos out.
+VALIDATED = ["--val-every", "2", "--val-fraction", "0.3", "--ema-decay", "0.5"]
+VALIDATED_KW = dict(val_every=2, val_fraction=0.3, ema_decay=0.5)
+
 
 def stage_flags(pairs, out, *, device: str, steps: int) -> list[str]:
     """A tiny two-task pretraining, global batch 4, fp32: the stage's flags (the same for every rank)."""
@@ -29,7 +34,7 @@ def stage_flags(pairs, out, *, device: str, steps: int) -> list[str]:
         "--shards", str(pairs), "--out", str(out), "--tasks", "sr_x2,denoise_s30",
         "--model-size", "tiny", "--steps", str(steps), "--batch-size", "4", "--lr", "5e-5",
         "--checkpoint-every", "3", "--shuffle-buffer", "8", "--stream-segment", "4", "--log-every", "0",
-        "--precision", "fp32", "--device", device,
+        "--precision", "fp32", "--device", device, *VALIDATED,
     ]  # fmt: skip
 
 
@@ -83,7 +88,9 @@ def test_gloo_ranks_match_a_single_process(tmp_path, topology) -> None:
     world = 1 if topology == "one rank under torchrun" else 2
     assert [(r["backend"], r["world_size"]) for r in results] == [("gloo", world)]  # rank 0's summary, once
 
-    single = tiny_pretrain(pairs, tmp_path / "single", steps=steps, lr=5e-5, precision="fp32", device="cpu")
+    single = tiny_pretrain(
+        pairs, tmp_path / "single", steps=steps, lr=5e-5, precision="fp32", device="cpu", **VALIDATED_KW
+    )
     pretrain(single)
     got, want = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")
     assert [r["step"] for r in got] == list(range(1, steps + 1))
@@ -97,3 +104,9 @@ def test_gloo_ranks_match_a_single_process(tmp_path, topology) -> None:
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst < 1e-5, sorted(((a[k].float() - b[k].float()).abs().max().item(), k) for k in a)[-3:]
     assert not (tmp_path / "ddp" / "checkpoints" / ".tmp").exists()
+    got, want = (read_metrics(tmp_path / d, "validation.jsonl") for d in ("ddp", "single"))
+    assert [r["step"] for r in got] == [2, 4] == [r["step"] for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g["psnr_y"] == pytest.approx(w["psnr_y"], abs=1e-4) and g["ssim_y"] == pytest.approx(
+            w["ssim_y"], abs=1e-5
+        )

@@ -13,7 +13,7 @@ from helpers_pairs import make_pair_root, make_pair_shards, tiny_pretrain
 from ipt.checkpoint import load_model, read_state
 from ipt.train.errors import TrainingError
 from ipt.train.loop import pretrain
-from ipt.train.schedule import StepDecay
+from ipt.train.schedule import CosineDecay, StepDecay, schedule_from_state
 from ipt.train.state import list_checkpoints, read_metrics
 
 
@@ -154,3 +154,25 @@ def test_bad_config_is_a_training_error(pairs, tmp_path) -> None:
         PretrainConfig(pixel_loss="l2")
     with pytest.raises(TrainingError, match="charbonnier_eps must be > 0"):
         PretrainConfig(pixel_loss="charbonnier", charbonnier_eps=0.0)
+
+
+def test_cosine_with_linear_warmup_by_global_step() -> None:
+    s = CosineDecay(1.0, total=12, warmup=4, min_lr=0.1)
+    lrs = [s.lr(i) for i in range(13)]
+    assert lrs[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]  # update s of the warm-up uses (s + 1) / warmup
+    assert lrs[8] == pytest.approx(0.1 + 0.9 * 0.5) and lrs[12] == pytest.approx(0.1)  # halfway; the end
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:], strict=False))
+    assert [StepDecay(1.0, (4,), 0.5, warmup=2).lr(i) for i in range(6)] == [0.5, 1.0, 1.0, 1.0, 0.5, 0.5]
+    again = schedule_from_state(s.state_dict())
+    assert isinstance(again, CosineDecay) and [again.lr(i) for i in range(13)] == lrs
+    old = {"base_lr": 1.0, "milestones": [2], "gamma": 0.5}  # a checkpoint from before kinds and warm-up
+    assert [schedule_from_state(old).lr(i) for i in range(4)] == [1.0, 1.0, 0.5, 0.5]
+
+
+def test_a_cosine_run_logs_its_rates_and_keeps_its_curve_when_extended(pairs, tmp_path) -> None:
+    kw = dict(schedule="cosine", warmup_steps=2, lr=1e-3, min_lr=1e-4, checkpoint_every=2)
+    pretrain(tiny_pretrain(pairs, tmp_path / "run", steps=6, **kw))
+    want = CosineDecay(1e-3, total=6, warmup=2, min_lr=1e-4)
+    assert [r["lr"] for r in read_metrics(tmp_path / "run")] == pytest.approx([want.lr(i) for i in range(6)])
+    pretrain(tiny_pretrain(pairs, tmp_path / "run", steps=8, resume=True, **kw))
+    assert [r["lr"] for r in read_metrics(tmp_path / "run")][6:] == pytest.approx([1e-4, 1e-4])

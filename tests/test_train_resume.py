@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT
 from helpers_pairs import make_pair_root, tiny_pretrain
-from ipt.checkpoint import load_model
+from ipt.checkpoint import load_model, read_state
 from ipt.device import torch_threads
 from ipt.train.loop import pretrain
 from ipt.train.state import list_checkpoints, read_metrics
@@ -84,3 +84,36 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(tmp_path) -> None:
             assert g[key] == pytest.approx(w[key], rel=1e-6, abs=1e-7), (g["step"], key)
     a, b = load_model(run / "model.pt").state_dict(), load_model(tmp_path / "straight" / "model.pt").state_dict()
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_bit_identical_ema_weights_and_best_checkpoint(tmp_path) -> None:
+    """As above with the EMA of the weights, validation and the best checkpoint on (and augmentation, cosine)."""
+    pairs = make_pair_root(tmp_path / "pairs", samples=16, shards=2)
+    extra = dict(ema_decay=0.9, val_every=3, val_fraction=0.3, val_samples=4, schedule="cosine", warmup_steps=2)
+    run = tmp_path / "killed"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(tests=str(ROOT / "tests"), threads=THREADS))
+    kw = {"shards": str(pairs), "out": str(run), "num_workers": 1} | COMMON | extra
+    proc = subprocess.Popen([sys.executable, str(script), json.dumps(kw)], cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        _wait_for_rows(run, 7, proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert [s for s, _ in list_checkpoints(run)] == [4] and not (run / "model.pt").exists()
+    assert (run / "best.pt").exists()  # validated at step 6, past the checkpoint: retrained identically
+
+    with torch_threads(THREADS):
+        resumed = pretrain(tiny_pretrain(pairs, run, resume=True, **COMMON, **extra))
+        straight = pretrain(tiny_pretrain(pairs, tmp_path / "straight", **COMMON, **extra))
+    assert resumed["resumed_from"] == 4 and resumed["best"] == straight["best"]
+    for name in ("model.pt", "best.pt", "checkpoints/step-00000012.pt"):
+        a, b = read_state(run / name), read_state(tmp_path / "straight" / name)
+        assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items()), name
+        if "train" in b:
+            assert all(torch.equal(a["train"]["ema"][k], v) for k, v in b["train"]["ema"].items())
+    assert read_state(run / "model.pt")["meta"]["weights"] == "ema"
+    val = read_metrics(run, "validation.jsonl")
+    assert [r["step"] for r in val] == [3, 6, 9, 12]
+    assert [r["psnr_y"] for r in val] == [r["psnr_y"] for r in read_metrics(tmp_path / "straight", "validation.jsonl")]

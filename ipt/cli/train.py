@@ -30,8 +30,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="optimizer updates in total (a resumed run continues up to it)")
     p.add_argument("--batch-size", type=int, help="global batch, split evenly over the ranks")
     p.add_argument("--lr", type=float, help="Adam learning rate (pretrain 5e-5, finetune 2e-5)")
+    p.add_argument(
+        "--schedule",
+        choices=("step", "cosine"),
+        help="lr schedule: step (milestones x gamma; default step, the paper's) or cosine (to --min-lr at --steps)",
+    )
     p.add_argument("--milestones", type=_csv(int), help="comma-separated steps where lr *= gamma ('' = none)")
     p.add_argument("--gamma", type=float, help="step-decay factor (0.5)")
+    p.add_argument("--warmup-steps", type=int, help="linear lr warm-up over the first N updates (0 = none)")
+    p.add_argument("--min-lr", type=float, help="the rate cosine ends at (0)")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random flips and 90-degree rotations of each training pair, seeded (default on)",
+    )
+    p.add_argument("--ema-decay", type=float, help="EMA of the weights, validated and exported (0 = off)")
+    p.add_argument("--val-every", type=int, help="validate every N steps and at the end (left out: never)")
+    p.add_argument("--val-dir", help="pair-shard root to validate on (else a held-out split of --shards)")
+    p.add_argument("--val-fraction", type=float, help="share of source images held out when no --val-dir (0.1)")
+    p.add_argument("--val-samples", type=int, help="validation pairs per task (32)")
+    p.add_argument("--export", choices=("last", "best"), help="weights model.pt gets: the last or best validated")
     p.add_argument("--grad-clip", type=float, help="max global gradient norm (0 = off)")
     p.add_argument("--contrastive-weight", type=float, help="lambda of the patch contrastive loss (0.1 / 0)")
     p.add_argument("--temperature", type=float, help="contrastive temperature (0.07)")
@@ -89,9 +108,9 @@ def add_finetune(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 TRAIN_KEYS = (  # the flags of both stages, also the keys their params.yaml sections may set
-    "shards out steps batch_size lr milestones gamma grad_clip contrastive_weight temperature pixel_loss "
-    "charbonnier_eps seed checkpoint_every keep_checkpoints num_workers lanes shuffle_buffer stream_segment "
-    "precision device resume"
+    "shards out steps batch_size lr schedule milestones gamma warmup_steps min_lr grad_clip contrastive_weight "
+    "temperature pixel_loss charbonnier_eps seed checkpoint_every keep_checkpoints num_workers lanes shuffle_buffer "
+    "stream_segment augment ema_decay val_every val_dir val_fraction val_samples export precision device resume"
 ).split()
 
 
@@ -141,7 +160,13 @@ def _progress(every: int) -> Callable[[dict[str, Any]], None] | None:
         return None
 
     def show(row: dict[str, Any]) -> None:
-        if row["step"] % every == 0:
+        if row.get("validation"):
+            print(
+                f"step {row['step']} validation: Y-PSNR {row['psnr_y']:.3f} dB, SSIM {row['ssim_y']:.4f} "
+                f"(best at step {row['best_step']}; {row['seconds']:.1f} s)",
+                file=sys.stderr,
+            )
+        elif row["step"] % every == 0:
             print(
                 f"step {row['step']} {row['task']}: loss {row['loss']:.4f} (l1 {row['l1']:.4f}, "
                 f"con {row['contrastive']:.4f}) lr {row['lr']:.2e} {row['samples_per_s']:.1f} samples/s",

@@ -16,6 +16,7 @@ from ipt.config import DEFAULT_SEED, OFFICIAL_PRETRAIN_TASKS, ModelSpec, strict_
 from ipt.device import TRAIN_PRECISIONS
 from ipt.train.errors import TrainingError
 from ipt.train.losses import PIXEL_LOSSES
+from ipt.train.schedule import SCHEDULES
 
 # Named model sizes (ModelSpec keyword arguments; the tasks come from the stage's config).
 MODEL_SIZES: dict[str, dict[str, Any]] = {
@@ -25,7 +26,23 @@ MODEL_SIZES: dict[str, dict[str, Any]] = {
 }
 _TUPLES = ("tasks", "task_weights", "milestones", "betas")
 # Fields a resumed run may change; every other field must equal the checkpoint's (they change the numbers).
-RESUMABLE_CHANGES = frozenset({"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "device"})
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "resume", "num_workers", "checkpoint_every", "keep_checkpoints", "device", "export"}
+)
+EXPORTS = ("last", "best")
+# What a checkpoint written before a field existed ran with: a resume compares its config with these filled in, so
+# an old run is continued only with the behaviour it had (e.g. no augmentation) or refused, naming the field.
+LEGACY_VALUES: dict[str, Any] = {
+    "schedule": "step",
+    "warmup_steps": 0,
+    "min_lr": 0.0,
+    "augment": False,
+    "ema_decay": 0.0,
+    "val_every": None,
+    "val_dir": "",
+    "val_fraction": 0.1,
+    "val_samples": 32,
+}
 
 
 @dataclass(frozen=True)
@@ -43,8 +60,11 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 16
     lr: float = 5e-5
+    schedule: str = "step"  # step (milestones x gamma: the paper's) | cosine (to min_lr at `steps`)
     milestones: tuple[int, ...] | None = None  # steps at which lr *= gamma; None: the stage's default
     gamma: float = 0.5
+    warmup_steps: int = 0  # linear warm-up of either schedule over the first updates (0: none, the paper's)
+    min_lr: float = 0.0  # where cosine ends
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
@@ -60,6 +80,15 @@ class TrainConfig:
     shuffle_buffer: int = 64
     stream_segment: int = 1000
     num_workers: int = 0  # DataLoader workers per rank
+    augment: bool = True  # random flips and 90-degree rotations of each (LQ, HR) pair, seeded per row and step
+    ema_decay: float = 0.0  # EMA of the weights (0: off, the paper's); when on, the EMA is validated and exported
+    # Validation every val_every steps (None: none) on val_dir's pair shards, or else on the source images
+    # a seeded val_fraction of which is held out of training; val_samples pairs per task.
+    val_every: int | None = None
+    val_dir: str = ""
+    val_fraction: float = 0.1
+    val_samples: int = 32
+    export: str = "last"  # which weights become model.pt: the last step's, or the best validated step's
     precision: str = "auto"  # auto: bf16 autocast where the device runs it natively (ipt.device), else fp32
     device: str = "auto"
     resume: bool = False
@@ -88,7 +117,8 @@ class TrainConfig:
                 f"shards {self.shards}: training reads pair shards from a local folder (remote URLs are not supported "
                 "yet); fetch them first (`dvc pull`, or `aws s3 sync`) and pass that folder"
             )
-        numbers = ("lr", "temperature", "gamma", "contrastive_weight", "grad_clip", "charbonnier_eps")
+        numbers = ("lr", "temperature", "gamma", "contrastive_weight", "grad_clip", "charbonnier_eps", "min_lr")
+        numbers += ("ema_decay", "val_fraction")
         for name in numbers:
             if not math.isfinite(getattr(self, name)):
                 raise TrainingError(f"{type(self).__name__}.{name} must be a finite number, got {getattr(self, name)}")
@@ -107,6 +137,36 @@ class TrainConfig:
             raise TrainingError(f"batch_size {self.batch_size} is not a multiple of lanes {lanes}")
         if self.milestones is not None and any(m < 1 for m in self.milestones):
             raise TrainingError(f"milestones must be steps >= 1, got {list(self.milestones)}")
+        self._check_recipe_extras()
+
+    def _check_recipe_extras(self) -> None:
+        """Schedule, EMA, validation and export values: each refused in one line naming the param."""
+        name = type(self).__name__
+        if self.schedule not in SCHEDULES:
+            raise TrainingError(f"{name}.schedule: unknown schedule {self.schedule!r}; known: {list(SCHEDULES)}")
+        if self.schedule != "step" and self.milestones:
+            raise TrainingError(f"{name}.milestones apply to schedule step, not {self.schedule!r}")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr < self.lr:
+            raise TrainingError(
+                f"{name}: need warmup_steps >= 0 and 0 <= min_lr < lr, got {self.warmup_steps}, {self.min_lr}"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise TrainingError(f"{name}.ema_decay must be in [0, 1) (0: no EMA), got {self.ema_decay}")
+        if self.val_every is not None and (
+            not isinstance(self.val_every, int) or isinstance(self.val_every, bool) or self.val_every < 1
+        ):
+            raise TrainingError(
+                f"{name}.val_every must be a number of steps >= 1 (leave it out for no validation), got "
+                f"{self.val_every!r}"
+            )
+        if not 0 < self.val_fraction < 1:
+            raise TrainingError(f"{name}.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.val_samples < 1:
+            raise TrainingError(f"{name}.val_samples must be >= 1, got {self.val_samples}")
+        if self.export not in EXPORTS:
+            raise TrainingError(f"{name}.export: unknown {self.export!r}; known: {list(EXPORTS)}")
+        if self.export == "best" and self.val_every is None:
+            raise TrainingError(f"{name}.export best needs validation: set val_every (steps between validations)")
 
     # -------------------------------------------------------------------------------------------- derived values
 
@@ -127,6 +187,15 @@ class TrainConfig:
 
     def resolved_milestones(self) -> tuple[int, ...]:
         return tuple(sorted(self.milestones)) if self.milestones is not None else self.default_milestones()
+
+    @property
+    def validates(self) -> bool:
+        return self.val_every is not None
+
+    @property
+    def holdout(self) -> float:
+        """The share of source images held out of the training stream for validation (0: none)."""
+        return self.val_fraction if self.validates and not self.val_dir else 0.0
 
     # -------------------------------------------------------------------------------------------- (de)serialising
 
@@ -153,7 +222,7 @@ class TrainConfig:
 
     def differences(self, other: dict[str, Any]) -> list[str]:
         """Fields (outside RESUMABLE_CHANGES) whose value differs from ``other`` (a stored ``to_dict()``)."""
-        mine = self.to_dict()
+        mine, other = self.to_dict(), LEGACY_VALUES | dict(other)
         keys = sorted((set(mine) | set(other)) - RESUMABLE_CHANGES)
         return [f"{k}: checkpoint {other.get(k)!r}, now {mine.get(k)!r}" for k in keys if mine.get(k) != other.get(k)]
 

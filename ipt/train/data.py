@@ -5,6 +5,7 @@ Seeding, lanes, ranks, workers and segments: docs/training.md#data-one-stream-pe
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -150,6 +151,8 @@ class StreamSpec:
     seed: int
     shuffle_buffer: int = 64
     segment: int = 1000
+    holdout: float = 0.0  # share of source images held out for validation (never trained on)
+    augment: bool = False  # a seeded flip / 90-degree rotation of each (lq, hr) row
 
     def __post_init__(self) -> None:
         if self.batch_size % self.lanes:
@@ -206,10 +209,46 @@ class _Lane:
             ),
             wds.tarfile_to_samples(handler=wds.reraise_exception),
         ]
+        if s.holdout > 0:
+            stages.append(wds.select(functools.partial(is_trained, s.seed, s.holdout)))
         if s.shuffle_buffer > 1:
             seed = seed_of(s.seed, "shuffle", task, self.lane, segment)
             stages.append(wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, seed=seed))
         return wds.DataPipeline(*stages)
+
+
+def source_of(key: str) -> str:
+    """The source image of a sample key (``<stem>-<h8>-c<k>``, docs/data_format.md): the key without its crop
+    index, the same in every task's pair shards."""
+    return key.rsplit("-c", 1)[0]
+
+
+def held_out(seed: int, fraction: float, key: str) -> bool:
+    """Whether the source image of ``key`` is in the validation split: a seeded draw per source image (not per
+    crop or task), so all crops of a held-out image, in every task, stay out of training."""
+    return fraction > 0 and seed_of(seed, "val", source_of(key)) < fraction * 2**63
+
+
+def is_trained(seed: int, fraction: float, sample: dict[str, Any]) -> bool:
+    return not held_out(seed, fraction, str(sample.get("__key__", "")))
+
+
+# The eight symmetries of the square: bit 0 flips left-right, bit 1 flips top-bottom, bit 2 transposes.
+def dihedral(x: Tensor, code: int) -> Tensor:
+    """``x`` (..., H, W) under symmetry ``code`` (0..7) of the square; 0 is the identity."""
+    if code & 1:
+        x = x.flip(-1)
+    if code & 2:
+        x = x.flip(-2)
+    if code & 4:
+        x = x.transpose(-1, -2)
+    return x.contiguous()
+
+
+def augment_code(seed: int, step: int, lane: int, row: int) -> int:
+    """The symmetry of row ``row`` of lane ``lane`` at global step ``step``: a function of those and the seed
+    only, so any rank, worker count or resume point applies the same one."""
+    return seed_of(seed, "augment", step, lane, row) % 8
 
 
 def decode_pair(sample: dict[str, Any], task: str, patch: int, scale: int) -> tuple[Tensor, Tensor]:
@@ -262,6 +301,10 @@ class PairStream(IterableDataset):
             if step < self.start:
                 continue
             pairs = [decode_pair(x, task, s.patch_size, s.scales[task]) for x in raw]
+            if s.augment:
+                r = s.rows_per_lane
+                codes = [augment_code(s.seed, step, mine[i // r], i % r) for i in range(len(pairs))]
+                pairs = [(dihedral(lq, c), dihedral(hr, c)) for (lq, hr), c in zip(pairs, codes, strict=True)]
             lq = torch.stack([p[0] for p in pairs]) if pairs else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
             hr = torch.stack([p[1] for p in pairs]) if pairs else torch.empty(0, 3, 0, 0, dtype=torch.uint8)
             yield Part(step, task, tuple(mine), lq, hr)

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ipt.checkpoint import CheckpointError, extract_task, load_model, official_state_dict, save_checkpoint
+from ipt.checkpoint import (
+    CheckpointError,
+    extract_task,
+    load_model,
+    official_state_dict,
+    read_state,
+    save_checkpoint,
+)
 from ipt.config import ModelSpec
 from ipt.device import autocast, resolve_precision
 from ipt.model import IPT, build_ipt
@@ -27,9 +34,11 @@ from ipt.train import distributed as D
 from ipt.train import state as S
 from ipt.train.config import FinetuneConfig, PretrainConfig, TrainConfig
 from ipt.train.data import Batch, ShardSet, StreamSpec, find_shards, pair_batches, read_shards, seed_of
+from ipt.train.ema import WeightEMA
 from ipt.train.errors import TrainingError
 from ipt.train.losses import ipt_objective
-from ipt.train.schedule import StepDecay
+from ipt.train.schedule import CosineDecay, StepDecay, schedule_from_state
+from ipt.train.validate import ValSet, evaluate, folder_sets, held_out_sets
 
 LogFn = Callable[[dict[str, Any]], None]
 
@@ -178,9 +187,18 @@ def preflight(cfg: TrainConfig) -> None:
     """The checks every rank makes before its first step, made once: `ipt launch` runs them before it starts
     torchrun, so a user error prints one line instead of one per rank and torchrun's failure report."""
     find_shards(cfg.shards, cfg.train_tasks)
+    if cfg.validates and cfg.val_dir:
+        find_shards_named(cfg.val_dir, cfg.train_tasks)
     latest = S.latest_checkpoint(Path(cfg.out))
     if latest and not cfg.resume:
         raise _overwrite_error(Path(cfg.out), latest)
+
+
+def find_shards_named(root: str, tasks: tuple[str, ...]) -> None:
+    try:
+        find_shards(root, tasks)
+    except TrainingError as e:
+        raise TrainingError(f"val_dir: {e}") from None
 
 
 def _restore(ckpt: dict[str, Any], cfg: TrainConfig, env: D.DistEnv, path: Path) -> None:
@@ -222,15 +240,23 @@ def _stream(cfg: TrainConfig, spec: ModelSpec, shards: ShardSet) -> tuple[Stream
         seed=cfg.seed,
         shuffle_buffer=cfg.shuffle_buffer,
         segment=cfg.stream_segment,
+        holdout=cfg.holdout,
+        augment=cfg.augment,
     )
     return stream, shards.versions
+
+
+def _schedule(cfg: TrainConfig) -> StepDecay:
+    if cfg.schedule == "cosine":
+        return CosineDecay(cfg.lr, cfg.steps, cfg.warmup_steps, cfg.min_lr)
+    return StepDecay(cfg.lr, cfg.resolved_milestones(), cfg.gamma, cfg.warmup_steps)
 
 
 def _build(
     cfg: TrainConfig, env: D.DistEnv, scales: dict[str, int]
 ) -> tuple[IPT, torch.optim.Optimizer, StepDecay, int, dict | None]:
-    """Model, optimizer and schedule: fresh, or exactly as the newest checkpoint left them (then its step and the
-    data record it kept)."""
+    """Model, optimizer and schedule: fresh, or exactly as the newest checkpoint left them (then its step and its
+    ``train`` entry)."""
     resume_from = _resume_point(cfg, env)
     ckpt = S.load_training_checkpoint(resume_from) if resume_from else None
     if ckpt is not None:
@@ -243,17 +269,16 @@ def _build(
     model.to(env.device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
-    scheduler = StepDecay(cfg.lr, cfg.resolved_milestones(), cfg.gamma)
     if ckpt is None:
-        return model, optimizer, scheduler, 0, None
+        return model, optimizer, _schedule(cfg), 0, None
     optimizer.load_state_dict(ckpt["train"]["optimizer"])
-    scheduler.load_state_dict(ckpt["train"]["scheduler"])
-    return model, optimizer, scheduler, int(ckpt["train"]["step"]), dict(ckpt["train"].get("data") or {})
+    scheduler = schedule_from_state(ckpt["train"]["scheduler"])
+    return model, optimizer, scheduler, int(ckpt["train"]["step"]), ckpt["train"]
 
 
 def _check_same_data(cfg: TrainConfig, resumed: dict | None, versions: dict[str, str]) -> None:
     """A resumed run must read the shards its checkpoint was trained on (checkpoints before data versions: no check)."""
-    before = (resumed or {}).get("versions")
+    before = ((resumed or {}).get("data") or {}).get("versions")
     if not before:
         return
     changed = [t for t in versions if before.get(t) != versions[t]]
@@ -270,6 +295,8 @@ def _announce(cfg: TrainConfig, tracker: Tracker, start: int, versions: dict[str
     """Rank 0, before the first step: clean a killed run's temporaries, write config.json, log params and tags
     (the recipe hash, each task's data version from the shard manifests, and the caller's provenance tags)."""
     S.remove_temporaries(Path(cfg.out))
+    if start == 0:
+        (Path(cfg.out) / S.BEST).unlink(missing_ok=True)  # a fresh run's best is its own
     S.write_json(Path(cfg.out) / S.CONFIG, {"stage": cfg.stage, **cfg.to_dict(), "data_versions": versions})
     if start == 0:
         tracker.log_params({f"{cfg.stage}.{k}": v for k, v in cfg.to_dict().items()})
@@ -290,6 +317,109 @@ def _logger(log: S.MetricsLog | None, tracker: Tracker, progress: LogFn | None) 
     return on_log
 
 
+class _Watch:
+    """What happens after each update besides the checkpoint: the EMA of the weights, validation every
+    ``val_every`` steps and at the end (rank 0 only; the other ranks go on to their next all-reduce), and the best
+    validated weights in ``best.pt``. ``weights`` is what is validated and exported: the EMA when it is on."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        env: D.DistEnv,
+        model: IPT,
+        sets: dict[str, ValSet],
+        start: int,
+        resumed: dict | None,
+        precision: str,
+        tracker: Tracker,
+        progress: LogFn | None,
+    ) -> None:
+        self.cfg, self.env, self.model, self.sets, self.precision = cfg, env, model, sets, precision
+        self.tracker, self.progress = tracker, progress
+        self.run = Path(cfg.out)
+        self.ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 and env.is_main else None
+        if self.ema is not None and resumed is not None:
+            self.ema.load_state_dict(resumed["ema"])
+        self.best = _best_on_disk(self.run) if start > 0 and env.is_main else None
+        self.log = None
+        if sets and env.is_main:
+            columns = ("step", "psnr_y", "ssim_y", *(f"{m}_{t}" for t in sets for m in ("psnr_y", "ssim_y")))
+            files = (S.VALIDATION_JSONL, S.VALIDATION_CSV)
+            self.log = S.MetricsLog(self.run, start, files=files, columns=(*columns, "seconds"))
+        self.val_seconds = 0.0
+
+    @property
+    def weights(self) -> IPT:
+        return self.ema.model if self.ema is not None else self.model
+
+    def after_update(self, step: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if self.log is not None and (step % int(self.cfg.val_every or 1) == 0 or step == self.cfg.steps):
+            self.validate(step)
+
+    def validate(self, step: int) -> None:
+        tick = time.perf_counter()
+        scores = evaluate(self.weights, self.sets, self.env.device, self.precision, batch=self.cfg.batch_size)
+        if self.best is None or scores["psnr_y"] > self.best["psnr_y"]:
+            self.best = {"step": step, "psnr_y": scores["psnr_y"], "ssim_y": scores["ssim_y"]}
+            meta = {"stage": self.cfg.stage, "step": step, "tasks": list(self.cfg.train_tasks), "val": scores}
+            save_checkpoint(self.run / S.BEST, self.weights, meta=meta | {"weights": self.kind})
+        seconds = time.perf_counter() - tick
+        self.val_seconds += seconds
+        row = {"step": step, **scores, "seconds": seconds}
+        assert self.log is not None
+        self.log.append(row)
+        self.tracker.log_metrics({f"val_{k}": v for k, v in scores.items()} | {"val_seconds": seconds}, step=step)
+        if self.progress is not None:
+            self.progress(row | {"validation": True, "best_step": self.best["step"]})
+
+    @property
+    def kind(self) -> str:
+        return "ema" if self.ema is not None else "raw"
+
+    def train_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it: the EMA weights and the best validated step so far."""
+        return ({"ema": self.ema.state_dict()} if self.ema is not None else {}) | {"best": self.best}
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()
+
+
+def _best_on_disk(run: Path) -> dict[str, Any] | None:
+    """The best validated step so far, from ``best.pt`` (after a kill it may be from steps past the checkpoint the
+    run resumes from: those steps are retrained identically, so it stands)."""
+    path = run / S.BEST
+    if not path.is_file():
+        return None
+    try:
+        meta = read_state(path).get("meta") or {}
+    except CheckpointError as e:
+        raise TrainingError(str(e)) from None
+    val = meta.get("val") or {}
+    if "step" not in meta or "psnr_y" not in val:
+        return None
+    return {"step": int(meta["step"]), "psnr_y": float(val["psnr_y"]), "ssim_y": float(val["ssim_y"])}
+
+
+def _validation_sets(cfg: TrainConfig, spec: ModelSpec, shards: ShardSet) -> dict[str, ValSet]:
+    """The validation pairs (none when validation is off): ``val_dir``'s, else the held-out split of the shards."""
+    if not cfg.validates:
+        return {}
+    scales = {t: spec.scale_of(t) for t in cfg.train_tasks}
+    if cfg.val_dir:
+        return folder_sets(cfg.val_dir, cfg.train_tasks, scales, samples=cfg.val_samples, patch=spec.patch_size)
+    return held_out_sets(
+        shards.urls,
+        scales,
+        seed=cfg.seed,
+        fraction=cfg.val_fraction,
+        samples=cfg.val_samples,
+        patch=spec.patch_size,
+    )
+
+
 def _run(
     cfg: TrainConfig, env: D.DistEnv, tracker: Tracker, progress: LogFn | None, tags: dict[str, str]
 ) -> dict[str, Any]:
@@ -305,6 +435,7 @@ def _run(
         shards = read_shards(cfg.shards, cfg.train_tasks)
     stream, versions = _stream(cfg, model.spec, shards)
     _check_same_data(cfg, resumed, versions)
+    sets = _validation_sets(cfg, model.spec, shards) if env.is_main else {}
     if env.is_main:
         _announce(cfg, tracker, start, versions, tags)
     precision = resolve_precision(cfg.precision, env.device, training=True)  # the one rule (ipt.device)
@@ -321,10 +452,12 @@ def _run(
         pixel=cfg.pixel_loss,
         eps=cfg.charbonnier_eps,
     )
+    watch = _Watch(cfg, env, model, sets, start, resumed, precision, tracker, progress)
 
     def on_step(step: int) -> None:
+        watch.after_update(step)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _checkpoint(cfg, env, model, optimizer, scheduler, step, versions)
+            _checkpoint(cfg, env, model, optimizer, scheduler, step, versions, watch.train_state())
 
     batches = pair_batches(
         stream,
@@ -336,6 +469,7 @@ def _run(
         pin_memory=env.device.type == "cuda",
     )
     log = S.MetricsLog(Path(cfg.out), start) if env.is_main else None
+    tick = time.perf_counter()
     try:
         last = train_steps(
             net,
@@ -355,7 +489,9 @@ def _run(
     finally:
         if log is not None:
             log.close()
-    return _finish(cfg, env, model, last, start, precision)
+        watch.close()
+    out = _finish(cfg, env, watch, last, start, precision)
+    return out | {"seconds": time.perf_counter() - tick, "validation_seconds": watch.val_seconds}
 
 
 def _checkpoint(
@@ -366,6 +502,7 @@ def _checkpoint(
     scheduler: StepDecay,
     step: int,
     versions: dict[str, str],
+    extra: dict[str, Any],
 ) -> None:
     rng = D.gather_objects(env, S.rng_state(env.device))
     if env.is_main:
@@ -386,6 +523,7 @@ def _checkpoint(
                 "weights": list(cfg.weights),
                 "versions": versions,  # shard_versions: a resume must find the same data
             },
+            **extra,  # the EMA weights and the best validated step
         }
         meta = {"stage": cfg.stage, "step": step, "tasks": list(cfg.train_tasks)}
         S.save_training_checkpoint(S.checkpoint_path(Path(cfg.out), step), model, train, meta)
@@ -393,19 +531,28 @@ def _checkpoint(
 
 
 def _finish(
-    cfg: TrainConfig, env: D.DistEnv, model: IPT, last: dict[str, Any], start: int, precision: str
+    cfg: TrainConfig, env: D.DistEnv, watch: _Watch, last: dict[str, Any], start: int, precision: str
 ) -> dict[str, Any]:
+    """model.pt (and a fine-tune's official.pt): the ``export`` weights, the last step's (the EMA when on) or the
+    best validated step's."""
     run = Path(cfg.out)
     out = {"run_dir": str(run), "steps": cfg.steps, "resumed_from": start, "precision": precision, "last": last}
     out["world_size"], out["backend"] = env.world, D.backend(env)
     out["model"] = str(run / S.FINAL)
+    out["best"], out["export"] = watch.best, cfg.export
     if env.is_main:
         meta = {"stage": cfg.stage, "steps": cfg.steps, "tasks": list(cfg.train_tasks), "seed": cfg.seed}
-        save_checkpoint(run / S.FINAL, model, meta=meta)
-        if isinstance(cfg, FinetuneConfig) and not model.spec.image_residual:
-            S.save_tensors(run / S.OFFICIAL, official_state_dict(model, cfg.task))
+        final, meta = watch.weights, meta | {"weights": watch.kind, "export": cfg.export, "step": cfg.steps}
+        if cfg.export == "best":
+            if watch.best is None:
+                raise TrainingError(f"{run}: export best, but no step was validated")
+            final = load_model(run / S.BEST)
+            meta["step"] = watch.best["step"]
+        save_checkpoint(run / S.FINAL, final, meta=meta)
+        if isinstance(cfg, FinetuneConfig) and not final.spec.image_residual:
+            S.save_tensors(run / S.OFFICIAL, official_state_dict(final, cfg.task))
     # The released layout only when the official code could run it: image_residual models have another forward.
-    if isinstance(cfg, FinetuneConfig) and not model.spec.image_residual:
+    if isinstance(cfg, FinetuneConfig) and not watch.model.spec.image_residual:
         out["official"] = str(run / S.OFFICIAL)
     D.barrier(env)
     return out

@@ -24,6 +24,9 @@ from ipt.train.errors import TrainingError
 
 CHECKPOINTS = "checkpoints"
 FINAL = "model.pt"
+BEST = "best.pt"
+VALIDATION_JSONL = "validation.jsonl"
+VALIDATION_CSV = "validation.csv"
 OFFICIAL = "official.pt"
 CONFIG = "config.json"
 METRICS_JSONL = "metrics.jsonl"
@@ -119,9 +122,9 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def read_metrics(run: Path) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl``; a line cut short by a killed writer is ignored."""
-    path = Path(run) / METRICS_JSONL
+def read_metrics(run: Path, name: str = METRICS_JSONL) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl`` (or ``name``); a line cut short by a killed writer is ignored."""
+    path = Path(run) / name
     rows = []
     if path.is_file():
         for line in path.read_text().splitlines():
@@ -133,19 +136,28 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
 
 
 class MetricsLog:
-    """Appends one row per step to metrics.jsonl and metrics.csv; on (re)start keeps only rows up to ``step``."""
+    """Appends one row per step to metrics.jsonl and metrics.csv (or the ``files`` named, with ``columns``); on
+    (re)start keeps only rows up to ``step``."""
 
-    def __init__(self, run: Path, step: int) -> None:
-        self.run = Path(run)
-        rows = [r for r in read_metrics(self.run) if isinstance(r.get("step"), int) and r["step"] <= step]
-        atomic_write(self.run / METRICS_JSONL, lambda f: f.write("".join(_jsonl(r) for r in rows).encode()))
-        atomic_write(self.run / METRICS_CSV, lambda f: f.write(_csv([{c: c for c in COLUMNS}, *rows]).encode()))
-        self._jsonl = open(self.run / METRICS_JSONL, "a")  # noqa: SIM115 - closed by close()
-        self._csv = open(self.run / METRICS_CSV, "a", newline="")  # noqa: SIM115
+    def __init__(
+        self,
+        run: Path,
+        step: int,
+        files: tuple[str, str] = (METRICS_JSONL, METRICS_CSV),
+        columns: tuple[str, ...] = COLUMNS,
+    ) -> None:
+        self.run, self.columns = Path(run), columns
+        jsonl, csv_name = files
+        rows = [r for r in read_metrics(self.run, jsonl) if isinstance(r.get("step"), int) and r["step"] <= step]
+        atomic_write(self.run / jsonl, lambda f: f.write("".join(_jsonl(r, columns) for r in rows).encode()))
+        head = [{c: c for c in columns}, *rows]
+        atomic_write(self.run / csv_name, lambda f: f.write(_csv(head, columns).encode()))
+        self._jsonl = open(self.run / jsonl, "a")  # noqa: SIM115 - closed by close()
+        self._csv = open(self.run / csv_name, "a", newline="")  # noqa: SIM115
 
     def append(self, row: dict[str, Any]) -> None:
-        self._jsonl.write(_jsonl(row))
-        self._csv.write(_csv([row]))
+        self._jsonl.write(_jsonl(row, self.columns))
+        self._csv.write(_csv([row], self.columns))
         self._jsonl.flush()
         self._csv.flush()
 
@@ -154,12 +166,12 @@ class MetricsLog:
         self._csv.close()
 
 
-def _jsonl(row: dict[str, Any]) -> str:
-    return json.dumps({k: row[k] for k in COLUMNS if k in row}) + "\n"
+def _jsonl(row: dict[str, Any], columns: tuple[str, ...]) -> str:
+    return json.dumps({k: row[k] for k in columns if k in row}) + "\n"
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
+def _csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writerows(rows)
     return buf.getvalue()
