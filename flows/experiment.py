@@ -57,6 +57,11 @@ def run_node(node: P.Node, label: str, threads: int, cwd: str) -> dict[str, Any]
     with FolderLock(str(node.folder)):
         if node.done():  # finished by another run while this one waited for the lock
             return {"key": node.key, "state": "done"}
+        if node.code_changed():
+            raise RuntimeError(
+                f"{node.label}: the code it imports changed after this sweep was planned (the checkout was edited"
+                " while it ran); run the sweep again: stages of the new code get new keys"
+            )
         params = P.write_node_params(node)
         args = [*node.argv, "--params", str(params)]
         if node.stage in RESUMABLE:

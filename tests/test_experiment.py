@@ -470,3 +470,18 @@ def test_the_docs_walk_through_file_loads_and_plans_as_written(tmp_path, benchma
     assert exp.reference.label == "batch_size=8" and exp.seed_stages == ("finetune",)
     plan = P.build(exp, tmp_path / "work")
     assert len(plan.cells) == 9 and sum(n.stage == "pretrain" for n in plan.nodes.values()) == 1
+
+
+def test_a_stage_whose_code_changed_after_planning_is_refused_not_run_under_its_old_key(tmp_path, monkeypatch) -> None:
+    from flows.experiment import run_node
+
+    exp = load(write_exp(tmp_path), params_file=tiny_params(tmp_path))
+    plan = P.build(exp, tmp_path / "work")
+    node = next(n for n in plan.nodes.values() if n.stage == "shard")
+    assert not node.code_changed()
+    real = P._code
+    monkeypatch.setattr(P, "_code", lambda c, k=None: real(c, k) + "edited")
+    assert node.code_changed()
+    with pytest.raises(RuntimeError, match="changed after this sweep was planned"):
+        run_node.fn(node, node.label, 1, str(ROOT))
+    assert not (node.run).exists() and not node.done()

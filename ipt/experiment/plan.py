@@ -54,6 +54,12 @@ class Node:
     argv: list[str] = field(default_factory=list)  # `python -m ipt.cli` arguments
     folder: Path = Path()
     views: dict[str, str] = field(default_factory=dict)  # pairs/<task> -> the corrupt node folder it links to
+    code: tuple[str, str | None, str] = ("", None, "")  # (command, corruption, sha256 of its code) in the key
+
+    def code_changed(self) -> bool:
+        """Whether the code this stage imports differs now from the code its key was made with (the checkout
+        changed while the sweep ran): running it would put new code's numbers under the old key."""
+        return bool(self.code[0]) and _code(self.code[0], self.code[1]) != self.code[2]
 
     @property
     def label(self) -> str:
@@ -127,19 +133,31 @@ class _Builder:
             self.codes[command, corruption] = _code(command, corruption)
         return self.codes[command, corruption]
 
-    def add(self, stage: str, task: str | None, inputs: dict[str, Any], deps: list[Node], params: dict) -> Node:
+    def add(
+        self,
+        stage: str,
+        task: str | None,
+        inputs: dict[str, Any],
+        deps: list[Node],
+        params: dict,
+        corruption: str | None = None,
+    ) -> Node:
+        digest = self.code(stage, corruption)
+        inputs = {**inputs, "code": digest}
         key = _key({"stage": stage, "task": task, "inputs": inputs, "deps": [d.key for d in deps]})
         if key not in self.nodes:
             name = f"{stage}@{task}" if task and stage != "shard" else stage
             folder = self.work / "nodes" / f"{name}-{key[:12]}"
-            self.nodes[key] = Node(stage, task, key, tuple(d.key for d in deps), copy.deepcopy(params), [], folder)
+            n = Node(stage, task, key, tuple(d.key for d in deps), copy.deepcopy(params), [], folder)
+            n.code = (stage, corruption, digest)
+            self.nodes[key] = n
         return self.nodes[key]
 
     def cell(self, cell: Cell) -> dict[str, str]:
         p = cell.params
         score = self.exp.score
         source = str(p["shard"].get("source", ""))
-        shard_inputs = {"shard": _section(p, "shard"), "source": files_digest(source), "code": self.code("shard")}
+        shard_inputs = {"shard": _section(p, "shard"), "source": files_digest(source)}
         shard = self.add("shard", None, shard_inputs, [], p)
         shard.params["shard"] = {**p["shard"], "out": str(shard.run)}
         shard.argv = ["shard", "--quiet"]
@@ -149,8 +167,8 @@ class _Builder:
         for t in needed:
             entry = p["corrupt"]["tasks"][t]
             sec = {k: v for k, v in _section(p, "corrupt").items() if k != "tasks"}
-            inputs = {"corrupt": sec, "entry": entry, "code": self.code("corrupt", entry.get("name"))}
-            n = self.add("corrupt", t, inputs, [shard], p)
+            inputs = {"corrupt": sec, "entry": entry}
+            n = self.add("corrupt", t, inputs, [shard], p, corruption=entry.get("name"))
             n.params["corrupt"] = {**p["corrupt"], "clean": str(shard.run), "out": str(n.run)}
             n.argv = ["corrupt", "--task", t, "--quiet"]
             corrupt[t] = n
@@ -159,7 +177,6 @@ class _Builder:
             "pretrain": _section(p, "pretrain"),
             "tasks": tasks,
             "model": p.get("model"),
-            "code": self.code("pretrain"),
         }
         pre = self.add("pretrain", None, pre_inputs, [corrupt[t] for t in tasks], p)
         pre.params["pretrain"] = {
@@ -172,7 +189,7 @@ class _Builder:
         pre.views = {t: str(corrupt[t].run) for t in tasks}
         labels["pretrain"] = pre.key
         t = score.task
-        ft_inputs = {"finetune": _section(p, "finetune"), "code": self.code("finetune")}
+        ft_inputs = {"finetune": _section(p, "finetune")}
         ft = self.add("finetune", t, ft_inputs, [pre, corrupt[t]], p)
         ft.params["finetune"] = {
             **p["finetune"],
@@ -185,7 +202,7 @@ class _Builder:
         labels[f"finetune@{t}"] = ft.key
         model, model_node = ft.run / "model.pt", ft
         if score.model == "refine":
-            rf_inputs = {"refine": _section(p, "refine"), "code": self.code("refine")}
+            rf_inputs = {"refine": _section(p, "refine")}
             rf = self.add("refine", t, rf_inputs, [ft, corrupt[t]], p)
             rf.params["refine"] = {
                 **p.get("refine", {}),
@@ -201,7 +218,6 @@ class _Builder:
             "score": {k: v for k, v in vars(score).items() if k != "metric"},
             "benchmark": {k: v for k, v in (p.get("benchmark") or {}).items() if k not in ("model", "out")},
             "dataset": files_digest(str(Path(score.root) / score.dataset)),
-            "code": self.code("benchmark"),
         }
         if score.task in ((p.get("corrupt") or {}).get("tasks") or {}):
             bench_inputs["entry"] = p["corrupt"]["tasks"][score.task]
