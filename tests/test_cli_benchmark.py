@@ -106,6 +106,7 @@ def test_cli_errors_are_one_line(sr_root: Path, tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_weights_on_sr_and_denoise_sets(sr_root: Path, tmp_path: Path, weights: Path, capsys) -> None:
     out = tmp_path / "ipt.json"
     common = ["--model", str(weights), "--root", str(sr_root), "--out", str(out), "--quiet"]

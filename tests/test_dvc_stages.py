@@ -72,6 +72,7 @@ def _ran(out: str) -> list[str]:
     return sorted(set(re.findall(r"Running stage '([^']+)'", out)))
 
 
+@pytest.mark.slow
 def test_data_stages_rerun_only_what_changed_and_round_trip_the_default_remote(repo: Path, tmp_path: Path) -> None:
     from helpers_images import folder_bytes
 
@@ -112,6 +113,7 @@ def test_data_stages_rerun_only_what_changed_and_round_trip_the_default_remote(r
     assert {d: folder_bytes(repo / "data" / d) for d in outs} == before
 
 
+@pytest.mark.slow
 def test_paper_scale_dry_run_lists_the_stages_and_the_torchrun_lines(repo: Path) -> None:
     """README "At paper scale": ImageNet on S3, the paper's model, 4 nodes x 8 GPUs. `python -m flows.pipeline
     --dry-run` plans every stage (DVC's status and DAG) without running one, with the exact torchrun lines."""
