@@ -135,9 +135,10 @@ def test_a_flow_cli_without_a_server_runs_on_a_temporary_one_with_no_errors(tmp_
     script.write_text(
         "from prefect import flow, task\n"
         "from flows.server import prefect_api\n"
+        "import os\n"
         "@task\ndef double(x):\n    return 2 * x\n"
-        "@flow\ndef f():\n    return double(21)\n"
-        "with prefect_api() as url:\n    print('result', f(), url)\n"
+        "@flow\ndef f():\n    return double(21) + double.submit(1).result()\n"  # a task in a worker thread too
+        "with prefect_api() as url:\n    print('result', f(), url, repr(os.environ['PREFECT_API_URL']))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
     env.update(
@@ -150,7 +151,10 @@ def test_a_flow_cli_without_a_server_runs_on_a_temporary_one_with_no_errors(tmp_
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "result 42 http://127.0.0.1:" in r.stdout
+    assert "result 44 http://127.0.0.1:" in r.stdout
     assert "a temporary server for this run" in r.stderr
     for bad in ("EventsWorker", "Traceback", "ERROR"):
         assert bad not in r.stderr, r.stderr[-3000:]
+    # set one way, Prefect's settings context (setting os.environ alone leaves the events client on "" and fails as
+    # above: Prefect read the environment at import); the environment is left as it was
+    assert r.stdout.rstrip().endswith("''")
