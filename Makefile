@@ -33,7 +33,7 @@ TEST_WORKERS ?= 2  # pytest-xdist workers (the e2e test runs beside the rest); 0
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not gpu and not network" --durations=15
 
-# The edit-test loop: the same minus the tests marked `slow` (measured: docs/project.md), in under 3 minutes on 2 cores.
+# The edit-test loop: the same minus the tests marked `slow` (docs/project.md); under 3 minutes on 2 idle cores.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not gpu and not network" --durations=5
 
