@@ -1,5 +1,5 @@
 """A score report's outputs: the JSON file, the scores file, the markdown table, the how-it-was-made line, MLflow
-logging, samples. What goes where: docs/benchmark_protocol.md (The report)."""
+logging, samples. What goes where: docs/benchmark_protocol.md (Output)."""
 
 from __future__ import annotations
 
