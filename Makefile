@@ -16,7 +16,8 @@ export IPT_PROJECT_DIR ?= $(CURDIR)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv test test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui serve experiment
+.PHONY: venv test test-fast test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui serve \
+	experiment
 
 venv: $(STAMP)
 
@@ -32,6 +33,10 @@ $(STAMP): pyproject.toml
 TEST_WORKERS ?= 2  # pytest-xdist workers (the e2e test runs beside the rest); 0 runs everything in one process
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not gpu and not network" --durations=15
+
+# The edit-test loop: the same minus the tests marked `slow` (docs/project.md); under 3 minutes on 2 idle cores.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not gpu and not network" --durations=5
 
 # The CUDA paths (bf16 autocast training, CUDA inference vs CPU, NCCL DDP with two GPUs); needs a GPU machine.
 test-gpu: $(STAMP)

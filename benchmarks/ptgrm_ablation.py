@@ -164,6 +164,7 @@ def bench(a: argparse.Namespace, run: Runner, task: str, model: str, out: Path, 
     if not out.is_file():
         args = ["benchmark", "--task", task, "--model", model, "--root", str(a.bench), "--datasets", DATASETS[task]]
         args += ["--tiling", "overlap", "--precision", "fp32", "--out", str(out), "--params", "none", "--quiet"]
+        args += ["--timings"]  # summarize() reads each set's seconds_per_image
         args += ["--limit", str(a.limit)] if a.limit else []
         args += ["--mlflow-run-id", run_id, "--tracking-uri", a.tracking_uri] if run_id else []
         run.ipt(args, tag=f"bench {task} {out.stem}")

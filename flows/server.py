@@ -24,13 +24,11 @@ def prefect_api() -> Iterator[str | None]:
     server = SubprocessASGIServer()
     server.start(timeout=get_current_settings().server.ephemeral.startup_timeout_seconds)
     print(f"prefect: a temporary server for this run at {server.address} (no PREFECT_API_URL)", file=sys.stderr)
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
+    try:  # Prefect's settings context, the one way: Prefect read os.environ at import, so setting it now would not do
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
         from prefect.logging.handlers import APILogWorker
 
         APILogWorker.drain_all(timeout=5)  # the run's last log lines reach the server before it stops
-        os.environ["PREFECT_API_URL"] = ""
         server.stop()

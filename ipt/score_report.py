@@ -1,4 +1,5 @@
-"""A score report's outputs: the JSON file, the markdown table, the how-it-was-made line, MLflow logging, samples."""
+"""A score report's outputs: the JSON file, the scores file, the markdown table, the how-it-was-made line, MLflow
+logging, samples. What goes where: docs/benchmark_protocol.md (Output)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,25 @@ import torch
 from torch import Tensor
 
 from ipt.metrics import as_chw
+
+TIMING_KEYS = ("seconds_per_image",)  # measured, so new on every run: the table and MLflow (a file: --timings)
+SCORE_KEYS = ("images", "images_total", "psnr_y", "ssim_y", "psnr_rgb")
+
+
+def file_report(report: dict[str, Any], *, timings: bool = False) -> dict[str, Any]:
+    """``report`` as ``ipt benchmark --out`` writes it: without the timings unless ``timings``, so the file is the
+    same bytes whenever the model, the data, the code and the CPU kind are (a rerun leaves git and dvc.lock clean)."""
+    if timings:
+        return report
+    sets = {n: {k: v for k, v in r.items() if k not in TIMING_KEYS} for n, r in report["datasets"].items()}
+    return report | {"datasets": sets}
+
+
+def scores(report: dict[str, Any]) -> dict[str, dict[str, float | int]]:
+    """The numbers alone, per dataset (``{"Set5": {"images": 5, "images_total": 5, "psnr_y": ...}}``): what a DVC
+    stage declares as ``metrics``, so ``dvc metrics diff`` shows score changes only. How they were made (hardware,
+    versions, model hash, per-image values) stays in the report beside it, a plain output."""
+    return {n: {k: r[k] for k in SCORE_KEYS if r.get(k) is not None} for n, r in report["datasets"].items()}
 
 
 def partial_sets(report: dict[str, Any]) -> dict[str, str]:

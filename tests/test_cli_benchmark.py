@@ -19,7 +19,7 @@ from ipt.scoring import evaluate, identity_fn, restorer_fn
 
 TOP_KEYS = {"task", "model", "model_sha256", "protocol", "protocol_id", "tiling", "precision", "seed", "limit"}
 TOP_KEYS |= {"precision_reason", "device", "hardware", "datasets"}
-SET_KEYS = {"images", "images_total", "psnr_y", "ssim_y", "psnr_rgb", "seconds_per_image", "per_image"}
+SET_KEYS = {"images", "images_total", "psnr_y", "ssim_y", "psnr_rgb", "per_image"}  # no timing: see below
 
 
 def _smooth(h: int, w: int, seed: int) -> np.ndarray:
@@ -84,6 +84,26 @@ def test_bicubic_baseline_cli(sr_root: Path, tmp_path: Path, capsys) -> None:
     assert "skipping default dataset Set14" in captured.err and "Urban100" in captured.err
 
 
+def test_a_rerun_rewrites_the_same_report_and_scores_and_times_only_where_asked(sr_root: Path, tmp_path: Path, capsys):
+    """The report file holds no timing (a rerun that changes nothing rewrites the same bytes, so git and dvc.lock stay
+    clean); --scores writes the numbers alone (what the DVC stages declare as metrics); --timings puts them back."""
+    argv = ["benchmark", "--task", "sr_x2", "--model", "bicubic", "--root", str(sr_root), "--quiet"]
+    for run in ("a", "b"):
+        files = ["--out", str(tmp_path / run / "{task}.json"), "--scores", str(tmp_path / run / "s.json")]
+        assert main([*argv, *files]) == 0
+    assert "| s/image |" in capsys.readouterr().out  # the table still shows the time
+    for name in ("sr_x2.json", "s.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    report, scores = _strict_json(tmp_path / "a" / "sr_x2.json"), _strict_json(tmp_path / "a" / "s.json")
+    assert list(scores) == ["Set5"] and set(scores["Set5"]) == SET_KEYS - {"per_image"}
+    assert scores["Set5"] == {k: v for k, v in report["datasets"]["Set5"].items() if k != "per_image"}
+    assert scores["Set5"]["images"] == 2 and 25 < scores["Set5"]["psnr_y"] < 60
+
+    assert main([*argv, "--out", str(tmp_path / "t.json"), "--timings"]) == 0
+    timed = _strict_json(tmp_path / "t.json")["datasets"]["Set5"]
+    assert timed.pop("seconds_per_image") > 0 and timed == report["datasets"]["Set5"]
+
+
 def test_cli_errors_are_one_line(sr_root: Path, tmp_path: Path, capsys) -> None:
     base = ["benchmark", "--root", str(sr_root), "--out", str(tmp_path / "x.json")]
     cases = [
@@ -106,6 +126,7 @@ def test_cli_errors_are_one_line(sr_root: Path, tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_weights_on_sr_and_denoise_sets(sr_root: Path, tmp_path: Path, weights: Path, capsys) -> None:
     out = tmp_path / "ipt.json"
     common = ["--model", str(weights), "--root", str(sr_root), "--out", str(out), "--quiet"]

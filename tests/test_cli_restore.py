@@ -37,6 +37,7 @@ def images(tmp_path):
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tiling", ["overlap", "official"])
 def test_restore_single_image_matches_the_library(tmp_path, weights, golden: dict, tiling: str) -> None:
     img = (golden["input_chop"][0].permute(1, 2, 0).round().clamp(0, 255)).to(torch.uint8).numpy()
@@ -64,6 +65,7 @@ def test_restore_single_image_matches_the_library(tmp_path, weights, golden: dic
     assert np.array_equal(out, expected)
 
 
+@pytest.mark.slow
 def test_restore_folder_continues_past_a_bad_file(tmp_path, weights, images, capsys) -> None:
     out = tmp_path / "out"
     rc = main(["restore", str(images), str(out), "--weights", str(weights), "--task", "denoise_s30", "--quiet"])
@@ -226,6 +228,7 @@ def _png16_rgb(a: np.ndarray) -> bytes:
 NATIVE_BF16 = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"})  # where `auto` would pick bf16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index, task", [(0, "sr_x2"), (1, "sr_x3"), (2, "sr_x4"), (4, "denoise_s30")])
 def test_official_tiling_reproduces_the_official_code_through_the_cli_on_a_native_bf16_cpu(
     tmp_path, weights, golden: dict, monkeypatch, capsys, index: int, task: str

@@ -136,6 +136,7 @@ def dvc_repo(tmp_path: Path) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_a_code_edit_makes_dvc_rerun_exactly_the_stages_that_import_it(dvc_repo: Path) -> None:
     names = _dvc(dvc_repo, "stage", "list", "--name-only").split()
     bodies = _stages()

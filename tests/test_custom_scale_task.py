@@ -53,6 +53,7 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_a_size_changing_custom_task_trains_benchmarks_and_registers_beside_sr_x3(
     project: Path, monkeypatch, capsys
 ) -> None:

@@ -32,12 +32,14 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
     return src, root / "clean"
 
 
+@pytest.mark.slow
 def test_cli_dask_local_cluster_gives_the_same_bytes(tmp_path: Path, reference) -> None:
     src, ref = reference
     assert _shard(str(src), str(tmp_path / "clean"), "--executor", "dask", "--workers", "2") == 0
     assert folder_bytes(tmp_path / "clean") == folder_bytes(ref)
 
 
+@pytest.mark.slow
 def test_prefect_flows_on_a_dask_task_runner_give_the_same_bytes(tmp_path: Path, reference, prefect_server) -> None:
     import yaml
 
@@ -73,6 +75,7 @@ def test_prefect_flows_on_a_dask_task_runner_give_the_same_bytes(tmp_path: Path,
     assert folder_bytes(tmp_path / "pairs" / "sr_x2") == folder_bytes(tmp_path / "cli_pairs" / "sr_x2")
 
 
+@pytest.mark.slow
 def test_s3_source_and_outputs_give_the_same_bytes(tmp_path: Path, reference, s3_server, s3_bucket) -> None:  # noqa: F811
     import s3fs
 

@@ -130,6 +130,7 @@ def test_bad_cli_input_is_one_clear_line(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_same_input_same_bytes_folder_tarball_and_executors(tmp_path: Path) -> None:
     src = photo_folder(tmp_path / "train")
     assert _shard(src, tmp_path / "a") == 0
@@ -174,6 +175,7 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ipt.cli", *args]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [1, 4])
 def test_kill_9_then_rerun_gives_the_uninterrupted_bytes(tmp_path: Path, kill_after: int) -> None:
     src = photo_folder(tmp_path / "train", PHOTOS + ["brick.png", "grass.png", "gravel.png", "ihc.png"], as_jpeg=False)

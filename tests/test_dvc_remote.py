@@ -89,6 +89,7 @@ def _push_wipe_pull(repo: Path) -> tuple[dict[str, bytes], dict[str, bytes]]:
     return before, _snapshot(repo / "data")
 
 
+@pytest.mark.slow
 def test_local_folder_remote_push_wipe_pull(repo: Path, tmp_path: Path) -> None:
     remote = tmp_path / "dvc-remote"
     _run(DVC + ["remote", "add", "-d", "localremote", str(remote)], repo)
@@ -98,6 +99,7 @@ def test_local_folder_remote_push_wipe_pull(repo: Path, tmp_path: Path) -> None:
     assert len(stored) == 4 and all(p.relative_to(remote).parts[:2] == ("files", "md5") for p in stored)
 
 
+@pytest.mark.slow
 def test_s3_remote_on_moto_push_wipe_pull(repo: Path, s3_server, s3_bucket) -> None:  # noqa: F811
     _run(DVC + ["remote", "add", "-d", "s3remote", f"s3://{s3_bucket}/dvcstore"], repo)
     _run(DVC + ["remote", "modify", "s3remote", "endpointurl", s3_server.endpoint_url], repo)

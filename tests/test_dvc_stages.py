@@ -72,6 +72,7 @@ def _ran(out: str) -> list[str]:
     return sorted(set(re.findall(r"Running stage '([^']+)'", out)))
 
 
+@pytest.mark.slow
 def test_data_stages_rerun_only_what_changed_and_round_trip_the_default_remote(repo: Path, tmp_path: Path) -> None:
     from helpers_images import folder_bytes
 
@@ -112,6 +113,7 @@ def test_data_stages_rerun_only_what_changed_and_round_trip_the_default_remote(r
     assert {d: folder_bytes(repo / "data" / d) for d in outs} == before
 
 
+@pytest.mark.slow
 def test_paper_scale_dry_run_lists_the_stages_and_the_torchrun_lines(repo: Path) -> None:
     """README "At paper scale": ImageNet on S3, the paper's model, 4 nodes x 8 GPUs. `python -m flows.pipeline
     --dry-run` plans every stage (DVC's status and DAG) without running one, with the exact torchrun lines."""
@@ -170,3 +172,48 @@ def test_refine_tasks_inside_the_refine_section_is_refused_naming_the_new_key(tm
     assert main(["refine", "--task", "sr_x2", "--params", str(tmp_path / "params.yaml")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "params.yaml") in err and "refine_tasks" in err
+
+
+@pytest.mark.slow
+def test_dvc_metrics_are_scores_only_and_the_benchmark_stage_rewrites_the_same_bytes(repo: Path) -> None:
+    """What `dvc metrics` reads holds scores only: every stage's metrics file is an `ipt benchmark --scores` output,
+    its report (hardware, versions, model hash, per-image values) a plain output beside it. The benchmark stage's
+    own baseline command, run twice: DVC reads only numbers from its metrics, and the rerun rewrites both files
+    byte for byte (no timing in either), so `git status` and `dvc metrics diff` stay quiet."""
+    from dvc.repo import Repo
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["corrupt"]["tasks"] = {"sr_x2": params["corrupt"]["tasks"]["sr_x2"]}
+    params["refine_tasks"] = ["sr_x2"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with Repo(str(repo)) as r:
+        stages = {s.name: s for s in r.index.stages}
+    metric_stages = {name: s for name, s in stages.items() if any(o.metric for o in s.outs)}
+    assert sorted(metric_stages) == ["benchmark@sr_x2", "refine@sr_x2"]
+    for name, stage in metric_stages.items():
+        words = " ".join(stage.cmd if isinstance(stage.cmd, list) else [stage.cmd]).split()
+        scores = {words[i + 1] for i, w in enumerate(words) if w == "--scores"}
+        reports = {words[i + 1] for i, w in enumerate(words) if w == "--out" and words[i - 1] != "--checkpoint"}
+        assert {o.def_path for o in stage.outs if o.metric} == scores, name
+        plain = {o.def_path for o in stage.outs if not o.metric and not o.plot}
+        assert {p for p in reports if not p.startswith("metrics/refine/register")} <= plain, name
+
+    (baseline,) = [c for c in stages["benchmark@sr_x2"].cmd if "--model baseline" in c]
+    files = [repo / "metrics" / "baseline" / "sr_x2.json", repo / "metrics" / "scores" / "baseline" / "sr_x2.json"]
+    written = []
+    for _ in range(2):
+        subprocess.run(baseline, shell=True, cwd=repo, env=_env(), check=True, capture_output=True, text=True)
+        written.append([f.read_bytes() for f in files])
+    assert written[0] == written[1]
+    target = "metrics/scores/baseline/sr_x2.json"
+    shown = subprocess.run([*DVC, "metrics", "show", "--json", target], cwd=repo, env=_env(), capture_output=True)
+    assert shown.returncode == 0, shown.stderr
+    shown = json.loads(shown.stdout)
+
+    def leaves(tree):
+        for v in tree.values():
+            yield from leaves(v) if isinstance(v, dict) else [v]
+
+    values = list(leaves(shown[""]["data"][target]["data"]))
+    assert values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values), values
+    assert "hardware" in json.loads(files[0].read_text())  # how the scores were made: in the report beside them

@@ -328,6 +328,8 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         assert mlflow.get_model_version_by_alias("ipt-jpeg_q10", "champion").version == jpeg_version.version
         report = json.loads((repo / "metrics" / "benchmark" / "jpeg_q10.json").read_text())
         assert set(report["datasets"]) == {"Set5", "Set14"}
+        scores = json.loads((repo / "metrics" / "scores" / "benchmark" / "jpeg_q10.json").read_text())
+        assert scores == {n: {k: v for k, v in r.items() if k != "per_image"} for n, r in report["datasets"].items()}
         pretrains = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pretrain").experiment_id])
         assert len(pretrains) == 2
         # The newest pretrain run names the DVC version of each shard folder it read, as dvc.lock has it now.

@@ -141,6 +141,7 @@ def _tiny(seed: int) -> torch.nn.Module:
     return build_ipt(ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=2, patch_size=12))
 
 
+@pytest.mark.slow
 def test_a_recreated_store_never_gets_the_old_stores_cached_weights(tmp_path: Path) -> None:
     """Store A: register v1 of ipt-sr_x2, restore it through models:/ (the cache fills). Delete the store, make a
     new one at the same URI with other weights as its v1: the same models:/ URI restores the new weights. Each
@@ -304,6 +305,7 @@ def test_a_pickle_file_is_refused_without_advice_to_unpickle_it(tmp_path: Path, 
     assert "weights_only=False" not in err and "weights_only" not in err.replace("tensors only", "")
 
 
+@pytest.mark.slow
 def test_an_unreachable_tracking_server_says_so_and_masks_its_password(tmp_path: Path, capsys) -> None:
     pytest.importorskip("mlflow")
     uri = f"http://admin:s3cret@127.0.0.1:{free_port()}"
@@ -330,6 +332,7 @@ def test_mask_uri_hides_every_password() -> None:
 # ------------------------------------------------------------------------------------------------ 8. runs end
 
 
+@pytest.mark.slow
 def test_register_and_refine_register_never_leave_their_run_running(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient

@@ -123,6 +123,7 @@ def _manifest_shards(manifest: dict) -> list[tuple[str, str]]:
     return [(s["name"], s["sha256"]) for s in manifest["shards"]]
 
 
+@pytest.mark.slow
 def test_s3_server_killed_during_ipt_shard_then_a_rerun_gives_identical_bytes(moto: Moto, tmp_path: Path) -> None:
     src = _photos(tmp_path / "src", 18)  # one shard each
     args = ["--source", str(src), "--images-per-shard", "1", "--executor", "serial", "--workers", "1", "--quiet"]
@@ -148,6 +149,7 @@ def test_s3_server_killed_during_ipt_shard_then_a_rerun_gives_identical_bytes(mo
     assert not [k for k in keys if ".ipt-tmp-" in k] and not [k for k in keys if "/.progress/" in k]
 
 
+@pytest.mark.slow
 def test_s3_server_killed_during_dvc_push_then_push_and_pull_complete(moto: Moto, tmp_path: Path) -> None:
     pytest.importorskip("dvc")
     if shutil.which("git") is None:
@@ -189,6 +191,7 @@ def test_s3_server_killed_during_dvc_push_then_push_and_pull_complete(moto: Moto
     assert {p.name: p.read_bytes() for p in (repo / "data").iterdir()} == before
 
 
+@pytest.mark.slow
 def test_the_mlflow_store_failing_during_register_leaves_nothing_registered(tmp_path: Path, monkeypatch, capsys):
     pytest.importorskip("mlflow")
     import torch

@@ -13,6 +13,7 @@ pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
 
+@pytest.mark.slow
 def test_benchmark_flow_runs_the_cli_stage_and_logs_child_runs(tmp_path, prefect_server, monkeypatch) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -43,6 +44,7 @@ def test_benchmark_flow_runs_the_cli_stage_and_logs_child_runs(tmp_path, prefect
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
+@pytest.mark.slow
 def test_benchmark_flow_fails_loudly_on_bad_data(tmp_path, prefect_server) -> None:
     from flows.benchmark import benchmark_ipt
     from flows.stages import StageFailed
@@ -60,6 +62,7 @@ def test_benchmark_flow_fails_loudly_on_bad_data(tmp_path, prefect_server) -> No
         )
 
 
+@pytest.mark.slow
 def test_ad_hoc_benchmark_writes_outside_the_dvc_metrics_by_default(tmp_path, prefect_server) -> None:
     """QA: an ad-hoc run (model=...) with no out_dir overwrote the DVC-tracked metrics/benchmark/sr_x2.json."""
     from flows.benchmark import benchmark_ipt

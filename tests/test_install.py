@@ -10,6 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, with_root_on_path
 
 PIPELINE = ("mlflow", "prefect", "dvc", "webdataset", "s3fs", "dask", "distributed", "boto3", "botocore", "skimage")
@@ -30,6 +32,7 @@ def test_the_core_dependencies_are_only_what_restore_and_benchmark_need() -> Non
     assert {"pipeline", "serve", "dev"} <= set(project["optional-dependencies"])
 
 
+@pytest.mark.slow
 def test_restore_benchmark_and_the_python_api_run_without_the_pipeline_packages(tmp_path: Path) -> None:
     script = tmp_path / "core.py"
     script.write_text(

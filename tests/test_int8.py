@@ -33,6 +33,7 @@ def int_mm_error(cap: str | None) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 def test_the_int8_matmul_is_exact_only_with_int8_dot_products():
     """Why --precision int8 needs VNNI or AMX: without them oneDNN adds pairs of u8 x s8 products in saturating 16-bit
     sums (up to 2 x 255 x 127), so the "exact" int8 matmul is off by thousands; capping this CPU's oneDNN below

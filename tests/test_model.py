@@ -51,6 +51,7 @@ LAYOUT_TASKS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", sorted(LAYOUT_TASKS))
 def test_default_size_has_exact_official_keys_and_shapes(layout: str) -> None:
     expected = _official_layouts()[layout]
@@ -68,6 +69,7 @@ def test_default_size_parameter_count() -> None:
     assert trainable == 115_460_419  # the paper's 115.5M; 24 frozen MeanShift values excluded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(6))
 def test_matches_official_outputs(golden: dict, golden_spec: ModelSpec, index: int) -> None:
     model = build_ipt(golden_spec).eval()

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -14,6 +15,7 @@ from ipt.config import ModelSpec
 from ipt.model import build_ipt
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch) -> None:
     text = (ROOT / "README.md").read_text()
     (code,) = re.findall(r"In Python:\n\n```python\n(.*?)```", text, flags=re.S)

@@ -16,6 +16,7 @@ pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
 
+@pytest.mark.slow
 def test_refine_flow_trains_scores_and_registers(tmp_path: Path, prefect_server) -> None:
     import torch
     from mlflow.tracking import MlflowClient

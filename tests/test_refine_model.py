@@ -21,6 +21,7 @@ def test_parameter_count_matches_the_reference_formula(d: int) -> None:
     assert count_parameters(PTGRM(PTGRMSpec(prior_dim=d))) == 671_735 + 512 * (d - 512)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(37, 53), (5, 7), (48, 48), (1, 1)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_any_image_size_keeps_shape_and_dtype(size: tuple[int, int], dtype: torch.dtype) -> None:
@@ -93,6 +94,7 @@ def test_per_pixel_filter_channel_order_and_replicate_padding() -> None:
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_the_prior_path_gets_gradients_and_learns_a_prior_only_target() -> None:
     """Guard for the ablation's "every prior ties" result: the prior path is wired for learning. On a toy task whose

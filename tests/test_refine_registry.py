@@ -37,6 +37,7 @@ def _report(task: str, psnr: float, model: Path) -> dict:
     return {"task": task, "model": str(model), "model_sha256": file_sha256(model), "protocol": "ipt", "datasets": sets}
 
 
+@pytest.mark.slow
 def test_refiner_version_links_to_its_base_version_and_restores_from_the_registry(tmp_path: Path, uri: str) -> None:
     from mlflow.tracking import MlflowClient
 

@@ -73,6 +73,7 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_with_the_png_ipt_restore_writes(store: str, image: Path, tmp_path: Path) -> None:
     expected = _restored(image, tmp_path)
     port = free_port()
@@ -106,6 +107,7 @@ def test_mlflow_models_serve_answers_with_the_png_ipt_restore_writes(store: str,
         log.close()
 
 
+@pytest.mark.slow
 def test_pyfunc_load_model_predicts_in_a_fresh_process(store: str, image: Path, tmp_path: Path) -> None:
     expected = _restored(image, tmp_path)
     code = (
@@ -120,6 +122,7 @@ def test_pyfunc_load_model_predicts_in_a_fresh_process(store: str, image: Path, 
     assert base64.b64decode(r.stdout) == expected and "['image']" in r.stderr
 
 
+@pytest.mark.slow
 def test_the_registered_files_are_an_mlflow_model_with_its_own_files_beside_it(store: str, tmp_path: Path) -> None:
     from mlflow.artifacts import download_artifacts
     from mlflow.models import Model
@@ -137,6 +140,7 @@ def test_the_registered_files_are_an_mlflow_model_with_its_own_files_beside_it(s
     assert version.run_id and json.loads(version.tags["ipt.files_sha256"])
 
 
+@pytest.mark.slow
 def test_the_pretrained_body_is_registered_and_fine_tuning_starts_from_it(tmp_path: Path, monkeypatch) -> None:
     from helpers_pairs import TINY_MODEL, make_pair_root
 

@@ -14,6 +14,7 @@ from ipt.fileio import file_sha256
 pytest.importorskip("mlflow")
 
 
+@pytest.mark.slow
 def test_training_benchmark_and_register_runs_link_up(tmp_path, monkeypatch, capsys) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -63,6 +64,7 @@ def test_training_benchmark_and_register_runs_link_up(tmp_path, monkeypatch, cap
     assert client.get_experiment_by_name("ipt-register") is None  # no stray run of its own
 
 
+@pytest.mark.slow
 def test_tracking_off_starts_no_run_and_a_bad_run_id_is_one_line(tmp_path, monkeypatch, capsys) -> None:
     from mlflow.tracking import MlflowClient
 

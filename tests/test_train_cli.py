@@ -34,6 +34,7 @@ def pairs(tmp_path_factory):
     return make_pair_root(tmp_path_factory.mktemp("pairs"), samples=4, shards=1)
 
 
+@pytest.mark.slow
 def test_pretrain_then_finetune_from_the_command_line(pairs, tmp_path, capsys) -> None:
     common = ["--batch-size", "2", "--shuffle-buffer", "4", "--log-every", "1", "--precision", "fp32"]
     rc = run(
@@ -71,6 +72,7 @@ def test_model_config_file_and_errors(pairs, tmp_path, capsys) -> None:
     assert "missing.yaml: cannot read model config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_per_step_metrics_reach_an_mlflow_run(pairs, tmp_path, monkeypatch) -> None:
     pytest.importorskip("mlflow")
     from ipt.tracking import MlflowTracker

@@ -31,6 +31,7 @@ def ft_config(pairs, out, init, **kw) -> FinetuneConfig:
     return FinetuneConfig(**(base | dict(shuffle_buffer=4, checkpoint_every=2) | kw))
 
 
+@pytest.mark.slow
 def test_finetune_writes_a_single_task_checkpoint_restore_can_use(pretrained, tmp_path) -> None:
     pairs, pre = pretrained
     result = finetune(ft_config(pairs, tmp_path / "ft", pre))  # a run folder: its model.pt
@@ -55,6 +56,7 @@ def test_finetune_writes_a_single_task_checkpoint_restore_can_use(pretrained, tm
         assert np.asarray(Image.open(out)).shape == (30, 26, 3)
 
 
+@pytest.mark.slow
 def test_finetune_from_the_official_six_task_pretrain_layout(pretrained, tmp_path) -> None:
     pairs, _ = pretrained
     spec = ModelSpec.for_tasks(OFFICIAL_PRETRAIN_TASKS, num_queries=6, **TINY_MODEL)
@@ -79,6 +81,7 @@ def test_finetune_init_problems_are_named(pretrained, tmp_path) -> None:
         FinetuneConfig(shards=str(pairs), task="sr_x2")
 
 
+@pytest.mark.slow
 def test_image_residual_run_keeps_the_switch_and_writes_no_official_layout(tmp_path) -> None:
     pairs = make_pair_root(tmp_path / "pairs", samples=4, shards=1)
     model = dict(TINY_MODEL, image_residual=True)

@@ -13,6 +13,7 @@ pytest.importorskip("prefect")
 pytest.importorskip("mlflow")
 
 
+@pytest.mark.slow
 def test_pretrain_then_finetune_flows_log_to_mlflow(tmp_path: Path, prefect_server) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -45,6 +46,7 @@ def test_pretrain_then_finetune_flows_log_to_mlflow(tmp_path: Path, prefect_serv
     assert client.get_run(fine["mlflow_run_id"]).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_training_flow_failure_is_reported_with_the_error_line(tmp_path: Path, prefect_server) -> None:
     from flows.stages import StageFailed
     from flows.train import pretrain_ipt

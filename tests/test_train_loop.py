@@ -43,6 +43,7 @@ def pairs(tmp_path_factory):
     return make_pair_root(tmp_path_factory.mktemp("pairs"), samples=8, shards=2)
 
 
+@pytest.mark.slow
 def test_loss_goes_down_on_a_fixed_tiny_set(pairs, tmp_path) -> None:
     tracker = RecordingTracker()
     cfg = tiny_pretrain(pairs, tmp_path / "run", steps=30, lr=1e-3, checkpoint_every=100, milestones=())
@@ -62,6 +63,7 @@ def test_non_finite_loss_stops_the_run_naming_step_and_task(pairs, tmp_path) -> 
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_everything_a_resume_needs_and_restore_can_load(pairs, tmp_path) -> None:
     cfg = tiny_pretrain(pairs, tmp_path / "run", steps=7, checkpoint_every=2, keep_checkpoints=2)
     pretrain(cfg)

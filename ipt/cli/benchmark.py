@@ -73,7 +73,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     root = Path(cfg.root)
     if args.out:
         args.out = args.out.format(task=cfg.task)
-    for target in (args.out, args.markdown):  # before minutes of evaluation, not after
+    if args.scores:
+        args.scores = args.scores.format(task=cfg.task)
+    for target in (args.out, args.scores, args.markdown):  # before minutes of evaluation, not after
         if target:
             _check_writable(Path(target))
     corruption = _benchmark_corruption(args)  # None for sr_xN / denoise_sNN / derain
@@ -131,7 +133,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 seed=cfg.seed,
                 limit=limit,
             )
-            _write_report(report, args.out, tracker, samples)
+            _write_report(report, args, tracker, samples)
             table = markdown_table(report)
             if args.markdown:
                 Path(args.markdown).write_text(table)
@@ -141,15 +143,19 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_report(report: dict, out: str | None, tracker, samples: dict) -> None:
-    """The JSON report to ``out`` (only where --out says), and to the MLflow run with the metrics and images."""
+def _write_report(report: dict, args: argparse.Namespace, tracker, samples: dict) -> None:
+    """The JSON report to --out and the scores alone to --scores (each only where asked for), and to the MLflow run
+    the report with the metrics (the timings among them) and images."""
     import tempfile
 
     from ipt.fileio import write_json
-    from ipt.score_report import log_report
+    from ipt.score_report import file_report, log_report, scores
 
+    out = args.out
     if out:
-        write_json(out, report)
+        write_json(out, file_report(report, timings=args.timings))
+    if args.scores:
+        write_json(args.scores, scores(report))
     if tracker is None:
         return
     if out:
@@ -157,7 +163,7 @@ def _write_report(report: dict, out: str | None, tracker, samples: dict) -> None
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{report['task']}.json"
-        write_json(path, report)
+        write_json(path, file_report(report, timings=args.timings))
         log_report(tracker, report, samples, str(path))
 
 
@@ -205,7 +211,21 @@ def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="only the first N images of each set (by name; the report says 'N of M' and warns); 0 or unset: all",
     )
     p.add_argument(
-        "--out", default=None, help="JSON report, written atomically ('{task}' is replaced); none without it"
+        "--out",
+        default=None,
+        help="JSON report: scores, per-image values and how they were made, written atomically ('{task}' is "
+        "replaced); none without it",
+    )
+    p.add_argument(
+        "--scores",
+        default=None,
+        help="also the scores alone, per dataset, as JSON ('{task}' is replaced): what a DVC stage declares as metrics",
+    )
+    p.add_argument(
+        "--timings",
+        action="store_true",
+        help="keep each set's seconds_per_image in the --out report (left out by default: it changes on every run; "
+        "the table and MLflow always have it)",
     )
     p.add_argument(
         "--params",
