@@ -16,7 +16,8 @@ export IPT_PROJECT_DIR ?= $(CURDIR)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv test test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui serve
+.PHONY: venv test test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui serve \
+	test-oldest-torch
 
 venv: $(STAMP)
 
@@ -32,6 +33,22 @@ $(STAMP): pyproject.toml
 TEST_WORKERS ?= 2  # pytest-xdist workers (the e2e test runs beside the rest); 0 runs everything in one process
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not gpu and not network" --durations=15
+
+# The core install on the oldest torch of pyproject's range (docs/install.md): a separate venv (PyPI's torch of that
+# release is a CUDA build, about 5 GB; it runs on CPU), the core dependencies from pyproject, and the restore, API
+# and loader tests. `make venv` keeps its exact torch==2.13.0.
+OLDEST_TORCH ?= 2.4.1
+OLD_VENV ?= .venv-oldtorch
+OLD_TESTS := tests/test_cli_restore.py tests/test_install.py tests/test_checkpoint.py tests/test_inference.py \
+	tests/test_model.py
+$(OLD_VENV)/.installed-$(OLDEST_TORCH): pyproject.toml
+	$(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/pip install --quiet torch==$(OLDEST_TORCH) 'pytest>=8'
+	$(OLD_VENV)/bin/pip install --quiet -e .
+	touch $@
+test-oldest-torch: $(OLD_VENV)/.installed-$(OLDEST_TORCH)
+	$(OLD_VENV)/bin/python -c "import torch; assert torch.__version__.split('+')[0] == '$(OLDEST_TORCH)', torch.__version__"
+	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLD_TESTS)
 
 # The CUDA paths (bf16 autocast training, CUDA inference vs CPU, NCCL DDP with two GPUs); needs a GPU machine.
 test-gpu: $(STAMP)
