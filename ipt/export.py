@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,12 +50,29 @@ def official_refusal(model: IPT, source: str) -> str | None:
     return None
 
 
-def export_official(model: IPT, task: str, out: str | os.PathLike, *, source: str = "the model") -> Path:
-    """Write ``task``'s released single-task layout (head, body, tail at index 0, one query row) to ``out``."""
+def official_caveats(model: IPT) -> list[str]:
+    """What an official-layout file of ``model`` does not carry, one line each: a state dict records neither the
+    attention heads nor ``pos_every``, and spandrel builds 12 heads without ``pos_every`` (measured: 24 grey levels
+    off for a 2-head model's windows), as the official code does unless told otherwise."""
+    spec, notes = model.spec, []
+    if spec.num_heads != 12:
+        notes.append(
+            f"the file does not record num_heads ({spec.num_heads}): spandrel assumes 12 and computes another model; "
+            f"the official code and `ipt restore` need --num_heads/--num-heads {spec.num_heads}"
+        )
+    if spec.pos_every:
+        notes.append("the file does not record pos_every: spandrel and the official code's default assume it is off")
+    return notes
+
+
+def export_official(model: IPT, task: str, out: str | os.PathLike, *, source: str = "the model") -> list[str]:
+    """Write ``task``'s released single-task layout (head, body, tail at index 0, one query row) to ``out``; returns
+    :func:`official_caveats` (warnings for the user)."""
     if why := official_refusal(model, source):
         raise ExportError(why)
     sd = official_state_dict(model, task)
-    return atomic_write(out, lambda f: torch.save(sd, f))
+    atomic_write(out, lambda f: torch.save(sd, f))
+    return official_caveats(model)
 
 
 def onnx_metadata(model: IPT, task: str) -> dict[str, str]:

@@ -126,6 +126,7 @@ def test_export_problems_are_one_line_errors(tmp_path: Path, capsys) -> None:
 def test_official_export_is_the_released_layout_and_refuses_an_image_residual_model(tmp_path: Path, capsys) -> None:
     plain = _tiny(tmp_path, "sr_x2", residual=False)
     assert main(["export", "--format", "official", str(plain), str(tmp_path / "IPT_sr2.pt")]) == 0
+    assert "does not record num_heads (2): spandrel assumes 12" in capsys.readouterr().err  # TINY_MODEL has 2
     sd = torch.load(tmp_path / "IPT_sr2.pt", weights_only=True)
     assert "head.0.0.weight" in sd and "tail.0.0.0.weight" in sd and "model_spec" not in sd  # a bare state dict
     again = load_model(tmp_path / "IPT_sr2.pt", num_heads=TINY_MODEL["num_heads"])  # read back as an official file

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ipt.cli.commands import UserError
+from ipt.cli.commands import UserError, warn
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -19,8 +19,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UserError(f"{out}: is a folder; name the file to write")
     model, task = export.load_for_export(args.model, args.task, num_heads=args.num_heads)
     if args.format == "official":
-        export.export_official(model, task, out, source=args.model)
-        print(f"export: {out} ({task}, official layout: IPT_*.pt's keys, loads in the official code and spandrel)")
+        for note in export.export_official(model, task, out, source=args.model):
+            warn(f"{out}: {note}")
+        print(f"export: {out} ({task}, official layout: IPT_*.pt's keys, for the official code and spandrel)")
         return 0
     info = export.export_onnx(model, task, out)
     p, s = model.spec.patch_size, model.spec.scale_of(task)
