@@ -53,11 +53,12 @@ test-oldest-torch: $(OLD_VENV)/.installed-$(OLDEST_TORCH)
 # spandrel (ComfyUI's and chaiNNer's model loader) against `ipt export` and `ipt finetune`'s official.pt
 # (tests/test_spandrel.py, docs/export.md#spandrel). A separate venv: torchvision 0.28.0 does not import beside the
 # CPU-only torch wheel of .venv, so it gets PyPI's default torch 2.13.0 build (CUDA libraries, runs on CPU; about
-# 4.8 GB). PIP_FIND_LINKS= keeps a local torch-2.13.0+cpu wheel out of it.
+# 4.8 GB). No pip config for its torch: a config's find-links holding torch-2.13.0+cpu (this machine's) would win.
 SPANDREL_VENV ?= .venv-spandrel
 $(SPANDREL_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SPANDREL_VENV)
-	PIP_FIND_LINKS= $(SPANDREL_VENV)/bin/pip install --quiet torch==2.13.0 torchvision==0.28.0 spandrel==0.4.2
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(SPANDREL_VENV)/bin/pip install --quiet \
+		torch==2.13.0 torchvision==0.28.0 spandrel==0.4.2
 	$(SPANDREL_VENV)/bin/pip install --quiet -e . 'pytest>=8' 'webdataset==1.0.2'
 	touch $@
 test-spandrel: $(SPANDREL_VENV)/.installed
