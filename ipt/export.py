@@ -19,8 +19,8 @@ FORMATS = ("onnx", "official")
 ONNX_OPSET = 18  # F.fold (col2im) exists from opset 18
 ONNX_INPUT, ONNX_OUTPUT = "windows", "restored"
 # max |onnxruntime - torch| on the export's check windows, in grey levels of 0..255: a fp32 graph computes the same
-# sums in another order (measured: about 1e-4 on tiny models, docs/export.md for paper-size ones)
-ONNX_TOLERANCE = 0.01
+# sums in another order (measured: 1e-4 to 5e-4 on tiny models, 0.0052 on random paper-size weights; docs/export.md)
+ONNX_TOLERANCE = 0.05
 
 
 class ExportError(IPTError):

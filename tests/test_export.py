@@ -15,11 +15,12 @@ from helpers_pairs import TINY_MODEL, make_pair_root
 from ipt.checkpoint import load_model, save_checkpoint
 from ipt.cli import main
 from ipt.config import ModelSpec
-from ipt.export import ONNX_INPUT, ONNX_OUTPUT, ONNX_TOLERANCE, onnx_session
+from ipt.export import ONNX_INPUT, ONNX_OUTPUT, onnx_session
 from ipt.inference import quantize, restore_image
 from ipt.model import build_ipt
 
 ort = pytest.importorskip("onnxruntime")
+TINY_TOLERANCE = 0.01  # grey levels (0..255) for tiny models, measured 1e-4 to 5e-4; the export's own check is looser
 
 
 def _tiny(tmp_path: Path, task: str, residual: bool, seed: int = 0) -> Path:
@@ -55,7 +56,7 @@ def test_onnx_export_of_random_weights_matches_torch_for_any_batch(tmp_path: Pat
     assert meta["ipt.task"] == task and meta["ipt.patch_size"] == "12"
     assert meta["ipt.image_residual"] == str(residual).lower()
     for batch in (1, 5):  # the export saw batch 2: the batch axis is dynamic
-        assert _ort_vs_torch(out, ckpt, batch) <= ONNX_TOLERANCE  # grey levels, on 0..255
+        assert _ort_vs_torch(out, ckpt, batch) <= TINY_TOLERANCE
 
 
 def test_onnx_of_a_fine_tuned_model_restores_images_as_ipt_restore_does(tmp_path: Path) -> None:
@@ -73,7 +74,7 @@ def test_onnx_of_a_fine_tuned_model_restores_images_as_ipt_restore_does(tmp_path
     )  # it did train
     out = tmp_path / "sr.onnx"
     assert main(["export", "--format", "onnx", str(ckpt), str(out)]) == 0
-    assert _ort_vs_torch(out, ckpt, 3) <= ONNX_TOLERANCE
+    assert _ort_vs_torch(out, ckpt, 3) <= TINY_TOLERANCE
     # a whole image through the project's overlap tiling, windows by onnxruntime, against `ipt restore` (fp32)
     from PIL import Image
 
@@ -118,6 +119,10 @@ def test_export_problems_are_one_line_errors(tmp_path: Path, capsys) -> None:
         mp.setitem(sys.modules, "onnxscript", None)
         assert main(["export", "--format", "onnx", str(two), str(tmp_path / "a.onnx"), "--task", "derain"]) == 2
     assert "needs onnx, onnxruntime and onnxscript (onnxscript is not installed)" in capsys.readouterr().err
+    with pytest.MonkeyPatch.context() as mp:  # a file onnxruntime does not run as torch does is not kept
+        mp.setattr("ipt.export.ONNX_TOLERANCE", 0.0)
+        assert main(["export", "--format", "onnx", str(two), str(tmp_path / "z.onnx"), "--task", "derain"]) == 2
+    assert "onnxruntime differs from torch by" in capsys.readouterr().err and not (tmp_path / "z.onnx").exists()
     assert main(["export", "--format", "onnx", str(two), str(tmp_path / "d.onnx"), "--task", "derain"]) == 0
     assert onnx_session(tmp_path / "d.onnx").get_modelmeta().custom_metadata_map["ipt.task"] == "derain"
     assert not list(tmp_path.glob(".*.tmp"))
