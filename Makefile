@@ -17,7 +17,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv test test-fast test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui serve \
-	experiment
+	experiment test-oldest-torch test-spandrel
 
 venv: $(STAMP)
 
@@ -32,7 +32,37 @@ $(STAMP): pyproject.toml
 
 TEST_WORKERS ?= 2  # pytest-xdist workers (the e2e test runs beside the rest); 0 runs everything in one process
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not gpu and not network" --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not gpu and not network and not spandrel" --durations=15
+
+# The core install on the oldest torch of pyproject's range (docs/install.md): a separate venv (PyPI's torch of that
+# release is a CUDA build, about 5 GB; it runs on CPU), the core dependencies from pyproject, and the restore, API
+# and loader tests. `make venv` keeps its exact torch==2.13.0.
+OLDEST_TORCH ?= 2.4.1
+OLD_VENV ?= .venv-oldtorch
+OLD_TESTS := tests/test_cli_restore.py tests/test_install.py tests/test_checkpoint.py tests/test_inference.py \
+	tests/test_model.py
+$(OLD_VENV)/.installed-$(OLDEST_TORCH): pyproject.toml
+	$(PYTHON) -m venv $(OLD_VENV)
+	$(OLD_VENV)/bin/pip install --quiet torch==$(OLDEST_TORCH) 'pytest>=8'
+	$(OLD_VENV)/bin/pip install --quiet -e .
+	touch $@
+test-oldest-torch: $(OLD_VENV)/.installed-$(OLDEST_TORCH)
+	$(OLD_VENV)/bin/python -c "import torch; assert torch.__version__.split('+')[0] == '$(OLDEST_TORCH)', torch.__version__"
+	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLD_TESTS)
+
+# spandrel (ComfyUI's and chaiNNer's model loader) against `ipt export` and `ipt finetune`'s official.pt
+# (tests/test_spandrel.py, docs/export.md#spandrel). A separate venv: torchvision 0.28.0 does not import beside the
+# CPU-only torch wheel of .venv, so it gets PyPI's default torch 2.13.0 build (CUDA libraries, runs on CPU; about
+# 4.8 GB). No pip config for its torch: a config's find-links holding torch-2.13.0+cpu (this machine's) would win.
+SPANDREL_VENV ?= .venv-spandrel
+$(SPANDREL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SPANDREL_VENV)
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(SPANDREL_VENV)/bin/pip install --quiet \
+		torch==2.13.0 torchvision==0.28.0 spandrel==0.4.2
+	$(SPANDREL_VENV)/bin/pip install --quiet -e . 'pytest>=8' 'webdataset==1.0.2'
+	touch $@
+test-spandrel: $(SPANDREL_VENV)/.installed
+	$(SPANDREL_VENV)/bin/python -m pytest -q -p no:cacheprovider -m spandrel tests/test_spandrel.py
 
 # The edit-test loop: the same minus the tests marked `slow` (docs/project.md); under 3 minutes on 2 idle cores.
 test-fast: $(STAMP)

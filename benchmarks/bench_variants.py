@@ -119,11 +119,22 @@ def isa_env(isa: str) -> dict[str, str]:
     }
 
 
-def section_name(r: dict) -> str:
+def section_name(r: dict, prefix: str = SECTION) -> str:
     """``bench_variants_<kind>[_<family-model-stepping>]``: one table per CPU, since one kind spans CPUs whose bf16
     peaks differ 1.5x (tables before 2026-12-04 did not record the id and keep the bare kind)."""
     cid = r["hardware"].get("cpu_id")
-    return f"{SECTION}_{r['kind']}" + (f"_{cid}" if cid else "")
+    return f"{prefix}_{r['kind']}" + (f"_{cid}" if cid else "")
+
+
+def heading(title: str, r: dict, command: str) -> list[str]:
+    """A table's first lines: its title with the CPU kind (and x86 id), and the command that made it."""
+    cid = r["hardware"].get("cpu_id")
+    return [
+        f"## {title}, CPU kind `{r['kind']}`" + (f", x86 family-model-stepping {cid}" if cid else ""),
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
 
 
 def variant(name: str, model: nn.Module, task: str) -> WindowFn:
@@ -326,12 +337,7 @@ def to_markdown(r: dict, command: str) -> str:
     # (runs before 2026-12-04 stored neither; their grid placement evaluated as many windows as the even one)
     overlap = r.get("overlap", 12)
     windows = r.get("set5_windows") or {str(o): set5_windows(o) for o in (overlap, r.get("extra_overlap")) if o}
-    lines = [
-        f"## Inference variants, paper-size IPT, CPU kind `{r['kind']}`"
-        + (f", x86 family-model-stepping {hw['cpu_id']}" if hw.get("cpu_id") else ""),
-        "",
-        f"Command: `{command}`",
-        "",
+    lines = heading("Inference variants, paper-size IPT", r, command) + [
         f"Hardware: {hw['cpu_model']} (torch CPU capability {hw['cpu_capability']}, native bf16"
         + (" under the cap" if hw.get("isa_cap") else "")
         + f": {hw['cpu_bf16']}, "

@@ -236,6 +236,15 @@ def resolve_precision(name: str, device: torch.device, *, exact: bool = False, t
 def exact_fp32():
     """fp32 means fp32: TF32 off for CUDA matmuls and convolutions inside the block (cuDNN convolutions use TF32 by
     default), the caller's settings put back after it."""
+    if not hasattr(torch.backends.cudnn, "conv"):  # older torch (2.4 has none): the allow_tf32 switches
+        matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+        before = matmul.allow_tf32, cudnn.allow_tf32
+        matmul.allow_tf32 = cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, cudnn.allow_tf32 = before
+        return
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     before = matmul.fp32_precision, conv.fp32_precision
     matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"

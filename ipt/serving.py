@@ -17,7 +17,7 @@ DEFAULT_CONFIG = {"precision": "fp32", "tiling": "overlap", "device": "auto", "b
 
 
 class IPTPyfunc:
-    """What ``_load_pyfunc`` returns: a restorer per task, and ``predict`` over base64 images."""
+    """What ``_load_pyfunc`` returns: a restorer per task, and ``predict`` over image files (bytes or base64)."""
 
     def __init__(self, data: Path, config: dict[str, Any]) -> None:
         unknown = sorted(set(config) - set(DEFAULT_CONFIG))
@@ -54,18 +54,34 @@ class IPTPyfunc:
             raise _bad_request(str(e)) from None
         out = []
         for i, value in enumerate(images):
-            try:
-                data = base64.b64decode(value, validate=True) if isinstance(value, str | bytes) else None
-            except (binascii.Error, ValueError):
-                data = None
+            data = _image_file(value)
             if not data:
-                raise _bad_request(f"row {i}: not a base64-encoded image file")
+                raise _bad_request(f"row {i}: neither an image file's bytes nor a base64-encoded image file")
             try:
                 img, _notes = decode_image(data, f"row {i}")
                 out.append(base64.b64encode(png_bytes(restorer(img))).decode("ascii"))
             except IPTError as e:
                 raise _bad_request(str(e)) from None
         return out
+
+
+def _image_file(value: Any) -> bytes | None:
+    """A request row as an image file's bytes: a ``str`` is base64 text; ``bytes`` are the file itself, unless the
+    whole value is valid base64 text (the old way to send bytes: no PNG, JPEG, BMP, TIFF or WebP file is, as each
+    has a byte outside the base64 alphabet in its first 16). None for anything else or bad base64 text."""
+    if isinstance(value, bytearray | memoryview):
+        value = bytes(value)
+    if isinstance(value, bytes):
+        try:
+            return base64.b64decode(value, validate=True) or None
+        except (binascii.Error, ValueError):
+            return value or None
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True) or None
+        except (binascii.Error, ValueError):
+            return None
+    return None
 
 
 def _kind(path: Path) -> str | None:
@@ -85,7 +101,7 @@ def _column(model_input: Any) -> list[Any]:
         return list(values) if isinstance(values, list | tuple) else [values]
     if isinstance(model_input, list | tuple):
         return list(model_input)
-    raise _bad_request(f"expected a DataFrame with a column {INPUT_COLUMN!r} of base64 images")
+    raise _bad_request(f"expected a DataFrame with a column {INPUT_COLUMN!r} of image files (bytes or base64)")
 
 
 def _bad_request(message: str):
@@ -117,14 +133,14 @@ def requirements() -> list[str]:
 
 
 def input_example() -> Any:
-    """A one-row request: a 16x16 gray PNG, base64-encoded."""
+    """A one-row request: a 16x16 gray PNG file's bytes (its JSON form, serving_input_example.json, is base64)."""
     import numpy as np
     import pandas as pd
 
     from ipt.data.images import png_bytes
 
     png = png_bytes(np.full((16, 16, 3), 128, dtype=np.uint8))
-    return pd.DataFrame({INPUT_COLUMN: [base64.b64encode(png).decode("ascii")]})
+    return pd.DataFrame({INPUT_COLUMN: [png]})
 
 
 def save_model(folder: str | os.PathLike, weights: dict[str, str | os.PathLike], *, task: str | None = None) -> Path:
@@ -139,7 +155,7 @@ def save_model(folder: str | os.PathLike, weights: dict[str, str | os.PathLike],
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     signature = ModelSignature(
-        inputs=Schema([ColSpec("string", INPUT_COLUMN)]),
+        inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),  # bytes; JSON requests send base64, MLflow decodes it
         outputs=Schema([ColSpec("string")]),
         params=ParamSchema([ParamSpec("task", "string", task or "")]),
     )

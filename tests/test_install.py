@@ -62,3 +62,19 @@ print("core ok")
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and "core ok" in r.stdout, r.stdout + r.stderr[-3000:]
     assert "note: MLflow is not installed: no ipt-benchmark run is logged" in r.stderr
+
+
+def test_torch_is_a_range_from_the_oldest_torch_make_tests_to_the_one_make_venv_pins() -> None:
+    import re
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    spec = next(d for d in project["dependencies"] if re.match(r"torch\b", d))
+    low, high = re.fullmatch(r"torch>=([\d.]+),<([\d.]+)", spec.replace(" ", "")).groups()
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(rf"^OLDEST_TORCH \?= {re.escape(low)}$", makefile, re.M), "make test-oldest-torch tests the floor"
+    pinned = re.search(r"install --quiet torch==([\d.]+)$", makefile, re.M).group(1)
+
+    def key(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split("."))
+
+    assert key(low) <= key(pinned) < key(high), f"make venv's torch {pinned} is outside {spec}"

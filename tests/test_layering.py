@@ -107,7 +107,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [  # lowest first; a module is in th
     ),
     ("data and checkpoints: files in, files out", ("ipt.data", "ipt.checkpoint")),
     ("tracking: MLflow runs and reading registered versions", ("ipt.tracking", "ipt.modeluri")),
-    ("engines: restoring, scoring, training", ("ipt.restore", "ipt.scoring", "ipt.score_report", "ipt.train")),
+    (
+        "engines: restoring, scoring, training, exporting",
+        ("ipt.restore", "ipt.scoring", "ipt.score_report", "ipt.train", "ipt.export"),
+    ),
     ("the registry and serving", ("ipt.serving", "ipt.versions", "ipt.registry")),
     ("add-ons: PTG-RM plugs in from above", ("ipt.refine",)),
     ("entry points: the ipt command, experiments", ("ipt.cli", "ipt.codedeps", "ipt.experiment")),

@@ -113,13 +113,31 @@ def test_pyfunc_load_model_predicts_in_a_fresh_process(store: str, image: Path, 
     code = (
         "import base64, sys, mlflow, pandas as pd\n"
         "m = mlflow.pyfunc.load_model('models:/ipt-sr_x2@champion')\n"
-        "print(m.metadata.signature.inputs.input_names(), file=sys.stderr)\n"
-        "df = pd.DataFrame({'image': [base64.b64encode(open(sys.argv[1], 'rb').read()).decode()]})\n"
-        "sys.stdout.write(m.predict(df)[0])\n"
+        "print(m.metadata.signature.inputs.to_dict(), file=sys.stderr)\n"
+        "raw = open(sys.argv[1], 'rb').read()\n"
+        "df = pd.DataFrame({'image': [base64.b64encode(raw).decode(), raw, bytearray(raw), base64.b64encode(raw)]})\n"
+        "sys.stdout.write(' '.join(m.predict(df)))\n"
     )
     r = subprocess.run([sys.executable, "-c", code, str(image)], env=_env(store), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert base64.b64decode(r.stdout) == expected and "['image']" in r.stderr
+    assert [base64.b64decode(p) for p in r.stdout.split()] == [expected] * 4  # base64 text, bytes, base64 as bytes
+    assert "{'type': 'binary', 'name': 'image', 'required': True}" in r.stderr
+
+
+def test_pyfunc_rows_of_bytes_that_are_no_image_are_refused_naming_the_row(store: str, image: Path) -> None:
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    m = mlflow.pyfunc.load_model("models:/ipt-sr_x2@champion")
+    raw = image.read_bytes()
+    for bad, why in (
+        (raw[:40], "row 1: cannot decode image"),  # a truncated PNG file
+        (b"", "row 1: neither an image file's bytes nor a base64-encoded image file"),
+        ("not base64!", "row 1: neither an image file's bytes nor a base64-encoded image file"),
+    ):
+        with pytest.raises(MlflowException, match=why):
+            m.predict(pd.DataFrame({"image": [raw, bad]}))
 
 
 @pytest.mark.slow

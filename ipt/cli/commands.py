@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "launch": ("launch", "run pretrain/finetune as one process or under torchrun (params.yaml `launch`)"),
     "refine": ("refine", "train PTG-RM (prior-guided refinement) behind a base IPT on pair shards"),
     "refine-register": ("refine", "register a refiner checkpoint as ipt-<task>-ptgrm (champion on score)"),
+    "export": ("export", "write one task of a model as ONNX or in the official layout (spandrel)"),
     "demo": ("restore", "restore a sample image with a tiny random-weight IPT (a smoke run of `ipt restore`)"),
 }
 
