@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.ndimage import correlate
 
-from conftest import ROOT
+from conftest import ROOT, require_benchmark
 from ipt.data.testsets import load_benchmark
 from ipt.metrics import (
     PROTOCOLS,
@@ -192,8 +192,7 @@ def _slow_if(name: str) -> list:
     [pytest.param(n, s, marks=_slow_if(n), id=f"{n}-x{s}") for n, s in PUBLISHED_BICUBIC],
 )
 def test_bicubic_baseline_reproduces_published_rows(benchmark_root, name: str, scale: int) -> None:
-    if not (benchmark_root / name).is_dir():
-        pytest.skip(f"{name} not under {benchmark_root}")
+    require_benchmark(name, benchmark_root)
     data = load_benchmark(benchmark_root, name, f"sr_x{scale}")
     cache: dict[int, np.ndarray] = {}
     up = bicubic_fn(scale)
@@ -211,8 +210,7 @@ def test_bicubic_baseline_reproduces_published_rows(benchmark_root, name: str, s
 @pytest.mark.slow
 def test_rain100l_input_reproduces_the_published_input_row(benchmark_root) -> None:
     """IPT paper Table 3 'Input' column, 26.90 / 0.8384 (recalled in IPT_REFERENCE 6.3): the rainy images as output."""
-    if not (benchmark_root / "Rain100L").is_dir():
-        pytest.skip(f"Rain100L not under {benchmark_root}")
+    require_benchmark("Rain100L", benchmark_root)
     data = load_benchmark(benchmark_root, "Rain100L", "derain")
     r = evaluate(lambda lq: lq, data, scale=1, protocol="ipt")
     assert r["images"] == 100

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import BENCHMARK_ROOT, require_benchmark, require_shared
 from corruptions import apply, imresize_float, imresize_uint8, quantize_uint8, round_half_away_uint8
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-BENCHMARK_ROOT = Path(os.environ.get("IPT_BENCHMARK_ROOT", PROJECT_ROOT.parent / "shared" / "benchmarks"))
-SET5 = BENCHMARK_ROOT / "Set5"
-# Benchmark images are never copied into the project: these tests read them through the configurable root.
-needs_set5 = pytest.mark.skipif(not SET5.is_dir(), reason=f"Set5 not found under {BENCHMARK_ROOT} (IPT_BENCHMARK_ROOT)")
+
+# Benchmark images are never copied into the project: these tests read them through the configurable root, and fail
+# under CI=true when it is missing (conftest.require_shared).
+@pytest.fixture
+def set5() -> Path:
+    return require_benchmark("Set5")
 
 
 def _load(path: Path) -> np.ndarray:
@@ -50,24 +51,22 @@ def _reference_float(img: np.ndarray, scale: float) -> np.ndarray:
 
 
 # (a) exact against MATLAB-made LR files (Set5 bird, x2/x3/x4)
-@needs_set5
 @pytest.mark.parametrize("s", [2, 3, 4])
-def test_matlab_fixture_exact(s: int) -> None:
-    hr = _modcrop(_load(SET5 / "HR" / "bird.png"), s)
-    lr = _load(SET5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
+def test_matlab_fixture_exact(set5: Path, s: int) -> None:
+    hr = _modcrop(_load(set5 / "HR" / "bird.png"), s)
+    lr = _load(set5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
     out = imresize_uint8(hr, 1 / s)
     assert out.shape == lr.shape
     assert np.count_nonzero(out != lr) == 0
 
 
-@needs_set5
 @pytest.mark.parametrize("s", [2, 3, 4])
-def test_bicubic_down_corruption_matches_fixture(s: int) -> None:
-    hr = _modcrop(_load(SET5 / "HR" / "bird.png"), s)
+def test_bicubic_down_corruption_matches_fixture(set5: Path, s: int) -> None:
+    hr = _modcrop(_load(set5 / "HR" / "bird.png"), s)
     x = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255.0
     y = apply("bicubic_down", x, generator=torch.Generator(), scale=s)
     assert np.array_equal(
-        quantize_uint8(y)[0].permute(1, 2, 0).numpy(), _load(SET5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
+        quantize_uint8(y)[0].permute(1, 2, 0).numpy(), _load(set5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
     )
 
 
@@ -75,9 +74,7 @@ def test_bicubic_down_corruption_matches_fixture(s: int) -> None:
 @pytest.mark.parametrize("dataset", ["Set5", "Set14"])
 @pytest.mark.parametrize("s", [2, 3, 4])
 def test_benchmark_lr_exact(dataset: str, s: int) -> None:
-    lr_dir = BENCHMARK_ROOT / dataset / "LR_bicubic" / f"X{s}"
-    if not lr_dir.is_dir():
-        pytest.skip(f"benchmark LR folder {lr_dir} not found (set IPT_BENCHMARK_ROOT to the shared benchmarks)")
+    lr_dir = require_shared(BENCHMARK_ROOT / dataset / "LR_bicubic" / f"X{s}", f"the {dataset} x{s} LR files")
     files = sorted(lr_dir.glob(f"*x{s}.png"))
     assert files, f"no LR files in {lr_dir}"
     bad = {}
