@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -13,9 +15,11 @@ from ipt.checkpoint import (
     load_model,
     official_state_dict,
     save_checkpoint,
+    strip_prefixes,
 )
 from ipt.config import OFFICIAL_PRETRAIN_TASKS, ModelSpec
 from ipt.model import build_ipt
+from ipt.model.heads import RGB_MEAN
 
 
 def _official_file(tmp_path, tasks, name="IPT_x.pt", prefix="", **kw):
@@ -145,3 +149,113 @@ def test_project_checkpoint_round_trip_and_export(tmp_path, tiny_spec: ModelSpec
     # The official layout cannot carry num_heads (no tensor depends on it): it must be given when not 12.
     reloaded = load_model(tmp_path / "IPT_denoise30.pt", num_heads=tiny_spec.num_heads)
     assert torch.allclose(reloaded(x, "denoise_s30"), model(x, "denoise_s30"), atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ each class of key
+# the strict loader checks, alone: constants, position ids, each wrapper prefix, missing, unexpected, mis-shaped
+
+
+@pytest.mark.parametrize("key, sign", [("sub_mean.bias", -1), ("add_mean.bias", +1)])
+def test_each_mean_constant_is_checked_against_the_rgb_mean(tmp_path, key: str, sign: int) -> None:
+    _, sd = _official_file(tmp_path, ["sr_x2"])
+    want = sign * torch.tensor(RGB_MEAN) * 255
+    assert torch.allclose(sd[key], want)  # the model's own value is the one checked against
+    for bad in (-want, want + torch.tensor([0.0, 0.0, 0.01]), want[[2, 1, 0]]):  # sign, a hundredth, channel order
+        torch.save(dict(sd, **{key: bad}), tmp_path / "bad.pt")
+        with pytest.raises(
+            CheckpointError, match=rf"^{re.escape(str(tmp_path / 'bad.pt'))}: {key} is \[.*\], expected "
+        ):
+            load_model(tmp_path / "bad.pt")
+    torch.save(dict(sd, **{key: want + 5e-4}), tmp_path / "close.pt")  # within 1e-3: a float round-off, accepted
+    assert torch.equal(load_model(tmp_path / "close.pt").state_dict()[key], want + 5e-4)
+
+
+def test_position_ids_must_be_arange_of_the_sequence(tmp_path) -> None:
+    _, sd = _official_file(tmp_path, ["sr_x2"])
+    key = "body.position_encoding.position_ids"
+    assert torch.equal(sd[key], torch.arange(16)[None])
+    for bad in (torch.arange(1, 17)[None], torch.arange(16).flip(0)[None], torch.arange(15)[None]):
+        torch.save(dict(sd, **{key: bad}), tmp_path / "bad_ids.pt")
+        with pytest.raises(CheckpointError, match=r"bad_ids\.pt: body\.position_encoding\.position_ids is not "):
+            load_model(tmp_path / "bad_ids.pt")
+    torch.save(dict(sd, **{key: torch.arange(16, dtype=torch.int32)[None]}), tmp_path / "int32.pt")  # another dtype
+    assert load_model(tmp_path / "int32.pt").state_dict()[key].dtype == torch.int64
+
+
+def test_optional_constants_absent_are_the_models_own_and_nothing_else_is_optional(tmp_path) -> None:
+    _, sd = _official_file(tmp_path, ["sr_x2"])
+    optional = ("sub_mean.weight", "sub_mean.bias", "add_mean.weight", "add_mean.bias")
+    optional += ("body.position_encoding.position_ids",)
+    torch.save({k: v for k, v in sd.items() if k not in optional}, tmp_path / "lean.pt")
+    loaded = load_model(tmp_path / "lean.pt").state_dict()
+    assert all(torch.equal(loaded[k], sd[k]) for k in sd)
+    for key in (
+        "head.0.0.bias",
+        "tail.0.1.weight",
+        "body.encoder.layers.0.linear1.weight",
+        "body.decoder.layers.0.norm3.bias",
+    ):
+        torch.save({k: v for k, v in sd.items() if k != key}, tmp_path / "short.pt")
+        with pytest.raises(CheckpointError, match=rf"short\.pt: 1 missing key\(s\): \['{re.escape(key)}'\]$"):
+            load_model(tmp_path / "short.pt")
+
+
+@pytest.mark.parametrize(
+    "prefix", ["module.", "_orig_mod.", "model.", "module._orig_mod.", "_orig_mod.module.", "model.module.model."]
+)
+def test_each_wrapper_prefix_and_their_nestings_are_stripped(tmp_path, prefix: str) -> None:
+    path, sd = _official_file(tmp_path, ["sr_x4"], prefix=prefix)
+    loaded = load_model(path).state_dict()
+    assert set(loaded) == {k[len(prefix) :] for k in sd}
+    assert all(torch.equal(loaded[k[len(prefix) :]], v) for k, v in sd.items())
+    assert strip_prefixes({f"{prefix}head.0.0.weight": sd[f"{prefix}head.0.0.weight"]}).keys() == {"head.0.0.weight"}
+
+
+def test_only_leading_wrapper_prefixes_are_stripped() -> None:
+    t = torch.zeros(1)
+    assert list(strip_prefixes({"body.model.x": t, "xmodule.y": t, "module.model.z": t})) == [
+        "body.model.x",
+        "xmodule.y",
+        "z",
+    ]
+
+
+@pytest.mark.parametrize("form", ["official", "project"])
+def test_missing_unexpected_and_misshaped_are_each_refused_alone(tmp_path, form: str) -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=2, patch_size=12)
+    model = build_ipt(spec)
+    good = model.state_dict()
+
+    def refused(sd: dict, match: str) -> None:
+        path = tmp_path / f"{form}.pt"
+        if form == "official":
+            torch.save(sd, path)
+        else:
+            save_checkpoint(path, model)
+            obj = torch.load(path, weights_only=True)
+            torch.save(dict(obj, state_dict=sd), path)
+        with pytest.raises(CheckpointError, match=match):
+            load_model(path)
+
+    refused({k: v for k, v in good.items() if k != "tail.0.1.bias"}, r": 1 missing key\(s\): \['tail\.0\.1\.bias'\]$")
+    refused(dict(good, **{"tail.0.9.weight": torch.zeros(1)}), r": 1 unexpected key\(s\): \['tail\.0\.9\.weight'\]$")
+    refused(
+        dict(good, **{"tail.0.1.bias": torch.zeros(4)}),
+        r": 1 mis-shaped key\(s\): \['tail\.0\.1\.bias: file \(4,\) vs model \(3,\)'\]$",
+    )
+    many = dict(good, **{f"extra.{i}": torch.zeros(1) for i in range(10)})
+    refused(many, r": 10 unexpected key\(s\): \['extra\.0', .*'extra\.7'\] \(\+2 more\)$")
+    if form == "project":  # the constants are optional only when converting an official file
+        refused({k: v for k, v in good.items() if k != "sub_mean.bias"}, r"1 missing key\(s\): \['sub_mean\.bias'\]")
+        nan = dict(good, **{"tail.0.1.bias": torch.tensor([0.0, float("nan"), 0.0])})
+        refused(nan, r": tail\.0\.1\.bias hold NaN or infinite values")
+
+
+def test_a_half_precision_official_file_loads_as_float32_with_its_values(tmp_path) -> None:
+    _, sd = _official_file(tmp_path, ["sr_x2"])
+    # (the mean constants stay float32: rounded to float16 they are up to 0.03 off and refused by the constants check)
+    half = {k: v.half() if v.is_floating_point() and "_mean." not in k else v for k, v in sd.items()}
+    torch.save(half, tmp_path / "half.pt")
+    loaded = load_model(tmp_path / "half.pt").state_dict()
+    assert all(loaded[k].dtype == sd[k].dtype and torch.equal(loaded[k], half[k].to(sd[k].dtype)) for k in sd)

@@ -54,6 +54,39 @@ def test_psnr_y_of_a_uniform_offset_is_known(protocol: str, weights: np.ndarray)
     assert psnr_rgb(sr, hr) == pytest.approx(10 * math.log10(255**2 / (1400 / 3)), abs=1e-9)
 
 
+# Each luma table written here from its source (the official calc_psnr; MATLAB rgb2ycbcr; the gray table is
+# BT.601 luma normalised to sum 1, MATLAB rgb2gray up to 1e-4 as docs/benchmark_protocol.md says), channel by
+# channel, so a swap of two channels in any one table fails.
+LUMA_TABLES = {
+    ("ipt", False): (16.0, {"R": 65.738 / 256, "G": 129.057 / 256, "B": 25.064 / 256}),
+    ("matlab", False): (16.0, {"R": 65.481 / 255, "G": 128.553 / 255, "B": 24.966 / 255}),
+    ("matlab", True): (0.0, {"R": 65.481 / 219, "G": 128.553 / 219, "B": 24.966 / 219}),
+}
+
+
+@pytest.mark.parametrize(("protocol", "gray"), list(LUMA_TABLES))
+def test_each_luma_table_weighs_each_channel_in_rgb_order(protocol: str, gray: bool) -> None:
+    offset, weights = LUMA_TABLES[(protocol, gray)]
+    for i, channel in enumerate("RGB"):
+        img = np.zeros((2, 2, 3), np.uint8)
+        img[..., i] = 200
+        y = to_y(img, protocol, pair_is_gray=gray if protocol == "matlab" else None)
+        assert float(y[0, 0]) == pytest.approx(offset + 200 * weights[channel], abs=1e-9), channel
+    mixed = np.stack([np.full((2, 2), 10), np.full((2, 2), 100), np.full((2, 2), 250)], axis=-1).astype(np.uint8)
+    y = to_y(mixed, protocol, pair_is_gray=gray if protocol == "matlab" else None)
+    want = offset + 10 * weights["R"] + 100 * weights["G"] + 250 * weights["B"]
+    assert float(y[1, 1]) == pytest.approx(want, abs=1e-9)
+
+
+def test_an_rgb_output_against_a_gray_reference_is_scored_on_its_rgb2gray_under_matlab() -> None:
+    gray = _rand((16, 18), seed=3)
+    sr = _rand((16, 18, 3), seed=4)  # distinct channels: the gray table's channel order matters
+    _, w = LUMA_TABLES[("matlab", True)]
+    sr_gray = sr[..., 0] * w["R"] + sr[..., 1] * w["G"] + sr[..., 2] * w["B"]
+    mse = float(np.mean((sr_gray - gray) ** 2))
+    assert psnr_y(sr, gray, protocol="matlab") == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-9)
+
+
 def test_y_coefficients() -> None:
     white, red = np.full((2, 2, 3), 255, np.uint8), np.zeros((2, 2, 3), np.uint8)
     red[..., 0] = 255
