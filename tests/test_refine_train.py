@@ -183,7 +183,7 @@ def _assert_same_state(got: dict[str, torch.Tensor], want: dict[str, torch.Tenso
     assert not differ, differ
 
 
-@pytest.mark.parametrize(("prior", "joint"), [("ipt-body", False), ("random", True)])
+@pytest.mark.parametrize(("prior", "joint"), [("ipt-body", False), ("random", True), ("ipt-body", True)])
 def test_save_then_load_rebuilds_the_trained_model_bit_for_bit(setup: dict, prior: str, joint: bool) -> None:
     """save_refined -> load_refined after a few steps: the refiner's (and, joint, the base's) trained weights, the
     prior's state and the outputs come back bit for bit, and each differs from what an untrained model has, so a
