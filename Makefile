@@ -16,8 +16,8 @@ export IPT_PROJECT_DIR ?= $(CURDIR)
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv test test-fast test-gpu gpu-wheels run lint bench clean prefect-server prefect-worker prefect-deploy mlflow-ui serve \
-	experiment test-oldest-torch test-spandrel
+.PHONY: venv test test-fast test-gpu gpu-wheels run lint bench mutation clean prefect-server prefect-worker \
+	prefect-deploy mlflow-ui serve experiment test-oldest-torch test-spandrel
 
 venv: $(STAMP)
 
@@ -95,6 +95,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py --out docs/BENCHMARKS.md
+
+# Mutation testing of the core (docs/mutation.md): mutmut 3 over each module against the tests that cover it, one
+# module at a time, one worker, at the lowest priority. Tens of minutes on 2 cores: not part of make test.
+# MUTATION_MODULES=metrics,losses runs some of them; results in .mutation/results.json.
+MUTATION_MODULES ?= metrics,checkpoint,corruptions,refine_checkpoint,losses,registry
+mutation: $(STAMP)
+	nice -n 19 $(PY) benchmarks/mutation.py --only $(MUTATION_MODULES) --max-children 1
 
 # Local services on 127.0.0.1 (README: The pipeline, four ways in). PREFECT_API_URL / MLFLOW_TRACKING_URI are honoured when set.
 MLFLOW_PORT  ?= 5000

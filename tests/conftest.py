@@ -40,7 +40,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+def running_under_ci() -> bool:
+    """CI=true (or 1, yes), as .ci/run sets it: read at call time, so a test of the guard can set it."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+CI = running_under_ci()
 if CI:  # under CI a dependency of the project is never optional: importorskip fails instead of skipping
     import importlib
 
@@ -52,13 +57,29 @@ if CI:  # under CI a dependency of the project is never optional: importorskip f
 
     pytest.importorskip = _import_or_fail
 
+# The benchmark sets ../shared/benchmarks holds (its MANIFEST.md); others (Urban100) are never there, so a test that
+# wants one skips under CI too.
+SHARED_DATASETS = ("Set5", "Set14", "B100", "CBSD68", "McMaster", "Rain100L")
 
-def _absent(why: str) -> None:
-    """Skip a test whose shared data is absent; under CI (CI=true, .ci/run sets it) that is a failure instead: the
-    golden parity tests must never pass by not running."""
-    if CI:
-        pytest.fail(f"{why}; CI runs with ../shared beside the checkout", pytrace=False)
+
+def require_shared(path: Path, what: str) -> Path:
+    """The one guard for tests that need ../shared: ``path`` when it exists; otherwise the test is skipped, naming
+    ``what`` is missing and where it was looked for; under CI (CI=true, .ci/run sets it) it fails instead, since CI
+    runs with ../shared beside the checkout and the golden and bit-exact tests must never pass by not running."""
+    if path.exists():
+        return path
+    why = f"{what} not found at {path} (../shared, or $IPT_SHARED / $IPT_BENCHMARK_ROOT)"
+    if running_under_ci():
+        pytest.fail(f"{why}; CI=true runs with ../shared beside the checkout", pytrace=False)
     pytest.skip(why)
+
+
+def require_benchmark(name: str, root: Path = BENCHMARK_ROOT) -> Path:
+    """``root/name`` for a benchmark set through require_shared; a set ../shared does not hold is skipped even
+    under CI, saying so."""
+    if name not in SHARED_DATASETS and not (root / name).is_dir():
+        pytest.skip(f"{name} is not one of the sets ../shared/benchmarks holds and is not under {root}")
+    return require_shared(root / name, f"benchmark set {name}")
 
 
 @pytest.fixture(autouse=True)
@@ -85,9 +106,7 @@ def one_torch_thread():
 def golden() -> dict:
     """Outputs of the official code for a tiny random-weight IPT (../shared/golden/README.md). 11 MB of weights and
     outputs: read from ../shared (or $IPT_SHARED), never copied into the repository; skipped when absent."""
-    path = SHARED / "golden" / "ipt_tiny_golden_fixture.pt"
-    if not path.is_file():
-        _absent(f"{path} not present (the official golden outputs live in ../shared/golden)")
+    path = require_shared(SHARED / "golden" / "ipt_tiny_golden_fixture.pt", "the official golden outputs")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -104,8 +123,8 @@ def tiny_spec() -> ModelSpec:
 
 @pytest.fixture
 def benchmark_root() -> Path:
-    if not (BENCHMARK_ROOT / "Set5").is_dir():
-        _absent(f"benchmark data not found at {BENCHMARK_ROOT} (set IPT_BENCHMARK_ROOT)")
+    """The benchmark root (../shared/benchmarks or $IPT_BENCHMARK_ROOT), required to hold at least Set5."""
+    require_benchmark("Set5")
     return BENCHMARK_ROOT
 
 

@@ -274,16 +274,13 @@ def _weights_sr_x2(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_hand_run_in_the_project_folder_scores_whole_sets_and_writes_no_dvc_output(
-    benchmark_root: Path, monkeypatch, capsys
-) -> None:
+def test_a_hand_run_in_the_project_folder_scores_whole_sets_and_writes_no_dvc_output(monkeypatch, capsys) -> None:
     """The README's command typed in the checkout, with its params.yaml: make run's shortcuts (`dag:` in params.yaml,
     passed by dvc.yaml only) do not apply, so it scores all 14 Set14 images and gives the published bicubic row, and
     without --out it writes nothing, least of all DVC's metrics/benchmark/<task>.json."""
-    from conftest import ROOT
+    from conftest import ROOT, require_shared
 
-    if (ROOT / "../shared/benchmarks").resolve() != benchmark_root.resolve():
-        pytest.skip("params.yaml's benchmark.root (../shared/benchmarks) is not where the benchmarks are here")
+    require_shared(ROOT / "../shared/benchmarks/Set14", "Set14 under params.yaml's benchmark.root")
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("IPT_PARAMS")
     tracked = ROOT / "metrics" / "benchmark" / "sr_x2.json"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.ndimage import correlate
 
-from conftest import ROOT
+from conftest import ROOT, require_benchmark
 from ipt.data.testsets import load_benchmark
 from ipt.metrics import (
     PROTOCOLS,
@@ -52,6 +52,39 @@ def test_psnr_y_of_a_uniform_offset_is_known(protocol: str, weights: np.ndarray)
     expected = 10 * math.log10(255**2 / float(weights @ [10, 20, 30]) ** 2)
     assert psnr_y(sr, hr, protocol=protocol) == pytest.approx(expected, abs=1e-9)
     assert psnr_rgb(sr, hr) == pytest.approx(10 * math.log10(255**2 / (1400 / 3)), abs=1e-9)
+
+
+# Each luma table written here from its source (the official calc_psnr; MATLAB rgb2ycbcr; the gray table is
+# BT.601 luma normalised to sum 1, MATLAB rgb2gray up to 1e-4 as docs/benchmark_protocol.md says), channel by
+# channel, so a swap of two channels in any one table fails.
+LUMA_TABLES = {
+    ("ipt", False): (16.0, {"R": 65.738 / 256, "G": 129.057 / 256, "B": 25.064 / 256}),
+    ("matlab", False): (16.0, {"R": 65.481 / 255, "G": 128.553 / 255, "B": 24.966 / 255}),
+    ("matlab", True): (0.0, {"R": 65.481 / 219, "G": 128.553 / 219, "B": 24.966 / 219}),
+}
+
+
+@pytest.mark.parametrize(("protocol", "gray"), list(LUMA_TABLES))
+def test_each_luma_table_weighs_each_channel_in_rgb_order(protocol: str, gray: bool) -> None:
+    offset, weights = LUMA_TABLES[(protocol, gray)]
+    for i, channel in enumerate("RGB"):
+        img = np.zeros((2, 2, 3), np.uint8)
+        img[..., i] = 200
+        y = to_y(img, protocol, pair_is_gray=gray if protocol == "matlab" else None)
+        assert float(y[0, 0]) == pytest.approx(offset + 200 * weights[channel], abs=1e-9), channel
+    mixed = np.stack([np.full((2, 2), 10), np.full((2, 2), 100), np.full((2, 2), 250)], axis=-1).astype(np.uint8)
+    y = to_y(mixed, protocol, pair_is_gray=gray if protocol == "matlab" else None)
+    want = offset + 10 * weights["R"] + 100 * weights["G"] + 250 * weights["B"]
+    assert float(y[1, 1]) == pytest.approx(want, abs=1e-9)
+
+
+def test_an_rgb_output_against_a_gray_reference_is_scored_on_its_rgb2gray_under_matlab() -> None:
+    gray = _rand((16, 18), seed=3)
+    sr = _rand((16, 18, 3), seed=4)  # distinct channels: the gray table's channel order matters
+    _, w = LUMA_TABLES[("matlab", True)]
+    sr_gray = sr[..., 0] * w["R"] + sr[..., 1] * w["G"] + sr[..., 2] * w["B"]
+    mse = float(np.mean((sr_gray - gray) ** 2))
+    assert psnr_y(sr, gray, protocol="matlab") == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-9)
 
 
 def test_y_coefficients() -> None:
@@ -192,8 +225,7 @@ def _slow_if(name: str) -> list:
     [pytest.param(n, s, marks=_slow_if(n), id=f"{n}-x{s}") for n, s in PUBLISHED_BICUBIC],
 )
 def test_bicubic_baseline_reproduces_published_rows(benchmark_root, name: str, scale: int) -> None:
-    if not (benchmark_root / name).is_dir():
-        pytest.skip(f"{name} not under {benchmark_root}")
+    require_benchmark(name, benchmark_root)
     data = load_benchmark(benchmark_root, name, f"sr_x{scale}")
     cache: dict[int, np.ndarray] = {}
     up = bicubic_fn(scale)
@@ -211,9 +243,78 @@ def test_bicubic_baseline_reproduces_published_rows(benchmark_root, name: str, s
 @pytest.mark.slow
 def test_rain100l_input_reproduces_the_published_input_row(benchmark_root) -> None:
     """IPT paper Table 3 'Input' column, 26.90 / 0.8384 (recalled in IPT_REFERENCE 6.3): the rainy images as output."""
-    if not (benchmark_root / "Rain100L").is_dir():
-        pytest.skip(f"Rain100L not under {benchmark_root}")
+    require_benchmark("Rain100L", benchmark_root)
     data = load_benchmark(benchmark_root, "Rain100L", "derain")
     r = evaluate(lambda lq: lq, data, scale=1, protocol="ipt")
     assert r["images"] == 100
     assert r["psnr_y"] == pytest.approx(26.90, abs=0.01) and r["ssim_y"] == pytest.approx(0.8384, abs=0.0002)
+
+
+def test_the_defaults_are_no_crop_under_the_ipt_protocol() -> None:
+    sr, hr = _rand((24, 26, 3), seed=8), _rand((24, 26, 3), seed=9)
+    hr[:2] = sr[:2]  # the border differs from the middle, so a crop shows
+    for fn in (psnr_y, ssim_y):
+        assert fn(sr, hr) == fn(sr, hr, crop_border=0, protocol="ipt")
+        assert fn(sr, hr) != fn(sr, hr, crop_border=1) and fn(sr, hr) != fn(sr, hr, protocol="matlab")
+    assert psnr_rgb(sr, hr) == psnr_rgb(sr, hr, crop_border=0) != psnr_rgb(sr, hr, crop_border=1)
+    assert score(sr, hr, crop_border=0) == score(sr, hr, crop_border=0, protocol="ipt")
+    assert to_y(sr).equal(to_y(sr, "ipt")) and not to_y(sr).equal(to_y(sr, "matlab"))
+
+
+def test_psnr_from_mse_refuses_what_is_no_mse_and_score_crops_rgb_too() -> None:
+    from ipt.metrics import psnr_from_mse
+
+    for bad in (-1.0, float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match=rf"^mse must be finite and >= 0, got {bad}$"):
+            psnr_from_mse(bad)
+    assert psnr_from_mse(0.0) == PSNR_CAP_DB and psnr_from_mse(255.0**2) == 0.0
+    sr, hr = _rand((20, 22, 3), seed=10), _rand((20, 22, 3), seed=11)
+    hr[:3] = sr[:3]
+    assert score(sr, hr, crop_border=3)["psnr_rgb"] == psnr_rgb(sr, hr, crop_border=3) != psnr_rgb(sr, hr)
+
+
+def test_ssim_map_works_in_float64_from_an_11x11_window_up() -> None:
+    g = torch.Generator().manual_seed(12)
+    a, b = torch.rand(11, 11, generator=g) * 255, torch.rand(11, 11, generator=g) * 255
+    assert ssim_map(a, b).shape == (1, 1)  # one window fits exactly
+    a32, b32 = torch.rand(16, 20, generator=g) * 255, torch.rand(16, 20, generator=g) * 255
+    got = ssim_map(a32, b32)
+    assert got.dtype == torch.float64 and torch.equal(got, ssim_map(a32.double(), b32.double()))
+    with pytest.raises(ValueError, match=r"^SSIM needs images of at least 11x11, got \(10, 20\)$"):
+        ssim_map(a32[:10], b32[:10])
+
+
+def test_crop_bounds_and_size_mismatch_messages() -> None:
+    for h, w, ok in ((5, 20, True), (20, 5, True), (4, 20, False), (20, 4, False), (3, 3, False)):
+        a = _rand((h, w, 3), seed=13)
+        if ok:
+            assert psnr_y(a, a, crop_border=2) == PSNR_CAP_DB and psnr_rgb(a, a, crop_border=2) == PSNR_CAP_DB
+        else:
+            with pytest.raises(ValueError, match=rf"^image {h}x{w} is too small for crop_border=2$"):
+                psnr_y(a, a, crop_border=2)
+    a = _rand((6, 6, 3), seed=14)
+    with pytest.raises(ValueError, match=r"^crop_border must be >= 0, got -1$"):
+        psnr_y(a, a, crop_border=-1)
+    with pytest.raises(ValueError, match=r"^images differ in size: \(20, 22\) vs \(20, 24\)$"):
+        psnr_rgb(_rand((20, 22, 3)), _rand((20, 24, 3)))
+    with pytest.raises(ValueError, match=r"^images differ in size: \(20, 22\) vs \(20, 24\)$"):
+        psnr_y(_rand((20, 22, 3)), _rand((20, 24, 3)))
+
+
+def test_layouts_and_a_single_channel_image_keep_its_exact_values() -> None:
+    from ipt.metrics import as_chw
+
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for img in (
+        gray,
+        gray[..., None],
+        torch.from_numpy(gray),
+        torch.from_numpy(gray)[None],
+        torch.from_numpy(gray)[None, None],
+    ):
+        assert as_chw(img).shape == (1, 16, 16) and as_chw(img).dtype == torch.float64
+        assert torch.equal(to_y(img, "matlab"), torch.from_numpy(gray).double())  # its own values, bit for bit
+    with pytest.raises(ValueError, match=r"^expected an image with 1 or 3 channels, got shape \(1, 2, 3, 4\)$"):
+        as_chw(np.zeros((1, 2, 3, 4), np.uint8))
+    with pytest.raises(TypeError, match=r"^expected a numpy array or a torch tensor, got list$"):
+        as_chw([[1, 2]])

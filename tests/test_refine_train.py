@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -17,7 +18,7 @@ from ipt.cli import main
 from ipt.config import ModelSpec
 from ipt.inference import quantize
 from ipt.model import build_ipt
-from ipt.refine.checkpoint import load_refined, resolve_base
+from ipt.refine.checkpoint import load_refined, resolve_base, save_refined
 from ipt.refine.config import RefineConfig, RefineError
 from ipt.refine.restore import RefinedRestorer
 from ipt.refine.train import make_model, make_prior, refine, train_refiner
@@ -154,15 +155,60 @@ def test_refine_writes_a_checkpoint_that_rebuilds_exactly(setup: dict) -> None:
     assert result["parameters"]["refiner"] == 573_431 and result["parameters"]["base_trainable"] == 0
     model = load_refined(result["model"])
     assert model.task == "denoise_s30" and model.prior.identity == result["prior"]
-    x = torch.rand(1, 3, 17, 23) * 255
+    saved = torch.load(result["model"], weights_only=True)
+    _assert_same_state(model.refiner.state_dict(), saved["state_dict"])  # the trained weights, not a fresh init
+    fresh = make_model(cfg, resolve_base(cfg.base, cfg.task), model.prior)
+    assert _digest(fresh.refiner.state_dict()) != _digest(saved["state_dict"])
+    _assert_same_state(model.base.state_dict(), fresh.base.state_dict())  # not joint: the base file's own weights
+    x = torch.rand(1, 3, 17, 23, generator=torch.Generator().manual_seed(3)) * 255
     with torch.no_grad():
-        assert model(x).shape == (1, 3, 17, 23)
-    # the base file is found by its reference when base.pt is gone; a changed base is refused
+        out = model(x)
+        assert out.shape == (1, 3, 17, 23)
+    # the base file is found by its reference when base.pt is gone (and gives the same model); a changed base is
+    # refused
     (run / "base.pt").unlink()
-    load_refined(result["model"])
+    again = load_refined(result["model"])
+    _assert_same_state(again.state_dict(), model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(x), out)
     torch.save({"not": torch.zeros(1)}, setup["base"])
     with pytest.raises(RefineError, match="has changed"):
         load_refined(result["model"])
+
+
+def _assert_same_state(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    """The same keys, and each tensor equal bit for bit (dtype and shape included)."""
+    assert list(got) == list(want)
+    differ = [k for k in want if got[k].dtype != want[k].dtype or not torch.equal(got[k], want[k])]
+    assert not differ, differ
+
+
+@pytest.mark.parametrize(("prior", "joint"), [("ipt-body", False), ("random", True), ("ipt-body", True)])
+def test_save_then_load_rebuilds_the_trained_model_bit_for_bit(setup: dict, prior: str, joint: bool) -> None:
+    """save_refined -> load_refined after a few steps: the refiner's (and, joint, the base's) trained weights, the
+    prior's state and the outputs come back bit for bit, and each differs from what an untrained model has, so a
+    loader that ignored the saved weights would fail here."""
+    cfg = _cfg(setup, prior=prior, joint=joint, zero_init=False)
+    ref = resolve_base(cfg.base, cfg.task)
+    model = make_model(cfg, ref, make_prior(cfg, ref, 2))
+    untrained = copy.deepcopy(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    train_refiner(model, iter(_fixed_batches(2)), opt, cfg, device=torch.device("cpu"), on_log=lambda row: None)
+    model.eval()
+    path = save_refined(setup["tmp"] / "round" / "model.pt", model, ref, joint=joint, seed=cfg.seed)
+    loaded = load_refined(path)
+    assert not loaded.training and loaded.task == "sr_x2"
+    _assert_same_state(loaded.refiner.state_dict(), model.refiner.state_dict())
+    _assert_same_state(loaded.base.state_dict(), model.base.state_dict())
+    _assert_same_state(loaded.prior.state(), model.prior.state())
+    assert loaded.prior.identity == model.prior.identity and loaded.refiner.spec == model.refiner.spec
+    assert _digest(untrained.refiner.state_dict()) != _digest(model.refiner.state_dict())
+    assert (_digest(untrained.base.state_dict()) != _digest(model.base.state_dict())) is joint
+    x = torch.rand(1, 3, 17, 23, generator=torch.Generator().manual_seed(4)) * 255
+    with torch.no_grad():
+        want = model(x)
+        assert torch.equal(loaded(x), want)
+        assert not torch.equal(untrained.eval()(x), want)
 
 
 def test_cli_refine_then_restore_an_odd_sized_image(setup: dict, tmp_path: Path) -> None:
@@ -190,6 +236,7 @@ def test_a_spatial_prior_refiner_trains_saves_and_rebuilds(setup: dict) -> None:
     model = load_refined(result["model"])
     assert model.prior.spatial and model.refiner.spec.spatial_prior and model.prior.identity == result["prior"]
     assert result["parameters"]["refiner"] == 475_127
+    _assert_same_state(model.refiner.state_dict(), torch.load(result["model"], weights_only=True)["state_dict"])
     x = torch.rand(1, 3, 17, 23) * 255
     with torch.no_grad():
         assert model(x).shape == (1, 3, 17, 23)

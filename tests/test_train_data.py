@@ -74,7 +74,7 @@ def test_batches_are_float_chw_in_0_255_with_the_task(one_shard_root) -> None:
     for b in batches:
         assert b.task in TASKS and b.lq.dtype == b.hr.dtype == torch.float32
         assert b.lq.shape == (4, 3, 12, 12)
-        assert b.hr.shape == (4, 3, 24, 24) if b.task == "sr_x2" else (4, 3, 12, 12)
+        assert b.hr.shape == ((4, 3, 24, 24) if b.task == "sr_x2" else (4, 3, 12, 12))
         assert 0 <= b.lq.min() and b.hr.max() <= 255 and b.hr.max() > 1
 
 

@@ -106,3 +106,49 @@ def test_objective_with_charbonnier_still_reports_the_true_l1(tokens) -> None:
     assert torch.equal(terms["l1"], l1(out, target))
     with pytest.raises(ValueError, match="unknown pixel loss 'l2'"):
         ipt_objective(out, target, tokens, pixel="l2")
+
+
+def test_three_ranks_split_the_loss_as_the_full_batch(tokens) -> None:
+    """The middle rank's anchors sit at offset 1 of 3 (not at the end, where a negative index would wrap to them)."""
+    x = torch.randn(3, 8, 24, generator=torch.Generator().manual_seed(5))
+    full = patch_contrastive(x)
+    thirds = [patch_contrastive(x[r : r + 1], contrast=x, offset=r) for r in range(3)]
+    assert torch.allclose(sum(thirds) / 3, full, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"^offset 3 does not place 1 anchor images inside 3$"):
+        patch_contrastive(x[:1], contrast=x, offset=3)
+
+
+def test_two_tokens_per_image_are_enough(tokens) -> None:
+    loss = patch_contrastive(tokens[:, :2])
+    expected = supcon_reference(F.normalize(tokens[:, :2], dim=-1))
+    assert torch.allclose(loss.double(), expected, rtol=1e-5)
+
+
+def test_objective_passes_its_temperature_and_gathers_the_contrast_set(tokens) -> None:
+    out, target = torch.rand(3, 3, 12, 12) * 255, torch.rand(3, 3, 12, 12) * 255
+    terms = ipt_objective(out, target, tokens, weight=0.5, temperature=0.2)
+    assert torch.allclose(terms["contrastive"], patch_contrastive(tokens, temperature=0.2))
+    other = torch.randn(2, 16, 24, generator=torch.Generator().manual_seed(6))
+    seen = []
+
+    def gather(t: torch.Tensor) -> tuple[torch.Tensor, int]:  # this rank is the second of three
+        seen.append(t)
+        return torch.cat([other[:1], t, other[1:]]), 1
+
+    terms = ipt_objective(out, target, tokens[:1], weight=0.5, temperature=0.2, gather=gather)
+    assert len(seen) == 1 and torch.equal(seen[0], tokens[:1])
+    everything = torch.cat([other[:1], tokens[:1], other[1:]])
+    want = patch_contrastive(tokens[:1], temperature=0.2, contrast=everything, offset=1)
+    assert torch.allclose(terms["contrastive"], want) and not torch.allclose(want, patch_contrastive(tokens[:1]))
+    assert torch.allclose(terms["loss"], l1(out, target) + 0.5 * want)
+
+
+def test_charbonnier_formula_and_the_objectives_default_eps() -> None:
+    out, target = torch.rand(2, 3, 8, 8) * 255, torch.rand(2, 3, 8, 8) * 255
+    d = (out - target).double()
+    for eps in (0.5, 2.0):
+        want = ((d * d + eps * eps).sqrt().mean() - eps).float()
+        assert torch.allclose(charbonnier(out, target, eps=eps), want, rtol=1e-6)
+    tokens = torch.randn(2, 4, 8)
+    terms = ipt_objective(out, target, tokens, weight=0.0, pixel="charbonnier")
+    assert torch.equal(terms["loss"], charbonnier(out, target, 1.0))  # eps defaults to 1 grey level

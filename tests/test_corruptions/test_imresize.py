@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import BENCHMARK_ROOT, require_benchmark, require_shared
 from corruptions import apply, imresize_float, imresize_uint8, quantize_uint8, round_half_away_uint8
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-BENCHMARK_ROOT = Path(os.environ.get("IPT_BENCHMARK_ROOT", PROJECT_ROOT.parent / "shared" / "benchmarks"))
-SET5 = BENCHMARK_ROOT / "Set5"
-# Benchmark images are never copied into the project: these tests read them through the configurable root.
-needs_set5 = pytest.mark.skipif(not SET5.is_dir(), reason=f"Set5 not found under {BENCHMARK_ROOT} (IPT_BENCHMARK_ROOT)")
+
+# Benchmark images are never copied into the project: these tests read them through the configurable root, and fail
+# under CI=true when it is missing (conftest.require_shared).
+@pytest.fixture
+def set5() -> Path:
+    return require_benchmark("Set5")
 
 
 def _load(path: Path) -> np.ndarray:
@@ -50,24 +52,22 @@ def _reference_float(img: np.ndarray, scale: float) -> np.ndarray:
 
 
 # (a) exact against MATLAB-made LR files (Set5 bird, x2/x3/x4)
-@needs_set5
 @pytest.mark.parametrize("s", [2, 3, 4])
-def test_matlab_fixture_exact(s: int) -> None:
-    hr = _modcrop(_load(SET5 / "HR" / "bird.png"), s)
-    lr = _load(SET5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
+def test_matlab_fixture_exact(set5: Path, s: int) -> None:
+    hr = _modcrop(_load(set5 / "HR" / "bird.png"), s)
+    lr = _load(set5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
     out = imresize_uint8(hr, 1 / s)
     assert out.shape == lr.shape
     assert np.count_nonzero(out != lr) == 0
 
 
-@needs_set5
 @pytest.mark.parametrize("s", [2, 3, 4])
-def test_bicubic_down_corruption_matches_fixture(s: int) -> None:
-    hr = _modcrop(_load(SET5 / "HR" / "bird.png"), s)
+def test_bicubic_down_corruption_matches_fixture(set5: Path, s: int) -> None:
+    hr = _modcrop(_load(set5 / "HR" / "bird.png"), s)
     x = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255.0
     y = apply("bicubic_down", x, generator=torch.Generator(), scale=s)
     assert np.array_equal(
-        quantize_uint8(y)[0].permute(1, 2, 0).numpy(), _load(SET5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
+        quantize_uint8(y)[0].permute(1, 2, 0).numpy(), _load(set5 / "LR_bicubic" / f"X{s}" / f"birdx{s}.png")
     )
 
 
@@ -75,9 +75,7 @@ def test_bicubic_down_corruption_matches_fixture(s: int) -> None:
 @pytest.mark.parametrize("dataset", ["Set5", "Set14"])
 @pytest.mark.parametrize("s", [2, 3, 4])
 def test_benchmark_lr_exact(dataset: str, s: int) -> None:
-    lr_dir = BENCHMARK_ROOT / dataset / "LR_bicubic" / f"X{s}"
-    if not lr_dir.is_dir():
-        pytest.skip(f"benchmark LR folder {lr_dir} not found (set IPT_BENCHMARK_ROOT to the shared benchmarks)")
+    lr_dir = require_shared(BENCHMARK_ROOT / dataset / "LR_bicubic" / f"X{s}", f"the {dataset} x{s} LR files")
     files = sorted(lr_dir.glob(f"*x{s}.png"))
     assert files, f"no LR files in {lr_dir}"
     bad = {}
@@ -142,3 +140,46 @@ def test_crafted_half_case_rounds_away() -> None:
     img = np.tile(np.array([100, 219, 141, 8], dtype=np.uint8), (2, 1))
     assert imresize_float(img, 2)[0, 5] == 108.5 and np.round(108.5) == 108
     assert imresize_uint8(img, 2)[:, 5].tolist() == [109] * 4
+
+
+def test_output_length_absorbs_binary_round_off_only() -> None:
+    from corruptions._imresize import output_length
+
+    assert 50 * 1.1 > 55 and output_length(50, 1.1) == 55  # 55.00000000000001 is 55
+    assert 100000 * 1.1 > 110000 and output_length(100000, 1.1) == 110000  # relative to the size
+    assert output_length(7, 1 / 3) == 3 and output_length(10, 0.35) == 4 and output_length(6, 1 / 3) == 2
+
+
+def test_quantize_uint8_saturates_both_ends() -> None:
+    x = torch.tensor([-0.5, -0.001, 0.0, 0.4 / 255, 0.5 / 255, 1.0, 1.002, 1.2, 2.0])
+    assert quantize_uint8(x).tolist() == [0, 0, 0, 0, 1, 255, 255, 255, 255]
+
+
+def _two_passes(img: np.ndarray, scales: tuple[float, float], order: tuple[int, int]) -> np.ndarray:
+    """Two 1-D passes of the independent float64 matrices in ``order``, each rounded half away to uint8."""
+    out = img.astype(np.float64)
+    for axis in order:
+        mat = _reference_matrix(img.shape[axis], scales[axis])
+        out = np.moveaxis(np.tensordot(mat, np.moveaxis(out, axis, 0), axes=1), 0, axis)
+        out = np.clip(np.floor(np.abs(out) + 0.5) * np.sign(out), 0, 255)
+    return out.astype(np.uint8)
+
+
+@pytest.mark.parametrize(("scales", "first"), [((0.75, 0.5), 1), ((0.5, 0.75), 0), ((2, 1.5), 1), ((0.5, 2), 0)])
+def test_two_scales_resize_the_smaller_scale_first(scales: tuple[float, float], first: int) -> None:
+    """MATLAB resizes the dimension with the smaller scale first; the other order differs in some levels."""
+    img = np.random.default_rng(7).integers(0, 256, (24, 28, 3), dtype=np.uint8)
+    out = imresize_uint8(img, scales)
+    assert out.shape == (math.ceil(24 * scales[0]), math.ceil(28 * scales[1]), 3)
+    assert np.array_equal(out, _two_passes(img, scales, (first, 1 - first)))
+    assert not np.array_equal(out, _two_passes(img, scales, (1 - first, first)))
+
+
+def test_bad_shapes_scales_and_dtypes_are_named() -> None:
+    with pytest.raises(ValueError, match=r"^expected an \(H, W\) or \(H, W, C\) array, got shape \(1, 2, 3, 4\)$"):
+        imresize_uint8(np.zeros((1, 2, 3, 4), np.uint8), 0.5)
+    for bad in ((0, 0.5), (0.5, 0), (-1, 0.5), 0):
+        with pytest.raises(ValueError, match=rf"^scale must be positive, got {re.escape(repr(bad))}$"):
+            imresize_uint8(np.zeros((4, 4), np.uint8), bad)
+    with pytest.raises(TypeError, match=r"^imresize_uint8 expects a uint8 array, got float64$"):
+        imresize_uint8(np.zeros((4, 4)), 0.5)

@@ -4,6 +4,7 @@ hook, the functions' own validation), never a TypeError/ZeroDivisionError traceb
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -123,3 +124,120 @@ def test_the_optional_check_hook_runs_first_and_its_message_is_kept() -> None:
     assert reg.get("hooked").check is not None and reg.get("divide").check is None
     with pytest.raises(KeyError, match="unknown corruption 'nope'"):
         reg.check_params("nope", {})
+
+
+def test_the_size_rules_check_every_parameter_themselves() -> None:
+    from corruptions.bicubic_down import bicubic_down_size
+    from corruptions.blur_down import blur_down_size
+
+    assert blur_down_size(7, 9, scale=3) == (3, 3) and blur_down_size(6, 9, scale=3, sigma=0.5, size=3) == (2, 3)
+    assert bicubic_down_size(7, 9, scale=2) == (4, 5)
+    with pytest.raises(ValueError, match="^sigma must be"):
+        blur_down_size(7, 9, scale=3, sigma=-1.0)
+    with pytest.raises(ValueError, match="^size must be"):
+        blur_down_size(7, 9, scale=3, size=4)
+    with pytest.raises(ValueError, match="^scale must be"):
+        bicubic_down_size(7, 9, scale=0)
+
+
+def test_blur_down_check_defaults_and_each_bound() -> None:
+    from corruptions.blur_down import check_blur_down
+
+    assert check_blur_down(scale=3) == (3, 1.6, 7)  # the RDN BD defaults
+    assert check_blur_down(scale=1, sigma=1e-3, size=1) == (1, 0.001, 1)  # the smallest accepted
+    assert check_blur_down(scale=2.0, sigma=2, size=9.0) == (2, 2.0, 9)
+    for bad in (0, 2.5, float("nan"), "2", True):
+        with pytest.raises(ValueError, match=rf"^scale must be a positive integer \(the SR factor\), got {bad!r}$"):
+            check_blur_down(scale=bad)
+    for bad in (0, -1.0, float("nan"), "1"):
+        with pytest.raises(ValueError, match=r"^sigma must be a finite number > 0 \(the blur's std in pixels\), got "):
+            check_blur_down(scale=2, sigma=bad)
+    for bad in (8, 0, -1, 1.5, 2.5, float("nan")):
+        with pytest.raises(ValueError, match=r"^size must be an odd positive integer \(the kernel's side in pixels\)"):
+            check_blur_down(scale=2, size=bad)
+
+
+def test_bicubic_scale_one_is_accepted() -> None:
+    from corruptions.bicubic_down import check_scale
+
+    assert check_scale(scale=1) == 1 and check_scale(scale=4.0) == 4
+    for bad in (0, -2, 1.5, float("inf")):
+        with pytest.raises(ValueError, match=r"^scale must be a positive integer \(the SR factor\), got "):
+            check_scale(scale=bad)
+
+
+def test_trial_run_failures_are_named_in_one_line() -> None:
+    from corruptions import Registry
+
+    reg = Registry()
+
+    def bad_size(h: int, w: int, **params) -> tuple[int, int]:
+        raise ValueError("no size\nsecond line")
+
+    @reg.register("sized", out_size=bad_size)
+    def sized(x, *, generator):
+        return x
+
+    @reg.register("boom")
+    def boom(x, *, generator):
+        raise ValueError("boom\nsecond line")
+
+    @reg.register("listed")
+    def listed(x, *, generator):
+        return [1]
+
+    @reg.register("seeded")
+    def seeded(x, *, generator):
+        if not isinstance(generator, torch.Generator):
+            raise TypeError("no generator given")
+        return x
+
+    what = "bad parameters for corruption"
+    with pytest.raises(ParamsError, match=rf"^{what} 'sized': its output size fails \(ValueError: no size\)$"):
+        reg.check_params("sized", {})
+    with pytest.raises(ParamsError, match=rf"^{what} 'boom': a trial run on a 16x16 image fails \(ValueError: boom\)$"):
+        reg.check_params("boom", {})
+    with pytest.raises(ParamsError, match=rf"^{what} 'listed': a trial run on a 16x16 image gives list, expected "):
+        reg.check_params("listed", {})
+    reg.check_params("seeded", {})  # the trial run passes a generator of its own
+
+
+def test_plain_values_name_an_odd_type() -> None:
+    from corruptions.registry import _check_plain
+
+    with pytest.raises(
+        ParamsError, match=r"^p\[1\] must be a number, string, boolean or a list of them, got \{1\} \(set\)$"
+    ):
+        _check_plain("p", [0, {1}])
+
+
+def test_rain_params_bounds_defaults_and_messages() -> None:
+    from corruptions.rain_streaks import check_rain_params, rain_layer
+
+    assert check_rain_params() == {
+        "density": 0.0027,
+        "width": 0.6,
+        "length": (15.0, 35.0),
+        "angle": (-20.0, 20.0),
+        "intensity": (0.3, 0.6),
+    }
+    edges = check_rain_params(density=0, length=[0, 0.5], angle=[-90, 90], intensity=[0, 0])
+    assert edges["density"] == 0.0 and edges["length"] == (0.0, 0.5) and edges["angle"] == (-90.0, 90.0)
+    assert check_rain_params(density=1)["density"] == 1.0 and check_rain_params(angle=[90, 90])["angle"] == (90.0, 90.0)
+    with pytest.raises(ValueError, match=r"^density must be a number in \[0, 1\], got 1\.5$"):
+        check_rain_params(density=1.5)
+    bad = {
+        "length": ([-1, 5], "0.0 <= lo <= hi, got"),
+        "angle": ([-90.5, 0], "-90.0 <= lo <= hi <= 90.0, got"),
+        "intensity": ([-0.1, 0.2], "0.0 <= lo <= hi, got"),
+    }
+    for name, (value, bounds) in bad.items():
+        msg = rf"^{name} must be a range \[lo, hi\] of two finite numbers with {re.escape(bounds)} "
+        with pytest.raises(ValueError, match=msg):
+            check_rain_params(**{name: value})
+    for angle in ([0, 90.5], [-100, 10], [5, 3]):  # past either end, or lo above hi
+        with pytest.raises(ValueError, match=r"^angle must be a range"):
+            check_rain_params(angle=angle)
+    g = torch.Generator().manual_seed(0)
+    layer = rain_layer(9, 11, generator=g, density=0.05, length=(5, 5), angle=(0, 0), intensity=(1, 1), width=0.6)
+    assert layer.shape == (9, 11) and layer.device.type == "cpu" and layer.dtype == torch.float32  # the defaults

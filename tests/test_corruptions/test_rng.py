@@ -61,3 +61,31 @@ def test_seed_range_and_type() -> None:
         seed_from(True, "t", "k")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         seed_from("1", "t", "k")  # type: ignore[arg-type]
+
+
+def test_numpy_generator_is_pcg64_seeded_with_16_bytes_of_the_sha256() -> None:
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from corruptions import numpy_generator
+
+    digest = hashlib.sha256(json.dumps([7, "sr_x2", "img"], separators=(",", ":")).encode()).digest()
+    want = np.random.Generator(np.random.PCG64(int.from_bytes(digest[:16], "big"))).integers(0, 2**62, 4)
+    assert np.array_equal(numpy_generator(7, "sr_x2", "img").integers(0, 2**62, 4), want)
+    assert not np.array_equal(numpy_generator(7, "sr_x2", "img2").integers(0, 2**62, 4), want)
+
+
+def test_seeds_hash_compact_ascii_json_of_the_parts() -> None:
+    import hashlib
+    import json
+
+    from corruptions import seed_from, seed_of
+
+    for parts in ((1, "été", "k"), ({"a": [1, 2]}, "x")):
+        text = json.dumps(list(parts), ensure_ascii=True, separators=(",", ":"))
+        want = int.from_bytes(hashlib.sha256(text.encode("ascii")).digest()[:8], "big") >> 1
+        assert seed_of(*parts) == want
+    with pytest.raises(TypeError, match=r"^seed must be an int, got str$"):
+        seed_from("1", "t", "k")
