@@ -84,10 +84,6 @@ class Score:
     root: str = ""
     seed: int = 0  # seed of the benchmark's noisy inputs: the same for every cell, so cells differ only by training
 
-    @property
-    def name(self) -> str:
-        return f"{self.dataset}_{self.metric}"
-
 
 @dataclass(frozen=True)
 class Cell:
