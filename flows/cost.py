@@ -180,6 +180,7 @@ def report(plan: dict[str, Any], root: Path, *, workers: int, gpus: int, png_lev
 # CPU and GPU rates.
 
 
+@functools.lru_cache(maxsize=1)
 def _rates() -> dict[str, Any]:
     """Measured rates (docs/bench_train.json, docs/bench_data.json, docs/bench_train_cuda.json) where present."""
     docs = Path(__file__).resolve().parents[1] / "docs"
@@ -190,9 +191,6 @@ def _rates() -> dict[str, Any]:
         except (OSError, ValueError):
             out[name] = {}
     return out
-
-
-_RATES: dict[str, Any] | None = None
 
 
 def _train_rate(table: dict[str, Any], size: str, precision: str) -> float | None:
@@ -218,10 +216,7 @@ def _source_images(source: str, default: float) -> float:
 def stage_estimate(node: Any) -> dict[str, float]:
     """CPU hours (at the rates measured on this project's 2-core CPU: docs/bench_*.json), GPU hours where a GPU rate
     for the model size was measured, and bytes written. An estimate, stated as one; 0 for a node already done."""
-    global _RATES
-    if _RATES is None:
-        _RATES = _rates()
-    rates, p = _RATES, node.params
+    rates, p = _rates(), node.params
     data = rates["bench_data"]
     crops_per_image = float((p.get("shard") or {}).get("crops", 1))
     per_sample = float(data.get("clean_bytes_per_sample", 112656.0))

@@ -30,7 +30,7 @@ from flows.cost import experiment_report
 from flows.stages import run_cli
 from ipt.experiment import plan as P
 from ipt.experiment import report as R
-from ipt.experiment.spec import Experiment, ExperimentError, load, project_root
+from ipt.experiment.spec import Experiment, ExperimentError, get_path, load, project_root
 
 MLFLOW_PREFIX = "exp-"  # the sweeps' MLflow experiments: apart from the DAG's stage experiments and its registry
 RESUMABLE = ("pretrain", "finetune")  # stages that continue from their latest checkpoint
@@ -100,13 +100,6 @@ def _cell_record(plan: P.Plan, i: int) -> dict[str, Any] | None:
     }
 
 
-def _get(params: dict[str, Any], dotted: str) -> Any:
-    node: Any = params
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
-
-
 def _losses(node: P.Node) -> list[tuple[str, float, int]]:
     """A training stage's metrics.jsonl as (stage/name, value, step)."""
     out = []
@@ -162,7 +155,7 @@ def log_to_mlflow(plan: P.Plan, records: dict[int, dict[str, Any]], tracking_uri
         )
         # every path any variant sets, with this cell's value (a variant that leaves one at the base still has a
         # point on that axis of the compare view)
-        values = {k: _get(plan.cells[i].params, k) for k in paths}
+        values = {k: get_path(plan.cells[i].params, k) for k in paths}
         child.log_params(
             {
                 **{k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in values.items()},
@@ -307,6 +300,8 @@ def prepare(file: str, work: str | None, workers: int | None, params_file: str |
 def render(exp: Experiment, markdown: Path) -> Path:
     """Copy the experiment's report into ``markdown`` (docs/BENCHMARKS.md) as the section ``experiment_<name>``, its
     headings one level down and its links made relative to that file: the docs table is the computed report."""
+    from ipt.fileio import write_section
+
     folder = exp.path.parent / exp.name
     report = folder / "report.md"
     if not report.is_file():
@@ -314,15 +309,7 @@ def render(exp: Experiment, markdown: Path) -> Path:
     rel = Path(os.path.relpath(folder.resolve(), markdown.resolve().parent)).as_posix()
     body = report.read_text().replace("](score.png)", f"]({rel}/score.png)")
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines()) + "\n"
-    name = f"experiment_{exp.name}"
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = markdown.read_text()
-    block = f"{start}\n{body}{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    markdown.write_text(text)
+    write_section(markdown, f"experiment_{exp.name}", body)
     return markdown
 
 

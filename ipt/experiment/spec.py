@@ -135,6 +135,14 @@ def set_path(params: dict[str, Any], dotted: str, value: Any) -> None:
     node[last] = copy.deepcopy(value)
 
 
+def get_path(params: dict[str, Any], dotted: str) -> Any:
+    """``params[a][b][c]`` for ``a.b.c``; None where a key is missing."""
+    node: Any = params
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Dotted paths of a nested override mapping. A dotted key stays one path; a corruption entry
     (``corrupt.tasks.<task>``) is flattened to its keyword arguments."""
