@@ -22,7 +22,6 @@ import torch
 
 from ipt.config import ModelSpec
 from ipt.device import autocast, cpu_has_fast_bf16, describe
-from ipt.fileio import write_section  # noqa: F401 - the benchmarks import it from here
 from ipt.inference import forward_chop_official, forward_tiled
 from ipt.model import build_ipt
 
@@ -123,6 +122,19 @@ def save_results(out: Path, section: str, device: str, body: str, result: dict) 
     write_section(out, name, body)
     (out.parent / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     return name
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace (or append) the block between <!-- name:start --> and <!-- name:end --> in ``path``."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number below names the command that made it.\n"
+    block = f"{start}\n{body}{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
 
 
 def main() -> None:

@@ -300,8 +300,6 @@ def prepare(file: str, work: str | None, workers: int | None, params_file: str |
 def render(exp: Experiment, markdown: Path) -> Path:
     """Copy the experiment's report into ``markdown`` (docs/BENCHMARKS.md) as the section ``experiment_<name>``, its
     headings one level down and its links made relative to that file: the docs table is the computed report."""
-    from ipt.fileio import write_section
-
     folder = exp.path.parent / exp.name
     report = folder / "report.md"
     if not report.is_file():
@@ -309,7 +307,15 @@ def render(exp: Experiment, markdown: Path) -> Path:
     rel = Path(os.path.relpath(folder.resolve(), markdown.resolve().parent)).as_posix()
     body = report.read_text().replace("](score.png)", f"]({rel}/score.png)")
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines()) + "\n"
-    write_section(markdown, f"experiment_{exp.name}", body)
+    name = f"experiment_{exp.name}"
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = markdown.read_text()
+    block = f"{start}\n{body}{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    markdown.write_text(text)
     return markdown
 
 

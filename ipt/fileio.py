@@ -55,16 +55,3 @@ def write_json(path: str | os.PathLike, obj: object, *, indent: int = 2, sort_ke
     """Write ``obj`` as JSON, atomically; strict (a NaN or infinity raises instead of writing a token JSON lacks)."""
     text = json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replace (or append) the block between <!-- name:start --> and <!-- name:end --> in ``path``."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number below names the command that made it.\n"
-    block = f"{start}\n{body}{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
