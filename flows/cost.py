@@ -291,4 +291,31 @@ def experiment_report(plan: Any) -> str:
         " docs/bench_train_cuda.json (GPU, bf16); benchmark stages are not priced (seconds to minutes each on a CPU);"
         " an estimate, not a measurement",
     ]
+    bf16 = sorted({n.stage for n in plan.nodes.values() if (n.params.get(n.stage) or {}).get("precision") == "bf16"})
+    lines += rate_kind_lines(_rates()["bench_train"], bf16)
     return "\n".join(lines)
+
+
+def rate_kind_lines(table: dict[str, Any], bf16_stages: list[str], here: dict[str, str] | None = None) -> list[str]:
+    """What CPU the training rates were measured on, and a warning where this CPU is of another kind for the
+    precision the plan trains in: a bf16 step is 10-100x slower than fp32 without native bf16 and faster with it,
+    so a bf16 rate from one kind prices nothing on the other."""
+    hw = table.get("hardware") or {}
+    if not hw:
+        return ["CPU training rates: none measured (docs/bench_train.json missing); CPU hours are not priced"]
+    if here is None:
+        from ipt.device import describe
+
+        here = describe()
+    there = f"{hw.get('cpu_model', '?')}, {hw.get('cpu_capability', '?')}, native bf16 {hw.get('fast_bf16', '?')}"
+    mine = f"{here.get('cpu_model', '?')}, {here.get('cpu_capability', '?')}, native bf16 {here.get('fast_bf16', '?')}"
+    out = [f"CPU training rates measured on: {there}; this CPU: {mine}"]
+    if bf16_stages and str(hw.get("fast_bf16")) != str(here.get("fast_bf16")):
+        out.append(
+            f"warning: {', '.join(bf16_stages)} train(s) in bf16, and the bf16 rate was measured on a CPU "
+            + ("without" if str(hw.get("fast_bf16")) != "True" else "with")
+            + " native bf16 while this one "
+            + ("has it" if str(here.get("fast_bf16")) == "True" else "has none")
+            + ": their CPU hours do not hold here (rerun benchmarks/bench_train.py on this CPU to price them)"
+        )
+    return out

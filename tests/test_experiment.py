@@ -485,3 +485,22 @@ def test_a_stage_whose_code_changed_after_planning_is_refused_not_run_under_its_
     with pytest.raises(RuntimeError, match="changed after this sweep was planned"):
         run_node.fn(node, node.label, 1, str(ROOT))
     assert not (node.run).exists() and not node.done()
+
+
+def test_dry_run_names_the_cpu_kind_of_its_rates_and_warns_on_a_bf16_mismatch() -> None:
+    from flows.cost import rate_kind_lines
+
+    avx2 = {"hardware": {"cpu_model": "AMD EPYC", "cpu_capability": "AVX2", "fast_bf16": "False"}}
+    here = {"cpu_model": "AMD EPYC", "cpu_capability": "AVX512", "fast_bf16": "True"}
+    lines = rate_kind_lines(avx2, ["finetune", "pretrain"], here)
+    assert lines[0] == (
+        "CPU training rates measured on: AMD EPYC, AVX2, native bf16 False; this CPU: AMD EPYC, AVX512, native bf16 True"
+    )
+    assert len(lines) == 2 and lines[1].startswith("warning: finetune, pretrain train(s) in bf16")
+    assert "without native bf16 while this one has it" in lines[1]
+    # fp32 plans, or a CPU of the same bf16 kind: the line says where the rates come from and warns of nothing
+    assert len(rate_kind_lines(avx2, [], here)) == 1
+    assert len(rate_kind_lines(avx2, ["finetune"], here | {"fast_bf16": "False"})) == 1
+    assert rate_kind_lines({}, ["finetune"], here) == [
+        "CPU training rates: none measured (docs/bench_train.json missing); CPU hours are not priced"
+    ]
