@@ -27,7 +27,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shards", help="root holding one pair-shard folder per task (data/pairs)")
     p.add_argument("--out", help="run folder: checkpoints/, model.pt, metrics.jsonl/.csv ('{task}' is replaced)")
     p.add_argument("--params", default=None, help="params file (default ./params.yaml; 'none' ignores it)")
-    p.add_argument("--steps", type=int, help="optimizer updates in total (a resumed run continues up to it)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="optimizer updates in total (a resumed run continues up to it); pretrain 0 writes the seeded init",
+    )
     p.add_argument("--batch-size", type=int, help="global batch, split evenly over the ranks")
     p.add_argument("--lr", type=float, help="Adam learning rate (pretrain 5e-5, finetune 2e-5)")
     p.add_argument(
@@ -50,6 +54,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-dir", help="pair-shard root to validate on (else a held-out split of --shards)")
     p.add_argument("--val-fraction", type=float, help="share of source images held out when no --val-dir (0.1)")
     p.add_argument("--val-samples", type=int, help="validation pairs per task (32)")
+    p.add_argument(
+        "--data-fraction",
+        type=float,
+        help="share of the source images trained on, a seeded nested draw per image (1 = all)",
+    )
     p.add_argument("--export", choices=("last", "best"), help="weights model.pt gets: the last or best validated")
     p.add_argument("--grad-clip", type=float, help="max global gradient norm (0 = off)")
     p.add_argument("--contrastive-weight", type=float, help="lambda of the patch contrastive loss (0.1 / 0)")
@@ -110,7 +119,8 @@ def add_finetune(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 TRAIN_KEYS = (  # the flags of both stages, also the keys their params.yaml sections may set
     "shards out steps batch_size lr schedule milestones gamma warmup_steps min_lr grad_clip contrastive_weight "
     "temperature pixel_loss charbonnier_eps seed checkpoint_every keep_checkpoints num_workers lanes shuffle_buffer "
-    "stream_segment augment ema_decay val_every val_dir val_fraction val_samples export precision device resume"
+    "stream_segment augment ema_decay val_every val_dir val_fraction val_samples data_fraction export precision"
+    " device resume"
 ).split()
 
 

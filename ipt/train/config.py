@@ -42,6 +42,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "val_dir": "",
     "val_fraction": 0.1,
     "val_samples": 32,
+    "data_fraction": 1.0,
 }
 
 
@@ -81,6 +82,9 @@ class TrainConfig:
     stream_segment: int = 1000
     num_workers: int = 0  # DataLoader workers per rank
     augment: bool = True  # random flips and 90-degree rotations of each (LQ, HR) pair, seeded per row and step
+    # The share of the source images trained on: a draw per source image seeded by `seed`, nested (at one seed the
+    # images of 0.25 are among those of 0.5), taken after the validation hold-out. 1: all (docs/training.md).
+    data_fraction: float = 1.0
     ema_decay: float = 0.0  # EMA of the weights (0: off, the paper's); when on, the EMA is validated and exported
     # Validation every val_every steps (None: none) on val_dir's pair shards, or else on the source images
     # a seeded val_fraction of which is held out of training; val_samples pairs per task.
@@ -100,7 +104,14 @@ class TrainConfig:
             value = getattr(self, name, None)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        positive = ("steps", "batch_size", "checkpoint_every", "stream_segment")
+        # a pre-training of 0 steps writes the seeded initial weights: a fine-tune from scratch starts from them
+        least = 0 if self.stage == "pretrain" else 1
+        if self.steps < least:
+            raise TrainingError(
+                f"{type(self).__name__}.steps must be >= {least}, got {self.steps}"
+                + (" (0 writes the seeded initial weights, the init of a from-scratch fine-tune)" if least == 0 else "")
+            )
+        positive = ("batch_size", "checkpoint_every", "stream_segment")
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainingError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}")
@@ -118,7 +129,7 @@ class TrainConfig:
                 "yet); fetch them first (`dvc pull`, or `aws s3 sync`) and pass that folder"
             )
         numbers = ("lr", "temperature", "gamma", "contrastive_weight", "grad_clip", "charbonnier_eps", "min_lr")
-        numbers += ("ema_decay", "val_fraction")
+        numbers += ("ema_decay", "val_fraction", "data_fraction")
         for name in numbers:
             if not math.isfinite(getattr(self, name)):
                 raise TrainingError(f"{type(self).__name__}.{name} must be a finite number, got {getattr(self, name)}")
@@ -161,6 +172,10 @@ class TrainConfig:
             )
         if not 0 < self.val_fraction < 1:
             raise TrainingError(f"{name}.val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 < self.data_fraction <= 1:
+            raise TrainingError(
+                f"{name}.data_fraction must be in (0, 1] (1: every source image), got {self.data_fraction}"
+            )
         if self.val_samples < 1:
             raise TrainingError(f"{name}.val_samples must be >= 1, got {self.val_samples}")
         if self.export not in EXPORTS:

@@ -153,6 +153,7 @@ class StreamSpec:
     segment: int = 1000
     holdout: float = 0.0  # share of source images held out for validation (never trained on)
     augment: bool = False  # a seeded flip / 90-degree rotation of each (lq, hr) row
+    subset: float = 1.0  # share of the (not held-out) source images trained on, a seeded draw per image
 
     def __post_init__(self) -> None:
         if self.batch_size % self.lanes:
@@ -209,8 +210,8 @@ class _Lane:
             ),
             wds.tarfile_to_samples(handler=wds.reraise_exception),
         ]
-        if s.holdout > 0:
-            stages.append(wds.select(functools.partial(is_trained, s.seed, s.holdout)))
+        if s.holdout > 0 or s.subset < 1:
+            stages.append(wds.select(functools.partial(is_trained, s.seed, s.holdout, s.subset)))
         if s.shuffle_buffer > 1:
             seed = seed_of(s.seed, "shuffle", task, self.lane, segment)
             stages.append(wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, seed=seed))
@@ -229,8 +230,15 @@ def held_out(seed: int, fraction: float, key: str) -> bool:
     return fraction > 0 and seed_of(seed, "val", source_of(key)) < fraction * 2**63
 
 
-def is_trained(seed: int, fraction: float, sample: dict[str, Any]) -> bool:
-    return not held_out(seed, fraction, str(sample.get("__key__", "")))
+def in_subset(seed: int, fraction: float, key: str) -> bool:
+    """Whether the source image of ``key`` is among the ``fraction`` trained on: a seeded draw per source image
+    independent of the hold-out's, so the images of a smaller fraction are among those of a larger one."""
+    return fraction >= 1 or seed_of(seed, "subset", source_of(key)) < fraction * 2**63
+
+
+def is_trained(seed: int, fraction: float, subset: float, sample: dict[str, Any]) -> bool:
+    key = str(sample.get("__key__", ""))
+    return not held_out(seed, fraction, key) and in_subset(seed, subset, key)
 
 
 # The eight symmetries of the square: bit 0 flips left-right, bit 1 flips top-bottom, bit 2 transposes.

@@ -242,6 +242,7 @@ def _stream(cfg: TrainConfig, spec: ModelSpec, shards: ShardSet) -> tuple[Stream
         segment=cfg.stream_segment,
         holdout=cfg.holdout,
         augment=cfg.augment,
+        subset=cfg.data_fraction,
     )
     return stream, shards.versions
 
@@ -435,6 +436,10 @@ def _run(
         shards = read_shards(cfg.shards, cfg.train_tasks)
     stream, versions = _stream(cfg, model.spec, shards)
     _check_same_data(cfg, resumed, versions)
+    if cfg.steps == 0:  # a pre-training of 0 steps (the config allows it there only): the seeded initial weights
+        if env.is_main:
+            _announce(cfg, tracker, start, versions, tags)
+        return _initial(cfg, env, model)
     sets = _validation_sets(cfg, model.spec, shards) if env.is_main else {}
     if env.is_main:
         _announce(cfg, tracker, start, versions, tags)
@@ -492,6 +497,31 @@ def _run(
         watch.close()
     out = _finish(cfg, env, watch, last, start, precision)
     return out | {"seconds": time.perf_counter() - tick, "validation_seconds": watch.val_seconds}
+
+
+def _initial(cfg: TrainConfig, env: D.DistEnv, model: IPT) -> dict[str, Any]:
+    """model.pt of a 0-step pre-training: the weights ``seed`` initialises, the start of a from-scratch fine-tune
+    whose model is the pretrained one's in every other respect (docs/training.md)."""
+    run = Path(cfg.out)
+    if env.is_main:
+        meta = {"stage": cfg.stage, "steps": 0, "tasks": list(cfg.train_tasks), "seed": cfg.seed}
+        save_checkpoint(run / S.FINAL, model, meta=meta | {"weights": "init", "export": cfg.export, "step": 0})
+    D.barrier(env)
+    out = {
+        "run_dir": str(run),
+        "steps": 0,
+        "resumed_from": 0,
+        "precision": "none",
+        "last": {},
+        "model": str(run / S.FINAL),
+    }
+    return out | {
+        "world_size": env.world,
+        "backend": D.backend(env),
+        "best": None,
+        "export": cfg.export,
+        "seconds": 0.0,
+    }
 
 
 def _checkpoint(
