@@ -191,7 +191,9 @@ def about_lines(plan: P.Plan, records: dict[int, dict[str, Any]]) -> list[str]:
         + ", ".join(f"`{st}.seed`" for st in exp.seed_stages)
         + ".",
         f"- Score: `{s.metric}` of the `{s.model}` model for"
-        f" `{s.task}` on {s.dataset} ({', '.join(images)} images), `ipt benchmark` protocol ipt, tiling {s.tiling},"
+        f" `{s.task}` on {s.dataset}"
+        + (f" with `{s.inputs}`'s inputs (`--inputs`: a task it was not trained on)" if s.inputs else "")
+        + f" ({', '.join(images)} images), `ipt benchmark` protocol ipt, tiling {s.tiling},"
         f" precision {s.precision}, input seed {s.seed}.",
         f"- Factors: {', '.join(f'`{k}` in {v}' for k, v in exp.factors.items()) or 'named variants only'}.",
         f"- Base: {exp.params_file.name} with `base:` of `{exp.path.as_posix()}`; the command:"

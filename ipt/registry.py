@@ -171,6 +171,11 @@ def register(
     if report is not None:
         if task and report.get("task") not in (None, task):
             raise RegistryError(f"{report_path or 'report'}: scores task {report.get('task')!r}, not {task!r}")
+        if report.get("inputs") not in (None, report.get("task")):
+            raise RegistryError(
+                f"{report_path or 'report'}: scores the {report.get('task')} model on {report.get('inputs')}'s inputs "
+                "(ipt benchmark --inputs: a generalisation score), not on its own task's; score it without --inputs"
+            )
         check, notes = check_report_model(report, checkpoint, sha, report_path)
         score, key = score_of(report, metric, dataset)
         if _noise_seeded(str(report.get("task") or "")) and report.get("seed") is None:

@@ -63,7 +63,9 @@ def comparison_image(lq: np.ndarray | Tensor, output: Tensor, hr: np.ndarray, cr
 def markdown_table(report: dict[str, Any]) -> str:
     """One table: a row per dataset with the means and the time per image."""
     lines = [
-        f"**{report['task']}**, model `{report['model']}`, protocol `{report['protocol']}`"
+        f"**{report['task']}**"
+        + (f" on **{report['inputs']}**'s inputs" if report.get("inputs") else "")
+        + f", model `{report['model']}`, protocol `{report['protocol']}`"
         + (f", tiling `{report['tiling']}`" if report.get("tiling") else "")
         + (f", precision `{report['precision']}`" if report.get("precision") else "")
         + (
@@ -126,7 +128,8 @@ def log_report(tracker: Any, report: dict[str, Any], samples: dict[str, np.ndarr
     }
     tracker.log_metrics(metrics)
     hw = report.get("hardware") or {}
-    params = {f"benchmark.{k}": report.get(k) for k in ("task", "model", "protocol", "tiling", "precision", "device")}
+    keys = ("task", "inputs", "model", "protocol", "tiling", "precision", "device")
+    params = {f"benchmark.{k}": report.get(k) for k in keys if k != "inputs" or report.get(k)}
     params |= {"benchmark.seed": report.get("seed"), "benchmark.limit": report.get("limit")}
     params |= {f"benchmark.{k}": hw.get(k) for k in ("cpu_model", "cpu_bf16", "torch", "cuda")}
     params |= {

@@ -145,6 +145,41 @@ def test_weights_on_sr_and_denoise_sets(sr_root: Path, tmp_path: Path, weights: 
     assert "noisy inputs from seed 20210507" in capsys.readouterr().err
 
 
+def test_inputs_scores_a_model_on_another_tasks_inputs(sr_root: Path, tmp_path: Path, weights: Path, capsys) -> None:
+    """Generalisation (issue 35d): the denoise_s30 head on sigma-10 noise. The inputs are exactly the denoise_s10
+    task's (same seed), the head is still denoise_s30's, and the report says both."""
+    clean = tmp_path / "den" / "CBSD68"
+    clean.mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(_smooth(48, 56, i)).save(clean / f"{i}.png")
+    root = ["--root", str(clean.parent), "--datasets", "CBSD68", "--quiet"]
+
+    def run(task: str, model: str, *extra: str) -> dict:
+        out = tmp_path / f"{task}-{Path(model).stem}-{'-'.join(extra)}.json"
+        assert main(["benchmark", "--task", task, "--model", model, *root, "--out", str(out), *extra]) == 0
+        return _strict_json(out)
+
+    def per_image(r: dict) -> list:
+        return r["datasets"]["CBSD68"]["per_image"]
+
+    moved = run("denoise_s30", "identity", "--inputs", "denoise_s10")
+    assert per_image(moved) == per_image(run("denoise_s10", "identity"))  # the inputs are denoise_s10's
+    assert per_image(moved) != per_image(run("denoise_s30", "identity"))
+    assert moved["task"] == "denoise_s30" and moved["inputs"] == "denoise_s10" and set(moved) == TOP_KEYS | {"inputs"}
+    assert "**denoise_s30** on **denoise_s10**'s inputs" in capsys.readouterr().out
+    head30 = run("denoise_s30", str(weights), "--inputs", "denoise_s10")
+    head50 = run("denoise_s50", str(weights), "--inputs", "denoise_s10")
+    assert per_image(head30) != per_image(head50)  # the model's head is its task's, not the inputs'
+    assert per_image(head30) != per_image(run("denoise_s30", str(weights)))
+    assert "inputs" not in run("denoise_s30", "identity", "--inputs", "denoise_s30")  # its own task: a plain report
+    capsys.readouterr()
+    # another scale is refused before anything is scored
+    argv = ["benchmark", "--task", "sr_x2", "--model", "bicubic", "--root", str(sr_root), "--inputs", "denoise_s10"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --inputs denoise_s10: its inputs are at x1, the sr_x2 model restores x2", err
+
+
 def test_identity_denoise_is_deterministic(tmp_path: Path) -> None:
     (tmp_path / "McMaster").mkdir()
     Image.fromarray(_smooth(40, 40, 3)).save(tmp_path / "McMaster" / "1.png")

@@ -142,6 +142,12 @@ def write_exp(tmp: Path, name: str = "lr", **over) -> Path:
         ({"factors": {"refine.steps": [1, 2]}}, "factors.refine.steps", "no cell runs refine"),
         ({"seed_stages": ["refine"]}, "seed_stages", "runs before its score"),
         ({"seed_stages": ["benchmark"]}, "seed_stages", "runs before its score"),
+        (
+            {"score": {"task": "sr_x2", "dataset": "Set5", "inputs": "denoise_s10"}},
+            "score.inputs",
+            "'denoise_s10' inputs are at x1, the sr_x2 model restores x2",
+        ),
+        ({"score": {"task": "sr_x2", "dataset": "Set5", "inputs": "blurry"}}, "score.inputs", "neither a paper task"),
     ],
 )
 def test_a_bad_experiment_file_is_refused_in_one_line_naming_the_file_and_key(tmp_path, over, key, says) -> None:
@@ -426,7 +432,7 @@ def test_the_run_experiment_deployment_names_the_flow_and_a_file_that_loads(benc
     assert exp.name == "derain_loss" and len(exp.cells()) == 9
 
 
-@pytest.mark.parametrize("name", ["derain_loss", "ptgrm_prior", "quality_decay"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml")))
 def test_the_committed_experiment_files_load(name, benchmark_root, monkeypatch) -> None:
     monkeypatch.setenv("IPT_BENCHMARK_ROOT", str(benchmark_root))
     exp = load(ROOT / "experiments" / f"{name}.yaml")
@@ -494,7 +500,8 @@ def test_dry_run_names_the_cpu_kind_of_its_rates_and_warns_on_a_bf16_mismatch() 
     here = {"cpu_model": "AMD EPYC", "cpu_capability": "AVX512", "fast_bf16": "True"}
     lines = rate_kind_lines(avx2, ["finetune", "pretrain"], here)
     assert lines[0] == (
-        "CPU training rates measured on: AMD EPYC, AVX2, native bf16 False; this CPU: AMD EPYC, AVX512, native bf16 True"
+        "CPU training rates measured on: AMD EPYC, AVX2, native bf16 False; "
+        "this CPU: AMD EPYC, AVX512, native bf16 True"
     )
     assert len(lines) == 2 and lines[1].startswith("warning: finetune, pretrain train(s) in bf16")
     assert "without native bf16 while this one has it" in lines[1]
@@ -504,3 +511,24 @@ def test_dry_run_names_the_cpu_kind_of_its_rates_and_warns_on_a_bf16_mismatch() 
     assert rate_kind_lines({}, ["finetune"], here) == [
         "CPU training rates: none measured (docs/bench_train.json missing); CPU hours are not priced"
     ]
+
+
+def test_a_score_on_another_tasks_inputs_shares_every_training_stage_and_passes_inputs(tmp_path) -> None:
+    """Generalisation (issue 35d): the same cells scored on denoise_s10's inputs train exactly the stages of the plain
+    score (so files that differ only there share them in one --work folder); only the benchmark differs."""
+    params = tiny_params(tmp_path)
+    score = {"task": "denoise_s30", "dataset": "Set5", "metric": "psnr_y", "tiling": "overlap"}
+    plain = load(write_exp(tmp_path, "plain", score=score), params_file=params)
+    moved = load(write_exp(tmp_path, "moved", score=score | {"inputs": "denoise_s10"}), params_file=params)
+    assert plain.score.inputs is None and moved.score.inputs == "denoise_s10"
+    same = load(write_exp(tmp_path, "same", score=score | {"inputs": "denoise_s30"}), params_file=params)
+    assert same.score.inputs is None  # its own task: the plain score
+    a, b = P.build(plain, tmp_path / "work"), P.build(moved, tmp_path / "work")
+    train = {k for k, n in a.nodes.items() if n.stage != "benchmark"}
+    assert train == {k for k, n in b.nodes.items() if n.stage != "benchmark"}
+    bench_a = [n for n in a.nodes.values() if n.stage == "benchmark"]
+    bench_b = [n for n in b.nodes.values() if n.stage == "benchmark"]
+    assert not {n.key for n in bench_a} & {n.key for n in bench_b}
+    assert all("--inputs" not in n.argv for n in bench_a)
+    assert all(n.argv[n.argv.index("--inputs") + 1] == "denoise_s10" for n in bench_b)
+    assert len(bench_b) == len(moved.cells())

@@ -140,6 +140,10 @@ def test_register_errors_are_one_line(tmp_path: Path, uri: str, capsys) -> None:
     (tmp_path / "r.json").write_text(json.dumps(_report("sr_x3", 1, 1, ckpt)))
     assert main(["register", "--checkpoint", str(ckpt), "--task", "sr_x2", "--report", str(tmp_path / "r.json")]) == 2
     assert "scores task 'sr_x3', not 'sr_x2'" in capsys.readouterr().err
+    (tmp_path / "g.json").write_text(json.dumps(_report("sr_x2", 1, 1, ckpt) | {"inputs": "sr_x2_blur"}))
+    assert main(["register", "--checkpoint", str(ckpt), "--task", "sr_x2", "--report", str(tmp_path / "g.json")]) == 2
+    err = capsys.readouterr().err
+    assert "scores the sr_x2 model on sr_x2_blur's inputs (ipt benchmark --inputs" in err and len(err.splitlines()) == 1
     assert main(["register", "--checkpoint", str(ckpt), "--task", "sr_x4"]) == 2
     assert "task 'sr_x4' is not in this checkpoint" in capsys.readouterr().err
     assert main(["register", "--checkpoint", str(tmp_path / "nope.pt")]) == 2

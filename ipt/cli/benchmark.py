@@ -23,12 +23,14 @@ def _tracker(args: argparse.Namespace):
         else str(args.model)
     )
     tags = {"ipt.stage": "benchmark", "ipt.task": args.task, "ipt.model": str(args.model)}
+    if args.inputs and args.inputs != args.task:
+        tags["ipt.inputs"] = args.inputs
     return stage_run(
         "ipt-benchmark", f"{args.task}: {label}", run_id=args.mlflow_run_id, tracking_uri=args.tracking_uri, tags=tags
     )
 
 
-def _benchmark_corruption(args: argparse.Namespace) -> dict | None:
+def _benchmark_corruption(args: argparse.Namespace, task: str) -> dict | None:
     """None for the paper's tasks (their names say how the test inputs are made); for any other task its
     ``corrupt.tasks`` entry in the params file (an error naming the file and the task when there is none), which the
     benchmark applies to clean images. Both go through :mod:`ipt.tasks` (the scale from the corruption itself)."""
@@ -45,17 +47,39 @@ def _benchmark_corruption(args: argparse.Namespace) -> dict | None:
             raise UserError(f"{source}: cannot read corrupt.tasks ({str(e).splitlines()[0]})") from None
     if not isinstance(tasks, dict):
         tasks = {}
-    if paper_kind(args.task) is not None:
-        if args.task in tasks:  # its entry must make what the name says (the benchmark follows the name)
-            from_entry(args.task, tasks[args.task], source, trial=False)
+    if paper_kind(task) is not None:
+        if task in tasks:  # its entry must make what the name says (the benchmark follows the name)
+            from_entry(task, tasks[task], source, trial=False)
         return None
-    if args.task not in tasks:
+    if task not in tasks:
         where = f"{source} corrupt.tasks" if source != "none" else "params file (ignored: --params none)"
         raise UserError(
-            f"task {args.task!r} is not a paper task (sr_xN, denoise_sNN, derain) and has no corruption entry in "
+            f"task {task!r} is not a paper task (sr_xN, denoise_sNN, derain) and has no corruption entry in "
             f"{where}; known there: {sorted(tasks)}"
         )
-    return tasks[args.task]
+    return tasks[task]
+
+
+def _inputs(args: argparse.Namespace, task: str, corruption: dict | None) -> tuple[str, dict | None]:
+    """The task whose test inputs are scored (``--inputs``; the model's own task by default) and its corruption;
+    refused when its scale is not the model task's (the tail upsamples by that)."""
+    from ipt.data.testsets import task_kind
+
+    inputs = args.inputs or task
+    if inputs == task:
+        return task, corruption
+    other = _benchmark_corruption(args, inputs)
+
+    def scale(t: str, c: dict | None) -> int:
+        kind, param = task_kind(t, c)
+        return int(param) if kind in ("sr", "custom") else 1
+
+    if scale(inputs, other) != scale(task, corruption):
+        raise UserError(
+            f"--inputs {inputs}: its inputs are at x{scale(inputs, other)}, the {task} model restores "
+            f"x{scale(task, corruption)}"
+        )
+    return inputs, other
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -78,8 +102,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for target in (args.out, args.scores, args.markdown):  # before minutes of evaluation, not after
         if target:
             _check_writable(Path(target))
-    corruption = _benchmark_corruption(args)  # None for sr_xN / denoise_sNN / derain
-    names, notes = resolve_datasets(root, cfg.task, list(cfg.datasets) if cfg.datasets else None, corruption)
+    corruption = _benchmark_corruption(args, cfg.task)  # None for sr_xN / denoise_sNN / derain
+    inputs, made_by = _inputs(args, cfg.task, corruption)  # another task's inputs: a generalisation score
+    names, notes = resolve_datasets(root, inputs, list(cfg.datasets) if cfg.datasets else None, made_by)
     restore_fn, info = make_restore_fn(
         cfg.model,
         cfg.task,
@@ -92,7 +117,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         corruption=corruption,
     )
     limit = cfg.limit
-    sets = [load_benchmark(root, n, cfg.task, seed=cfg.seed, limit=limit, corruption=corruption) for n in names]
+    sets = [load_benchmark(root, n, inputs, seed=cfg.seed, limit=limit, corruption=made_by) for n in names]
     tracker, owned = _tracker(args)
     for note in notes + [n for s in sets for n in s.notes]:
         print(f"note: {note}", file=sys.stderr)
@@ -122,17 +147,19 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             report = run_benchmark(
                 restore_fn,
                 sets,
-                task=cfg.task,
+                task=inputs,
                 model=cfg.model,
                 protocol=cfg.protocol,
                 info=info,
                 hardware=describe(),
                 on_result=progress,
                 on_output=keep_first,
-                corruption=corruption,
+                corruption=made_by,
                 seed=cfg.seed,
                 limit=limit,
             )
+            if inputs != cfg.task:  # the model's task, and the task whose inputs it was scored on
+                report = {"task": cfg.task, "inputs": inputs} | {k: v for k, v in report.items() if k != "task"}
             _write_report(report, args, tracker, samples)
             table = markdown_table(report)
             if args.markdown:
@@ -192,6 +219,12 @@ def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--model",
         default=None,
         help="'bicubic' (SR), 'identity' (x1), 'baseline' (either), a weights file, models:/...",
+    )
+    p.add_argument(
+        "--inputs",
+        default=None,
+        help="score on another task's test inputs at the same scale (e.g. a denoise_s30 model on denoise_s10 noise:"
+        " generalisation); default: the model's task. Such a report cannot register the model",
     )
     p.add_argument("--root", default=None, help="folder holding the sets (Set5/, Set14/, B100/, CBSD68/, ...)")
     p.add_argument("--datasets", default=None, help="comma-separated names (default: the task's standard sets present)")

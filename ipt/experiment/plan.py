@@ -215,7 +215,8 @@ class _Builder:
             labels[f"refine@{t}"] = rf.key
             model, model_node = rf.run / "model.pt", rf
         bench_inputs = {
-            "score": {k: v for k, v in vars(score).items() if k != "metric"},
+            # `inputs` only where set: the keys of files written before it existed stay what they were
+            "score": {k: v for k, v in vars(score).items() if k != "metric" and (k != "inputs" or v)},
             "benchmark": {k: v for k, v in (p.get("benchmark") or {}).items() if k not in ("model", "out")},
             "dataset": files_digest(str(Path(score.root) / score.dataset)),
         }
@@ -227,6 +228,7 @@ class _Builder:
             *("--task", t, "--model", str(model), "--root", score.root, "--datasets", score.dataset),
             *("--tiling", score.tiling, "--precision", score.precision, "--seed", str(score.seed)),
             *("--protocol", "ipt", "--limit", str(score.limit)),
+            *(("--inputs", score.inputs) if score.inputs else ()),
             *("--out", str(b.run / "report.json"), "--quiet"),
         ]
         labels["score"] = b.key

@@ -53,7 +53,7 @@ FILE_KEYS = {
     "score",
     "engine",
 }
-SCORE_KEYS = {"task", "dataset", "metric", "model", "limit", "tiling", "precision", "root", "seed"}
+SCORE_KEYS = {"task", "dataset", "metric", "model", "limit", "tiling", "precision", "root", "seed", "inputs"}
 ENGINE_KEYS = {"workers", "threads", "executor", "dask_address"}
 
 
@@ -83,6 +83,7 @@ class Score:
     precision: str = "fp32"
     root: str = ""
     seed: int = 0  # seed of the benchmark's noisy inputs: the same for every cell, so cells differ only by training
+    inputs: str | None = None  # another task's test inputs at the same scale (generalisation; `ipt benchmark --inputs`)
 
 
 @dataclass(frozen=True)
@@ -443,7 +444,39 @@ def _score(file: Path, score: Any, base: dict[str, Any], project: Path) -> Score
     precision = score.get("precision", "fp32")
     if precision not in ("fp32", "bf16", "auto"):
         raise _fail(file, "score.precision", f"{precision!r} is not fp32, bf16 or auto")
-    return Score(task, score["dataset"], metric, model, limit, tiling, precision, root, seed)
+    inputs = _score_inputs(file, score.get("inputs"), task, tasks, Path(root), score["dataset"])
+    return Score(task, score["dataset"], metric, model, limit, tiling, precision, root, seed, inputs)
+
+
+def _score_inputs(file: Path, inputs: Any, task: str, tasks: dict[str, Any], root: Path, dataset: str) -> str | None:
+    """``score.inputs``: a task whose test inputs the model is scored on instead of its own (a paper task name such
+    as denoise_s10, or a corrupt.tasks entry), at the scale of ``task``; None when left out or the task itself."""
+    from ipt.data.testsets import BenchmarkDataError, resolve_datasets, task_kind
+    from ipt.tasks import TaskError, paper_kind
+
+    if inputs is None or inputs == task:
+        return None
+    if not isinstance(inputs, str) or not (paper_kind(inputs) is not None or inputs in tasks):
+        raise _fail(
+            file, "score.inputs", f"{inputs!r} is neither a paper task (denoise_s10, sr_x3, ...) nor in corrupt.tasks"
+        )
+
+    def scale(t: str) -> int:
+        entry = None if paper_kind(t) is not None else tasks.get(t)
+        kind, param = task_kind(t, entry)
+        return int(param) if kind in ("sr", "custom") else 1
+
+    try:
+        if scale(inputs) != scale(task):
+            raise _fail(
+                file,
+                "score.inputs",
+                f"'{inputs}' inputs are at x{scale(inputs)}, the {task} model restores x{scale(task)}",
+            )
+        resolve_datasets(root, inputs, [dataset], None if paper_kind(inputs) is not None else tasks[inputs])
+    except (BenchmarkDataError, TaskError) as e:
+        raise _fail(file, "score.inputs", str(e)) from None
+    return inputs
 
 
 def cell_params(exp: Experiment, variant: Variant, seed: int) -> dict[str, Any]:
