@@ -295,7 +295,7 @@ def prepare(file: str, work: str | None, workers: int | None, params_file: str |
     exp = load(file, params_file=params_file)
     if workers:
         exp = Experiment(**{**vars(exp), "workers": workers})
-    folder = Path(work) if work else Path("runs") / "experiments" / exp.name
+    folder = Path(work or exp.work or Path("runs") / "experiments" / exp.name)
     return exp, P.build(exp, folder if folder.is_absolute() else project_root() / folder)
 
 
@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m flows.experiment", description="Run an experiment file to its report.")
     ap.add_argument("file", help="experiments/<name>.yaml")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and their cost; run nothing")
-    ap.add_argument("--work", default=None, help="stage folders (default runs/experiments/<name>)")
+    ap.add_argument(
+        "--work", default=None, help="stage folders (default: the file's engine.work, else runs/experiments/<name>)"
+    )
     ap.add_argument("--workers", type=int, default=None, help="Dask workers (default: the file's engine.workers)")
     ap.add_argument("--params", default=None, help="base params file (default: the file's `params`, else params.yaml)")
     ap.add_argument(

@@ -12,7 +12,8 @@ The file's keys (docs/experiments.md has an annotated example):
     seed_stages: the stages whose seed is the cell's (default: pretrain, finetune, refine; data stays at the base seed)
     score:     {task, dataset, metric (psnr_y | ssim_y | psnr_rgb), model (finetune | refine), limit, tiling,
                 precision, root, seed}: what answers the question
-    engine:    {workers, threads}: cells in parallel (Dask workers) and torch threads per stage
+    engine:    {workers, threads, work}: cells in parallel (Dask workers), torch threads per stage, and the stage
+               folders (default runs/experiments/<name>; files that name one folder share the stages they agree on)
 
 Every error is one line naming the file and the key: :class:`ExperimentError`.
 """
@@ -54,7 +55,7 @@ FILE_KEYS = {
     "engine",
 }
 SCORE_KEYS = {"task", "dataset", "metric", "model", "limit", "tiling", "precision", "root", "seed", "inputs"}
-ENGINE_KEYS = {"workers", "threads", "executor", "dask_address"}
+ENGINE_KEYS = {"workers", "threads", "executor", "dask_address", "work"}
 
 
 class ExperimentError(IPTError):
@@ -114,6 +115,7 @@ class Experiment:
     threads: int = 0  # 0: cores / workers
     executor: str = "dask"
     dask_address: str | None = None
+    work: str | None = None  # the stage folders (default runs/experiments/<name>); files naming one share stages
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def cells(self) -> list[Cell]:
@@ -301,8 +303,8 @@ def load(path: str | Path, *, params_file: str | Path | None = None) -> Experime
     if not isinstance(named, dict):
         raise _fail(file, "variants", "must map variant names to param overrides")
     for label, over in named.items():
-        if not isinstance(over, dict) or not over:
-            raise _fail(file, f"variants.{label}", "needs a mapping of param overrides (dotted paths)")
+        if not isinstance(over, dict):  # {}: the base as it is (the reference a change is measured against)
+            raise _fail(file, f"variants.{label}", "needs a mapping of param overrides (dotted paths; {}: the base)")
         for dotted, v in flatten(over).items():
             check_path(file, f"variants.{label}.{dotted}", dotted, base, v)
             if dotted in factors:
@@ -351,6 +353,9 @@ def load(path: str | Path, *, params_file: str | Path | None = None) -> Experime
     executor = engine.get("executor", "dask")
     if executor not in ("dask", "process", "serial"):
         raise _fail(file, "engine.executor", f"must be dask, process or serial, got {executor!r}")
+    work = engine.get("work")
+    if work is not None and (not isinstance(work, str) or not work.strip()):
+        raise _fail(file, "engine.work", f"must be a folder (a path), got {work!r}")
     exp = Experiment(
         name=name,
         path=file,
@@ -367,6 +372,7 @@ def load(path: str | Path, *, params_file: str | Path | None = None) -> Experime
         threads=threads,
         executor=executor,
         dask_address=engine.get("dask_address"),
+        work=work,
         raw=data,
     )
     check_cells(exp)
