@@ -17,7 +17,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: venv test test-fast test-gpu gpu-wheels run lint bench mutation clean prefect-server prefect-worker \
-	prefect-deploy mlflow-ui serve experiment test-oldest-torch test-spandrel
+	prefect-deploy mlflow-ui serve experiment test-oldest-torch test-newest-torch test-spandrel
 
 venv: $(STAMP)
 
@@ -34,21 +34,30 @@ TEST_WORKERS ?= 2  # pytest-xdist workers (the e2e test runs beside the rest); 0
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not gpu and not network and not spandrel" --durations=15
 
-# The core install on the oldest torch of pyproject's range (docs/install.md): a separate venv (PyPI's torch of that
-# release is a CUDA build, about 5 GB; it runs on CPU), the core dependencies from pyproject, and the restore, API
-# and loader tests. `make venv` keeps its exact torch==2.13.0.
+# The core install on each end of pyproject's torch range (docs/install.md): a separate venv per release (PyPI's
+# torch of those releases is a CUDA build, 5-6 GB; it runs on CPU), the core dependencies from pyproject, and the
+# restore, API and loader tests. `make venv` keeps its exact torch==2.13.0. pip runs without the machine's pip config
+# (PIP_CONFIG_FILE=/dev/null): a config's constraint capping torch, or find-links holding another build of the same
+# release, must not choose the torch under test.
 OLDEST_TORCH ?= 2.4.1
+NEWEST_TORCH ?= 2.15.0
 OLD_VENV ?= .venv-oldtorch
-OLD_TESTS := tests/test_cli_restore.py tests/test_install.py tests/test_checkpoint.py tests/test_inference.py \
+NEW_VENV ?= .venv-newtorch
+TORCH_RANGE_TESTS := tests/test_cli_restore.py tests/test_install.py tests/test_checkpoint.py tests/test_inference.py \
 	tests/test_model.py
-$(OLD_VENV)/.installed-$(OLDEST_TORCH): pyproject.toml
-	$(PYTHON) -m venv $(OLD_VENV)
-	$(OLD_VENV)/bin/pip install --quiet torch==$(OLDEST_TORCH) 'pytest>=8'
-	$(OLD_VENV)/bin/pip install --quiet -e .
-	touch $@
-test-oldest-torch: $(OLD_VENV)/.installed-$(OLDEST_TORCH)
-	$(OLD_VENV)/bin/python -c "import torch; assert torch.__version__.split('+')[0] == '$(OLDEST_TORCH)', torch.__version__"
-	$(OLD_VENV)/bin/python -m pytest -q -p no:cacheprovider $(OLD_TESTS)
+# $(1) the make target, $(2) the torch release, $(3) its venv.
+define TORCH_RANGE_CHECK
+$(3)/.installed-$(2): pyproject.toml
+	$(PYTHON) -m venv $(3)
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(3)/bin/pip install --quiet torch==$(2) 'pytest>=8'
+	PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= $(3)/bin/pip install --quiet -e .
+	touch $$@
+$(1): $(3)/.installed-$(2)
+	$(3)/bin/python -c "import torch; assert torch.__version__.split('+')[0] == '$(2)', torch.__version__"
+	$(3)/bin/python -m pytest -q -p no:cacheprovider $(TORCH_RANGE_TESTS)
+endef
+$(eval $(call TORCH_RANGE_CHECK,test-oldest-torch,$(OLDEST_TORCH),$(OLD_VENV)))
+$(eval $(call TORCH_RANGE_CHECK,test-newest-torch,$(NEWEST_TORCH),$(NEW_VENV)))
 
 # spandrel (ComfyUI's and chaiNNer's model loader) against `ipt export` and `ipt finetune`'s official.pt
 # (tests/test_spandrel.py, docs/export.md#spandrel). A separate venv: torchvision 0.28.0 does not import beside the

@@ -64,7 +64,7 @@ print("core ok")
     assert "note: MLflow is not installed: no ipt-benchmark run is logged" in r.stderr
 
 
-def test_torch_is_a_range_from_the_oldest_torch_make_tests_to_the_one_make_venv_pins() -> None:
+def test_torch_is_a_range_from_the_oldest_torch_make_tests_to_the_newest_it_tests() -> None:
     import re
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -72,9 +72,14 @@ def test_torch_is_a_range_from_the_oldest_torch_make_tests_to_the_one_make_venv_
     low, high = re.fullmatch(r"torch>=([\d.]+),<([\d.]+)", spec.replace(" ", "")).groups()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(rf"^OLDEST_TORCH \?= {re.escape(low)}$", makefile, re.M), "make test-oldest-torch tests the floor"
+    newest = re.search(r"^NEWEST_TORCH \?= ([\d.]+)$", makefile, re.M).group(1)
     pinned = re.search(r"install --quiet torch==([\d.]+)$", makefile, re.M).group(1)
 
     def key(v: str) -> tuple[int, ...]:
         return tuple(int(x) for x in v.split("."))
 
-    assert key(low) <= key(pinned) < key(high), f"make venv's torch {pinned} is outside {spec}"
+    assert key(low) <= key(pinned) <= key(newest), f"make venv's torch {pinned} is outside {low}..{newest}, the tried"
+    assert key(newest) < key(high), f"make test-newest-torch's torch {newest} is outside {spec}"
+    # The ceiling is measured: it stops at the first minor release after the newest one make test-newest-torch tries.
+    major, minor = key(newest)[:2]
+    assert key(high) == (major, minor + 1), f"{spec}: the ceiling is <{major}.{minor + 1}, {newest} the top tried"
