@@ -11,6 +11,7 @@ from helpers_pairs import make_pair_root, tiny_pretrain
 from ipt.checkpoint import load_model
 from ipt.train.config import FinetuneConfig
 from ipt.train.data import StreamSpec, _Lane, find_shards, held_out, in_subset
+from ipt.train.errors import TrainingError
 from ipt.train.loop import finetune, pretrain
 from ipt.train.state import list_checkpoints, read_metrics
 
@@ -115,3 +116,17 @@ def test_a_zero_step_pretrain_from_the_cli_says_so(pairs, tmp_path, capsys) -> N
     assert main(["pretrain", "--params", str(params), "--tasks", "sr_x2,denoise_s30"]) == 0
     assert "pretrain: nothing left to train" in capsys.readouterr().err
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_a_fraction_that_keeps_no_image_is_refused_before_training(tmp_path) -> None:
+    from ipt.train.data import first_trained_key
+
+    few = make_pair_root(tmp_path / "few", samples=2, shards=1)
+    urls = find_shards(few, TASKS)
+    keys = [first_trained_key(urls[t], 7, 0.0, 1.0) for t in TASKS]
+    assert all(keys)  # everything trains
+    tiny = 1e-9  # no image of two passes a draw below 1e-9 (with this seed)
+    assert first_trained_key(urls["sr_x2"], 7, 0.0, tiny) is None
+    with pytest.raises(TrainingError, match=r"sr_x2: data_fraction 1e-09 \(after the validation hold-out\) keeps no"):
+        pretrain(tiny_pretrain(few, tmp_path / "run", data_fraction=tiny))
+    assert not (tmp_path / "run" / "model.pt").exists()

@@ -241,6 +241,18 @@ def is_trained(seed: int, fraction: float, subset: float, sample: dict[str, Any]
     return not held_out(seed, fraction, key) and in_subset(seed, subset, key)
 
 
+def first_trained_key(urls: Sequence[str], seed: int, fraction: float, subset: float) -> str | None:
+    """The first sample key of ``urls`` that the stream trains on (tar headers only, stopping at the first), or None:
+    a hold-out and ``data_fraction`` that leave a task nothing would leave its stream looping without a sample."""
+    for url in urls:
+        with tarfile.open(url) as tf:
+            for member in tf:
+                key = member.name.rsplit("/", 1)[-1].split(".", 1)[0]
+                if member.isfile() and is_trained(seed, fraction, subset, {"__key__": key}):
+                    return key
+    return None
+
+
 # The eight symmetries of the square: bit 0 flips left-right, bit 1 flips top-bottom, bit 2 transposes.
 def dihedral(x: Tensor, code: int) -> Tensor:
     """``x`` (..., H, W) under symmetry ``code`` (0..7) of the square; 0 is the identity."""

@@ -33,7 +33,16 @@ from ipt.tracking import NullTracker, Tracker
 from ipt.train import distributed as D
 from ipt.train import state as S
 from ipt.train.config import FinetuneConfig, PretrainConfig, TrainConfig
-from ipt.train.data import Batch, ShardSet, StreamSpec, find_shards, pair_batches, read_shards, seed_of
+from ipt.train.data import (
+    Batch,
+    ShardSet,
+    StreamSpec,
+    find_shards,
+    first_trained_key,
+    pair_batches,
+    read_shards,
+    seed_of,
+)
 from ipt.train.ema import WeightEMA
 from ipt.train.errors import TrainingError
 from ipt.train.losses import ipt_objective
@@ -229,6 +238,13 @@ def _stream(cfg: TrainConfig, spec: ModelSpec, shards: ShardSet) -> tuple[Stream
                 f"{Path(cfg.shards) / t}: pairs made at x{shards.scales[t]}, but the model's {t} tail is "
                 f"x{spec.scale_of(t)}"
             )
+    if cfg.data_fraction < 1:
+        for t in tasks:
+            if first_trained_key(shards.urls[t], cfg.seed, cfg.holdout, cfg.data_fraction) is None:
+                raise TrainingError(
+                    f"{Path(cfg.shards) / t}: data_fraction {cfg.data_fraction} (after the validation hold-out) keeps "
+                    "no source image of these pairs; raise it or use more images"
+                )
     stream = StreamSpec(
         urls=shards.urls,
         tasks=tasks,
