@@ -193,6 +193,7 @@ def about_lines(plan: P.Plan, records: dict[int, dict[str, Any]]) -> list[str]:
         f"- Score: `{s.metric}` of the `{s.model}` model for"
         f" `{s.task}` on {s.dataset}"
         + (f" with `{s.inputs}`'s inputs (`--inputs`: a task it was not trained on)" if s.inputs else "")
+        + (f" with its prior's output set to {s.prior_probe} (`--prior-probe`)" if s.prior_probe != "own" else "")
         + f" ({', '.join(images)} images), `ipt benchmark` protocol ipt, tiling {s.tiling},"
         f" precision {s.precision}, input seed {s.seed}.",
         f"- Factors: {', '.join(f'`{k}` in {v}' for k, v in exp.factors.items()) or 'named variants only'}.",

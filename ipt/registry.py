@@ -143,6 +143,22 @@ def check_report_model(
     ]
 
 
+def refuse_probe_report(report: dict[str, Any], report_path: str | Path | None) -> None:
+    """A report made to ask a question of the model, not to score it as it runs (``ipt benchmark --inputs`` on
+    another task's inputs, ``--prior-probe zero``), never registers a version: RegistryError naming the flag."""
+    where = report_path or "report"
+    if report.get("prior_probe") not in (None, "own"):
+        raise RegistryError(
+            f"{where}: scores the refiner with its prior's output set to {report['prior_probe']} (ipt benchmark "
+            "--prior-probe), not as it runs; score it without --prior-probe"
+        )
+    if report.get("inputs") not in (None, report.get("task")):
+        raise RegistryError(
+            f"{where}: scores the {report.get('task')} model on {report.get('inputs')}'s inputs (ipt benchmark "
+            "--inputs: a generalisation score), not on its own task's; score it without --inputs"
+        )
+
+
 def register(
     checkpoint: str | Path,
     *,
@@ -171,11 +187,7 @@ def register(
     if report is not None:
         if task and report.get("task") not in (None, task):
             raise RegistryError(f"{report_path or 'report'}: scores task {report.get('task')!r}, not {task!r}")
-        if report.get("inputs") not in (None, report.get("task")):
-            raise RegistryError(
-                f"{report_path or 'report'}: scores the {report.get('task')} model on {report.get('inputs')}'s inputs "
-                "(ipt benchmark --inputs: a generalisation score), not on its own task's; score it without --inputs"
-            )
+        refuse_probe_report(report, report_path)
         check, notes = check_report_model(report, checkpoint, sha, report_path)
         score, key = score_of(report, metric, dataset)
         if _noise_seeded(str(report.get("task") or "")) and report.get("seed") is None:

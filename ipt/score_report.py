@@ -65,6 +65,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines = [
         f"**{report['task']}**"
         + (f" on **{report['inputs']}**'s inputs" if report.get("inputs") else "")
+        + (f", PTG-RM prior probe `{report['prior_probe']}`" if report.get("prior_probe") else "")
         + f", model `{report['model']}`, protocol `{report['protocol']}`"
         + (f", tiling `{report['tiling']}`" if report.get("tiling") else "")
         + (f", precision `{report['precision']}`" if report.get("precision") else "")
@@ -128,8 +129,8 @@ def log_report(tracker: Any, report: dict[str, Any], samples: dict[str, np.ndarr
     }
     tracker.log_metrics(metrics)
     hw = report.get("hardware") or {}
-    keys = ("task", "inputs", "model", "protocol", "tiling", "precision", "device")
-    params = {f"benchmark.{k}": report.get(k) for k in keys if k != "inputs" or report.get(k)}
+    keys = ("task", "inputs", "prior_probe", "model", "protocol", "tiling", "precision", "device")
+    params = {f"benchmark.{k}": report.get(k) for k in keys if k not in ("inputs", "prior_probe") or report.get(k)}
     params |= {"benchmark.seed": report.get("seed"), "benchmark.limit": report.get("limit")}
     params |= {f"benchmark.{k}": hw.get(k) for k in ("cpu_model", "cpu_bf16", "torch", "cuda")}
     params |= {

@@ -210,10 +210,12 @@ def make_restore_fn(
     num_heads: int = 12,
     tracking_uri: str | None = None,
     corruption: Mapping[str, Any] | None = None,
+    prior_probe: str = "own",
 ) -> tuple[RestoreFn, dict[str, Any]]:
     """``bicubic`` | ``identity`` | ``baseline`` (the one that fits the task) | a weights path | a ``models:/`` URI
     -> (restore function, run info: how the model ran, from :func:`ipt.restore.open_restorer`). ``corruption``: a
-    custom task's spec (its scale decides the baseline: bicubic above 1, the degraded input at 1)."""
+    custom task's spec (its scale decides the baseline: bicubic above 1, the degraded input at 1). ``prior_probe``
+    ``zero`` runs a PTG-RM refiner with its prior's output set to zero (a refiner only)."""
     kind, param = task_kind(task, corruption)
     upscales = kind == "sr" or (kind == "custom" and param > 1)
     if model == "baseline":
@@ -238,6 +240,10 @@ def make_restore_fn(
         num_heads=num_heads,
         tracking_uri=tracking_uri,
     )
+    if prior_probe != "own":
+        if not hasattr(runner, "prior_probe"):
+            raise BenchmarkModelError(f"{model}: not a PTG-RM refiner; the prior probe ({prior_probe}) needs one")
+        runner.prior_probe = prior_probe
     local = model
     if model.startswith(MODEL_URI_PREFIX):
         from ipt.modeluri import resolve_model_uri

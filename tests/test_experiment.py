@@ -148,6 +148,8 @@ def write_exp(tmp: Path, name: str = "lr", **over) -> Path:
             "'denoise_s10' inputs are at x1, the sr_x2 model restores x2",
         ),
         ({"score": {"task": "sr_x2", "dataset": "Set5", "inputs": "blurry"}}, "score.inputs", "neither a paper task"),
+        ({"score": {"task": "sr_x2", "dataset": "Set5", "prior_probe": "zero"}}, "score.prior_probe", "score.model"),
+        ({"score": {"task": "sr_x2", "dataset": "Set5", "prior_probe": "next"}}, "score.prior_probe", "own or zero"),
     ],
 )
 def test_a_bad_experiment_file_is_refused_in_one_line_naming_the_file_and_key(tmp_path, over, key, says) -> None:
@@ -532,3 +534,22 @@ def test_a_score_on_another_tasks_inputs_shares_every_training_stage_and_passes_
     assert all("--inputs" not in n.argv for n in bench_a)
     assert all(n.argv[n.argv.index("--inputs") + 1] == "denoise_s10" for n in bench_b)
     assert len(bench_b) == len(moved.cells())
+
+
+def test_a_prior_probe_score_shares_the_refiner_and_passes_the_probe(tmp_path) -> None:
+    """PTG-RM's probe (docs/refine.md): the same refiners scored with g = 0, from a second file in one work folder."""
+    params = tiny_params(tmp_path)
+    data = yaml.safe_load(params.read_text())
+    data["refine"] = {"base": "unused", "shards": "unused", "out": "unused", "prior": "random", "steps": 2}
+    data["refine"] |= {"batch_size": 2, "shuffle_buffer": 4}
+    params.write_text(yaml.safe_dump(data))
+    score = {"task": "sr_x2", "dataset": "Set5", "metric": "psnr_y", "tiling": "overlap", "model": "refine"}
+    own = load(write_exp(tmp_path, "own", score=score), params_file=params)
+    zero = load(write_exp(tmp_path, "zero", score=score | {"prior_probe": "zero"}), params_file=params)
+    a, b = P.build(own, tmp_path / "work"), P.build(zero, tmp_path / "work")
+    assert {k for k, n in a.nodes.items() if n.stage == "refine"} == {
+        k for k, n in b.nodes.items() if n.stage == "refine"
+    }
+    bench_b = [n for n in b.nodes.values() if n.stage == "benchmark"]
+    assert all(n.argv[n.argv.index("--prior-probe") + 1] == "zero" for n in bench_b)
+    assert not any("--prior-probe" in n.argv for n in a.nodes.values() if n.stage == "benchmark")

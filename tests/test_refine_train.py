@@ -240,3 +240,57 @@ def test_a_spatial_prior_refiner_trains_saves_and_rebuilds(setup: dict) -> None:
     x = torch.rand(1, 3, 17, 23) * 255
     with torch.no_grad():
         assert model(x).shape == (1, 3, 17, 23)
+
+
+def test_the_prior_probe_runs_the_refiner_with_g_zero_and_says_so(setup: dict, tmp_path: Path, capsys) -> None:
+    """`ipt benchmark --prior-probe zero` (docs/refine.md): the refiner's output with its prior's g set to zero, which
+    is what a refiner that ignores its prior would give unchanged; the report says which probe made it."""
+    from helpers_data import make_sr_set
+
+    cfg = _cfg(setup, prior="random", zero_init=False)
+    ref = resolve_base(cfg.base, cfg.task)
+    model = make_model(cfg, ref, make_prior(cfg, ref, 2))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    train_refiner(model, iter(_fixed_batches(2)), opt, cfg, device=torch.device("cpu"), on_log=lambda row: None)
+    path = save_refined(tmp_path / "refiner" / "model.pt", model.eval(), ref, joint=False, seed=cfg.seed)
+    model = load_refined(path)
+    x = torch.rand(1, 3, 17, 23, generator=torch.Generator().manual_seed(5)) * 255
+    kw = dict(tiling="overlap", precision="fp32", device="cpu")
+    with torch.no_grad():
+        base_out = Restorer(model.base, "sr_x2", **kw).restore_tensor(x)
+        zero = model.refine(base_out, x, torch.zeros_like(model.prior(x / 255)))
+        own = model.refine(base_out, x)
+    assert not torch.equal(zero, own)  # this refiner does use g
+    assert torch.equal(RefinedRestorer(model, **kw, prior_probe="zero").restore_tensor(x), zero)
+    assert torch.equal(RefinedRestorer(model, **kw).restore_tensor(x), own)
+    with pytest.raises(ValueError, match="prior probe 'next'"):
+        RefinedRestorer(model, **kw, prior_probe="next")
+
+    root = make_sr_set(tmp_path / "bench", "Set5", n=2, size=(36, 40))
+    argv = [
+        "benchmark",
+        "--task",
+        "sr_x2",
+        "--root",
+        str(root),
+        "--tiling",
+        "overlap",
+        "--precision",
+        "fp32",
+        "--quiet",
+    ]
+    reports = {}
+    for probe in ("own", "zero"):
+        out = tmp_path / f"{probe}.json"
+        assert main([*argv, "--model", str(path), "--prior-probe", probe, "--out", str(out)]) == 0
+        reports[probe] = json.loads(out.read_text())
+    assert "prior_probe" not in reports["own"] and reports["zero"]["prior_probe"] == "zero"
+    assert reports["zero"]["datasets"]["Set5"]["per_image"] != reports["own"]["datasets"]["Set5"]["per_image"]
+    assert "PTG-RM prior probe `zero`" in capsys.readouterr().out
+    # a model that is no refiner has no prior to probe
+    assert main([*argv, "--model", str(setup["base"]), "--prior-probe", "zero"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("not a PTG-RM refiner; the prior probe (zero) needs one") and len(err.splitlines()) == 1
+    # and a probed report never registers the refiner
+    assert main(["refine-register", "--checkpoint", str(path), "--report", str(tmp_path / "zero.json")]) == 2
+    assert "with its prior's output set to zero (ipt benchmark --prior-probe)" in capsys.readouterr().err

@@ -115,6 +115,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         num_heads=cfg.num_heads,
         tracking_uri=args.tracking_uri,
         corruption=corruption,
+        prior_probe=args.prior_probe,
     )
     limit = cfg.limit
     sets = [load_benchmark(root, n, inputs, seed=cfg.seed, limit=limit, corruption=made_by) for n in names]
@@ -158,6 +159,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
                 seed=cfg.seed,
                 limit=limit,
             )
+            if info.get("prior_probe"):
+                report["prior_probe"] = info["prior_probe"]
             if inputs != cfg.task:  # the model's task, and the task whose inputs it was scored on
                 report = {"task": cfg.task, "inputs": inputs} | {k: v for k, v in report.items() if k != "task"}
             _write_report(report, args, tracker, samples)
@@ -225,6 +228,13 @@ def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=None,
         help="score on another task's test inputs at the same scale (e.g. a denoise_s30 model on denoise_s10 noise:"
         " generalisation); default: the model's task. Such a report cannot register the model",
+    )
+    p.add_argument(
+        "--prior-probe",
+        choices=("own", "zero"),
+        default="own",
+        help="a PTG-RM refiner's prior output g: the image's own (default) or zero, to see whether the refiner uses"
+        " its prior (docs/refine.md). Such a report cannot register the model",
     )
     p.add_argument("--root", default=None, help="folder holding the sets (Set5/, Set14/, B100/, CBSD68/, ...)")
     p.add_argument("--datasets", default=None, help="comma-separated names (default: the task's standard sets present)")

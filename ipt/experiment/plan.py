@@ -216,7 +216,7 @@ class _Builder:
             model, model_node = rf.run / "model.pt", rf
         bench_inputs = {
             # `inputs` only where set: the keys of files written before it existed stay what they were
-            "score": {k: v for k, v in vars(score).items() if k != "metric" and (k != "inputs" or v)},
+            "score": {k: v for k, v in vars(score).items() if k != "metric" and _keyed(k, v)},
             "benchmark": {k: v for k, v in (p.get("benchmark") or {}).items() if k not in ("model", "out")},
             "dataset": files_digest(str(Path(score.root) / score.dataset)),
         }
@@ -229,10 +229,17 @@ class _Builder:
             *("--tiling", score.tiling, "--precision", score.precision, "--seed", str(score.seed)),
             *("--protocol", "ipt", "--limit", str(score.limit)),
             *(("--inputs", score.inputs) if score.inputs else ()),
+            *(("--prior-probe", score.prior_probe) if score.prior_probe != "own" else ()),
             *("--out", str(b.run / "report.json"), "--quiet"),
         ]
         labels["score"] = b.key
         return labels
+
+
+def _keyed(name: str, value: Any) -> bool:
+    """Whether a score field enters the benchmark stage's key: the fields added later only where set away from
+    their default, so the keys of files written before them stay what they were."""
+    return {"inputs": value is not None, "prior_probe": value != "own"}.get(name, True)
 
 
 def build(exp: Experiment, work: str | Path) -> Plan:

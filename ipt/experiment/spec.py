@@ -55,6 +55,7 @@ FILE_KEYS = {
     "engine",
 }
 SCORE_KEYS = {"task", "dataset", "metric", "model", "limit", "tiling", "precision", "root", "seed", "inputs"}
+SCORE_KEYS |= {"prior_probe"}
 ENGINE_KEYS = {"workers", "threads", "executor", "dask_address", "work"}
 
 
@@ -85,6 +86,7 @@ class Score:
     root: str = ""
     seed: int = 0  # seed of the benchmark's noisy inputs: the same for every cell, so cells differ only by training
     inputs: str | None = None  # another task's test inputs at the same scale (generalisation; `ipt benchmark --inputs`)
+    prior_probe: str = "own"  # a refiner's prior output: own, or zero (`ipt benchmark --prior-probe`, docs/refine.md)
 
 
 @dataclass(frozen=True)
@@ -451,7 +453,12 @@ def _score(file: Path, score: Any, base: dict[str, Any], project: Path) -> Score
     if precision not in ("fp32", "bf16", "auto"):
         raise _fail(file, "score.precision", f"{precision!r} is not fp32, bf16 or auto")
     inputs = _score_inputs(file, score.get("inputs"), task, tasks, Path(root), score["dataset"])
-    return Score(task, score["dataset"], metric, model, limit, tiling, precision, root, seed, inputs)
+    probe = score.get("prior_probe", "own")
+    if probe not in ("own", "zero"):
+        raise _fail(file, "score.prior_probe", f"{probe!r} is not own or zero")
+    if probe != "own" and model != "refine":
+        raise _fail(file, "score.prior_probe", "probes a PTG-RM refiner's prior: needs score.model refine")
+    return Score(task, score["dataset"], metric, model, limit, tiling, precision, root, seed, inputs, probe)
 
 
 def _score_inputs(file: Path, inputs: Any, task: str, tasks: dict[str, Any], root: Path, dataset: str) -> str | None:

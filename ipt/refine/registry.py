@@ -15,7 +15,7 @@ from ipt.fileio import file_sha256
 from ipt.modeluri import CHECKPOINT_NAME, MODEL_URI_PREFIX, alias_version
 from ipt.refine.checkpoint import BASE_FILE, find_base, read_refined
 from ipt.refine.config import RefineError
-from ipt.registry import CHAMPION, RegistryError, check_report_model, decide, score_of
+from ipt.registry import CHAMPION, RegistryError, check_report_model, decide, refuse_probe_report, score_of
 
 
 def refiner_name(task: str) -> str:
@@ -63,6 +63,7 @@ def register_refiner(
     if report is not None:
         if report.get("task") not in (None, task):
             raise RegistryError(f"report scores task {report.get('task')!r}, the refiner is for {task!r}")
+        refuse_probe_report(report, report_path)
         check, notes = check_report_model(report, checkpoint, tags["checkpoint_sha256"], report_path)
         score, key = score_of(report, metric, dataset)
         tags |= {"score": repr(score), "score_key": key, "report_check": check}

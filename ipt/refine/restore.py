@@ -14,6 +14,10 @@ from ipt.refine.checkpoint import load_refined
 from ipt.refine.model import RefinedIPT
 from ipt.restore import Restorer
 
+# What the refiner is given as the prior's output g: the input image's own (how it runs), or zeros (the probe of
+# docs/refine.md: a refiner whose score does not move without its prior has not learned to use it).
+PRIOR_PROBES = ("own", "zero")
+
 
 class RefinedRestorer:
     """The same interface as :class:`ipt.restore.Restorer` (``restore_tensor``, ``__call__``, ``precision_used``)."""
@@ -27,7 +31,11 @@ class RefinedRestorer:
         batch: int = 64,
         device: str = "auto",
         precision: str = "auto",
+        prior_probe: str = "own",
     ) -> None:
+        if prior_probe not in PRIOR_PROBES:
+            raise ValueError(f"prior probe {prior_probe!r}: one of {list(PRIOR_PROBES)}")
+        self.prior_probe = prior_probe
         self.task = model.task
         self.base = Restorer(
             model.base, model.task, tiling=tiling, overlap=overlap, batch=batch, device=device, precision=precision
@@ -51,13 +59,18 @@ class RefinedRestorer:
         return self.base.notes
 
     def describe(self) -> dict:
-        return self.base.describe() | {"refiner": "ptgrm", "refiner_precision": "fp32"}
+        probe = {} if self.prior_probe == "own" else {"prior_probe": self.prior_probe}
+        return self.base.describe() | {"refiner": "ptgrm", "refiner_precision": "fp32"} | probe
 
     @torch.inference_mode()
     def restore_tensor(self, x: Tensor) -> Tensor:
         """(1, 3, H, W) float in [0, 255] -> (1, 3, H*s, W*s) unclamped float (on CPU)."""
         base_out = self.base.restore_tensor(x).to(self._device)
-        return self.model.refine(base_out.float(), x.float().to(self._device)).cpu()
+        lq = x.float().to(self._device)
+        g = None
+        if self.prior_probe == "zero":  # does the refiner use its prior? its output with g = 0 instead of the image's
+            g = torch.zeros_like(self.model.prior(lq / self.rgb_range))
+        return self.model.refine(base_out.float(), lq, g).cpu()
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (H*s, W*s, 3) uint8, clamped and rounded as the official evaluation."""
