@@ -97,7 +97,21 @@ def _cell_record(plan: P.Plan, i: int) -> dict[str, Any] | None:
         "precision": report.get("precision"),
         "seed_of_inputs": report.get("seed"),
         "key": node.key,
+        "curves": _curves(plan, i),
     }
+
+
+def _curves(plan: P.Plan, i: int) -> dict[str, list[dict[str, float]]]:
+    """Each training stage's validation rows of cell ``i`` (stage -> [{step, psnr_y, ssim_y, seconds}]): the curves
+    the report draws. Stages that did not validate have none."""
+    out = {}
+    for n in plan.training_nodes(i):
+        path = n.run / "validation.jsonl"
+        if path.is_file():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            keep = ("step", "psnr_y", "ssim_y", "seconds")
+            out[n.stage] = [{k: r[k] for k in keep if k in r} for r in rows if "step" in r and "psnr_y" in r]
+    return out
 
 
 def _losses(node: P.Node) -> list[tuple[str, float, int]]:
@@ -308,7 +322,11 @@ def render(exp: Experiment, markdown: Path) -> Path:
     if not report.is_file():
         raise ExperimentError(f"{report}: no report yet; run the experiment first")
     rel = Path(os.path.relpath(folder.resolve(), markdown.resolve().parent)).as_posix()
-    body = report.read_text().replace("](score.png)", f"]({rel}/score.png)")
+    body = (
+        report.read_text()
+        .replace("](score.png)", f"]({rel}/score.png)")
+        .replace("](curves.png)", f"]({rel}/curves.png)")
+    )
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines()) + "\n"
     name = f"experiment_{exp.name}"
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

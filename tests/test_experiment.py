@@ -338,6 +338,32 @@ def test_the_report_files_hold_the_tables_and_a_plot(tmp_path) -> None:
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths["png"].stat().st_size > 5000
 
 
+def test_the_report_draws_and_summarises_the_validation_curves_of_its_cells(tmp_path) -> None:
+    def curve(seed: int, top: int) -> list[dict]:
+        return [{"step": s, "psnr_y": 30 + seed / 10 - abs(s - top) / 100, "seconds": 0.5} for s in (100, 200, 300)]
+
+    cells = [
+        {"variant": v, "values": {}, "seed": seed, "score": 30.0 + seed, "curves": {"finetune": curve(seed, top)}}
+        for v, top in (("step", 300), ("cosine", 200))
+        for seed in (1, 2)
+    ]
+    numbers = R.build(cells, reference="step", factors={}, metric="psnr_y") | {"cells": cells}
+    paths = R.write(tmp_path / "exp", "exp", "Q?", numbers, [])
+    assert paths["curves"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = paths["md"].read_text()
+    # step: best at the last step (300) for both seeds, mean of 30.1 and 30.2; cosine: best at 200, last 1 dB lower
+    assert "| finetune | step | 2 | 30.1500 (step 300) | 30.1500 | 300, 300 | 3 | 1.5 |" in md, md
+    assert "| finetune | cosine | 2 | 29.1500 (step 300) | 30.1500 | 200, 200 | 3 | 1.5 |" in md
+    assert "![validation Y-PSNR against the step](curves.png)" in md
+    summary = json.loads(paths["json"].read_text())["curves"]
+    assert [c["best_steps"] for c in summary] == [[300, 300], [200, 200]]
+    # cells without validation: no curves section, no file
+    plain = R.write(
+        tmp_path / "plain", "plain", "Q?", R.build(cells, reference="step", factors={}, metric="psnr_y"), []
+    )
+    assert "curves" not in plain and "Validation while training" not in plain["md"].read_text()
+
+
 # ------------------------------------------------------------------------------------------------ a real sweep
 
 

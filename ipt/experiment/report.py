@@ -154,7 +154,9 @@ def _num(x: float, d: int = 4) -> str:
     return "-" if x != x else f"{x:.{d}f}"
 
 
-def markdown(exp_name: str, question: str, numbers: dict[str, Any], about: list[str], png: str | None) -> str:
+def markdown(
+    exp_name: str, question: str, numbers: dict[str, Any], about: list[str], png: str | None, curves: str | None = None
+) -> str:
     m = numbers["metric"]
     lines = [f"# Experiment `{exp_name}`", ""]
     if question:
@@ -178,6 +180,20 @@ def markdown(exp_name: str, question: str, numbers: dict[str, Any], about: list[
         )
     if png:
         lines += ["", f"![{m} against each factor]({png})"]
+    if numbers.get("curves"):
+        lines += ["", "## Validation while training (held-out split of the training source, never the test set)", ""]
+        lines += [
+            "| stage | variant | seeds | Y-PSNR at the last step | mean of each seed's best | best at steps | points |"
+            " validation s per run |",
+            "|---|---|---:|---:|---:|---|---:|---:|",
+        ]
+        for c in numbers["curves"]:
+            lines.append(
+                f"| {c['stage']} | {c['variant']} | {c['n']} | {c['last']:.4f} (step {c['last_step']}) |"
+                f" {c['best']:.4f} | {', '.join(map(str, c['best_steps']))} | {c['points']} | {c['val_seconds']:.1f} |"
+            )
+        if curves:
+            lines += ["", f"![validation Y-PSNR against the step]({curves})"]
     return "\n".join(lines) + "\n"
 
 
@@ -219,6 +235,67 @@ def plot(numbers: dict[str, Any], out: Path, title: str) -> Path:
     return out
 
 
+def curve_summary(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per validated training stage and variant, over the seeds: the mean validation Y-PSNR at the last validated
+    step, the mean of each seed's best and the steps it was reached at, and the validation's share of nothing but
+    its own seconds (the rows' ``seconds``)."""
+    rows: dict[tuple[str, str], list[list[dict[str, float]]]] = {}
+    for c in cells:
+        for stage, curve in (c.get("curves") or {}).items():
+            if curve:
+                rows.setdefault((stage, c["variant"]), []).append(curve)
+    out = []
+    for (stage, variant), curves in rows.items():
+        best = [max(cv, key=lambda r: r["psnr_y"]) for cv in curves]
+        out.append(
+            {
+                "stage": stage,
+                "variant": variant,
+                "n": len(curves),
+                "last_step": curves[0][-1]["step"],
+                "last": sum(cv[-1]["psnr_y"] for cv in curves) / len(curves),
+                "best": sum(b["psnr_y"] for b in best) / len(best),
+                "best_steps": [int(b["step"]) for b in best],
+                "points": len(curves[0]),
+                "val_seconds": sum(r.get("seconds", 0.0) for cv in curves for r in cv) / len(curves),
+            }
+        )
+    return out
+
+
+def plot_curves(cells: list[dict[str, Any]], out: Path, title: str) -> Path | None:
+    """Validation Y-PSNR against the step: one panel per validated stage, a line per seed, coloured by variant."""
+    stages = sorted({st for c in cells for st, cv in (c.get("curves") or {}).items() if cv})
+    if not stages:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = list(dict.fromkeys(c["variant"] for c in cells))
+    colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages) + 1, 3.8), squeeze=False)
+    for ax, stage in zip(axes[0], stages, strict=True):
+        seen: set[str] = set()
+        for c in cells:
+            cv = (c.get("curves") or {}).get(stage) or []
+            if not cv:
+                continue
+            label = None if c["variant"] in seen else c["variant"]
+            seen.add(c["variant"])
+            ax.plot([r["step"] for r in cv], [r["psnr_y"] for r in cv], color=colours[c["variant"]], lw=1, label=label)
+        ax.set_xlabel(f"{stage} step")
+        ax.set_ylabel("validation Y-PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
 def _short(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ",".join(map(str, v)) + "]"
@@ -231,12 +308,16 @@ def write(folder: Path, exp_name: str, question: str, numbers: dict[str, Any], a
 
     folder.mkdir(parents=True, exist_ok=True)
     png = plot(numbers, folder / "score.png", f"{exp_name}: {numbers['metric']} (points: seeds; bars: means)")
+    cells = numbers.get("cells") or []
+    curves = plot_curves(cells, folder / "curves.png", f"{exp_name}: validation while training (a line per seed)")
+    if curves is not None:
+        numbers = {**numbers, "curves": curve_summary(cells)}
     md = folder / "report.md"
     tmp = md.with_suffix(".tmp")
-    tmp.write_text(markdown(exp_name, question, numbers, about, png.name))
+    tmp.write_text(markdown(exp_name, question, numbers, about, png.name, curves.name if curves else None))
     tmp.replace(md)
     js = write_json(folder / "report.json", _plain({**numbers, "about": about}), indent=1)
-    return {"md": md, "json": Path(js), "png": png}
+    return {"md": md, "json": Path(js), "png": png} | ({"curves": curves} if curves else {})
 
 
 def _plain(obj: Any) -> Any:
