@@ -183,6 +183,11 @@ def markdown(
     if numbers.get("curves"):
         lines += ["", "## Validation while training (held-out split of the training source, never the test set)", ""]
         lines += [
+            "Each seed draws its own validation split (docs/training.md), so levels differ between seeds: compare"
+            " variants at one seed (the figure's right panel), not these means across seeds.",
+            "",
+        ]
+        lines += [
             "| stage | variant | seeds | Y-PSNR at the last step | mean of each seed's best | best at steps | points |"
             " validation s per run |",
             "|---|---|---:|---:|---:|---|---:|---:|",
@@ -263,8 +268,10 @@ def curve_summary(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def plot_curves(cells: list[dict[str, Any]], out: Path, title: str) -> Path | None:
-    """Validation Y-PSNR against the step: one panel per validated stage, a line per seed, coloured by variant."""
+def plot_curves(cells: list[dict[str, Any]], out: Path, title: str, reference: str | None = None) -> Path | None:
+    """Validation Y-PSNR against the step, per validated stage: a line per cell (colour: variant, style: seed) and,
+    beside it, each variant minus the reference at the same seed and step. The validation split is drawn by the
+    training seed, so levels differ between seeds and only the paired panel compares variants."""
     stages = sorted({st for c in cells for st, cv in (c.get("curves") or {}).items() if cv})
     if not stages:
         return None
@@ -274,21 +281,44 @@ def plot_curves(cells: list[dict[str, Any]], out: Path, title: str) -> Path | No
     import matplotlib.pyplot as plt
 
     variants = list(dict.fromkeys(c["variant"] for c in cells))
+    seeds = sorted({int(c["seed"]) for c in cells})
     colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
-    fig, axes = plt.subplots(1, len(stages), figsize=(5.5 * len(stages) + 1, 3.8), squeeze=False)
-    for ax, stage in zip(axes[0], stages, strict=True):
-        seen: set[str] = set()
-        for c in cells:
-            cv = (c.get("curves") or {}).get(stage) or []
-            if not cv:
-                continue
-            label = None if c["variant"] in seen else c["variant"]
-            seen.add(c["variant"])
-            ax.plot([r["step"] for r in cv], [r["psnr_y"] for r in cv], color=colours[c["variant"]], lw=1, label=label)
+    styles = {s: ("-", "--", ":", "-.")[i % 4] for i, s in enumerate(seeds)}
+    paired = reference in variants and len(variants) > 1
+    ncols = 2 if paired else 1
+    fig, axes = plt.subplots(len(stages), ncols, figsize=(5.5 * ncols + 1, 3.8 * len(stages)), squeeze=False)
+    for row, stage in zip(axes, stages, strict=True):
+        by = {
+            (c["variant"], int(c["seed"])): {r["step"]: r["psnr_y"] for r in (c.get("curves") or {}).get(stage) or []}
+            for c in cells
+        }
+        ax = row[0]
+        for (v, seed), cv in by.items():
+            if cv:
+                ax.plot(list(cv), list(cv.values()), color=colours[v], ls=styles[seed], lw=1, label=f"{v}, seed {seed}")
         ax.set_xlabel(f"{stage} step")
         ax.set_ylabel("validation Y-PSNR (dB)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+        if paired:
+            ax = row[1]
+            for (v, seed), cv in by.items():
+                ref = by.get((reference, seed)) or {}
+                steps = [st for st in cv if st in ref]
+                if v != reference and steps:
+                    ax.plot(
+                        steps,
+                        [cv[st] - ref[st] for st in steps],
+                        color=colours[v],
+                        ls=styles[seed],
+                        lw=1,
+                        label=f"{v}, seed {seed}",
+                    )
+            ax.axhline(0, color="black", lw=0.8)
+            ax.set_xlabel(f"{stage} step")
+            ax.set_ylabel(f"minus '{reference}', same seed (dB)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110, metadata={"Software": None})
@@ -309,7 +339,8 @@ def write(folder: Path, exp_name: str, question: str, numbers: dict[str, Any], a
     folder.mkdir(parents=True, exist_ok=True)
     png = plot(numbers, folder / "score.png", f"{exp_name}: {numbers['metric']} (points: seeds; bars: means)")
     cells = numbers.get("cells") or []
-    curves = plot_curves(cells, folder / "curves.png", f"{exp_name}: validation while training (a line per seed)")
+    title = f"{exp_name}: validation while training (a line per cell)"
+    curves = plot_curves(cells, folder / "curves.png", title, numbers.get("reference"))
     if curves is not None:
         numbers = {**numbers, "curves": curve_summary(cells)}
     md = folder / "report.md"
