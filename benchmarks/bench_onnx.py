@@ -32,7 +32,7 @@ from bench_variants import GFLOP_X2_WINDOW, _best, cpu_kind, heading, section_na
 from ipt.checkpoint import load_model  # noqa: E402
 from ipt.config import ModelSpec  # noqa: E402
 from ipt.device import choose_precision, describe  # noqa: E402
-from ipt.export import ONNX_INPUT, ONNX_OUTPUT, check_onnx, export_onnx, onnx_session  # noqa: E402
+from ipt.export import QUANTIZE, check_onnx, export_onnx, onnx_session, onnx_windows, quantize_onnx  # noqa: E402
 from ipt.inference import default_overlap, quantize, restore_image  # noqa: E402
 from ipt.metrics import psnr_y  # noqa: E402
 from ipt.model import IPT, build_ipt  # noqa: E402
@@ -40,16 +40,15 @@ from ipt.model import IPT, build_ipt  # noqa: E402
 SECTION = "bench_onnx"
 TORCH_OF_PRECISION = {"fp32": "fp32", "bf16": "bf16_autocast", "int8": "int8_token"}  # what `ipt restore` runs
 ORT_FORMS = ("onnx_fp32", "onnx_int8", "onnx_int8_conv")
-# quantize_dynamic's options per form: the linear maps only, weights per output channel (as `--precision int8`);
-# and onnxruntime's defaults, which quantize the convolutions too (ConvInteger), weights per tensor
-ORT_QUANTIZE = {"onnx_int8": {"op_types_to_quantize": ["MatMul"], "per_channel": True}, "onnx_int8_conv": {}}
+# quantize_dynamic's options per form: the linear maps only, weights per output channel (as `--precision int8`; what
+# `ipt export --quantize int8` writes); and onnxruntime's defaults, which quantize the convolutions too (ConvInteger),
+# weights per tensor
+ORT_QUANTIZE = {"onnx_int8": QUANTIZE["int8"], "onnx_int8_conv": {}}
 WindowFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def ort_files(model: IPT, folder: Path, forms: list[str]) -> dict[str, dict]:
     """Export ``model``'s sr_x2 windows to ONNX and quantize it: {form: {path, export_s, bytes}}."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     out: dict[str, dict] = {}
     t0 = time.perf_counter()
     info = export_onnx(model, "sr_x2", folder / "fp32.onnx")
@@ -60,24 +59,19 @@ def ort_files(model: IPT, folder: Path, forms: list[str]) -> dict[str, dict]:
             continue
         t0 = time.perf_counter()
         path = folder / f"{form}.onnx"
-        quantize_dynamic(folder / "fp32.onnx", path, weight_type=QuantType.QInt8, **options)
+        quantize_onnx(folder / "fp32.onnx", path, **options)
         out[form] = {"path": path, "export_s": time.perf_counter() - t0}
     for v in out.values():
         v["bytes"] = v["path"].stat().st_size
     return out
 
 
-def ort_fn(path: Path, threads: int) -> WindowFn:
-    session = onnx_session(path, threads=threads)
-
-    def fn(w: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: w.contiguous().numpy()})[0])
-
-    return fn
-
-
 def window_fns(model: IPT, files: dict[str, dict], names: list[str], threads: int) -> dict[str, WindowFn]:
-    return {n: ort_fn(files[n]["path"], threads) if n in files else variant(n, model, "sr_x2") for n in names}
+    """onnxruntime's windows (`ipt restore --engine onnxruntime`'s, ipt.export.onnx_windows) or a torch variant."""
+    return {
+        n: onnx_windows(onnx_session(files[n]["path"], threads=threads)) if n in files else variant(n, model, "sr_x2")
+        for n in names
+    }
 
 
 def lr_tensor(pair) -> torch.Tensor:
@@ -226,6 +220,12 @@ def to_markdown(r: dict) -> str:
             + ("; but their rounds overlap, so this run does not separate them" if overlap and len(a) > 1 else "")
             + "."
         )
+        if ours["images_s"] < theirs["images_s"]:  # issue 37's rule: such a form becomes an `ipt restore` engine
+            lines.append(
+                "- Issue 37's rule (a form faster than the default on whole images at its quality becomes an `ipt "
+                "restore` engine): `ipt restore --engine onnxruntime` runs the onnx_fp32 and onnx_int8 forms (files of "
+                "`ipt export --format onnx`, `--quantize int8`) in the project's tilings; docs/export.md."
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ import torch
 from ipt.errors import IPTError
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")  # int8: inference on the CPU only (ipt.model.int8)
+ENGINES = ("torch", "onnxruntime")  # what runs `ipt restore`'s windows: torch, or an .onnx file (ipt.restore)
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU flags of native bf16 matmuls
 INT8_FLAGS = ("amx_int8", "avx512_vnni")  # CPU flags of native int8 dot products (where `auto` picks int8)

@@ -1,10 +1,16 @@
-"""A task of an IPT as a file other runtimes read: ONNX (one window model, any batch) or the official layout
-(the released ``IPT_sr2.pt`` state dict, which spandrel reads). Formats and limits: docs/export.md.
+"""A task of an IPT as a file other runtimes read: ONNX (one window model, any batch; fp32, or its MatMuls in int8)
+or the official layout (the released ``IPT_sr2.pt`` state dict, which spandrel reads); and what ``ipt restore
+--engine onnxruntime`` needs to run such an ONNX file's windows. Formats and limits: docs/export.md.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +27,14 @@ ONNX_INPUT, ONNX_OUTPUT = "windows", "restored"
 # max |onnxruntime - torch| on the export's check windows, in grey levels of 0..255: a fp32 graph computes the same
 # sums in another order (measured: 1e-4 to 5e-4 on tiny models, 0.0052 on random paper-size weights; docs/export.md)
 ONNX_TOLERANCE = 0.05
+# `--quantize` forms: onnxruntime's dynamic int8 quantization (quantize_dynamic: weights int8, activations scaled per
+# call) of the MatMuls only, weights per output channel; benchmarks/bench_onnx.py's onnx_int8, which restored Set5 x2
+# 1.39x (2 threads) and 1.57x (1 thread) faster than `--precision auto` (bf16) at its quality (docs/export.md)
+QUANTIZE: dict[str, dict[str, Any]] = {"int8": {"op_types_to_quantize": ["MatMul"], "per_channel": True}}
+INT8_OPS = frozenset(  # operators of quantized graphs: a file holding one of them is not an fp32 graph
+    {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul"}
+)
+ONNX_METADATA = ("ipt.task", "ipt.scale", "ipt.patch_size", "ipt.rgb_range")  # what restoring with a file needs
 
 
 class ExportError(IPTError):
@@ -75,10 +89,11 @@ def export_official(model: IPT, task: str, out: str | os.PathLike, *, source: st
     return official_caveats(model)
 
 
-def onnx_metadata(model: IPT, task: str) -> dict[str, str]:
+def onnx_metadata(model: IPT, task: str, quantize: str | None = None) -> dict[str, str]:
     """What the ONNX file records about itself (``metadata_props``): enough to tile an image with it."""
     spec = model.spec
     return {
+        "ipt.quantized": "none" if quantize is None else f"{quantize}: {_quantize_words(quantize)}",
         "ipt.task": task,
         "ipt.scale": str(spec.scale_of(task)),
         "ipt.patch_size": str(spec.patch_size),
@@ -89,27 +104,29 @@ def onnx_metadata(model: IPT, task: str) -> dict[str, str]:
     }
 
 
-def _onnx_modules():
+def _quantize_words(quantize: str) -> str:
+    q = QUANTIZE[quantize]
+    weights = "per output channel" if q.get("per_channel") else "per tensor"
+    ops = ", ".join(q.get("op_types_to_quantize") or ["onnxruntime's default operators"])
+    return f"{ops} in int8, weights {weights}, activations per call (onnxruntime quantize_dynamic)"
+
+
+def _onnx_modules(need: str = "--format onnx", exporter: bool = True):
     try:
         import onnx
         import onnxruntime
-        import onnxscript  # noqa: F401 - torch.onnx.export(dynamo=True) needs it
+
+        if exporter:
+            import onnxscript  # noqa: F401 - torch.onnx.export(dynamo=True) needs it
     except ImportError as e:
-        raise ExportError(
-            f"--format onnx needs onnx, onnxruntime and onnxscript ({e.name} is not installed): pip install "
-            "'ipt-pipeline[onnx]'"
-        ) from None
+        names = "onnx, onnxruntime and onnxscript" if exporter else "onnx and onnxruntime"
+        why = f"{need} needs {names} ({e.name} is not installed): pip install 'ipt-pipeline[onnx]'"
+        raise ExportError(why) from None
     return onnx, onnxruntime
 
 
-def export_onnx(
-    model: IPT, task: str, out: str | os.PathLike, *, check_batch: int = 2, seed: int = 0
-) -> dict[str, Any]:
-    """Write ``task``'s window model to ``out`` (opset 18, a fixed P x P window, a dynamic batch axis) and check it:
-    onnxruntime (CPU) against torch on ``check_batch`` random windows, within :data:`ONNX_TOLERANCE` grey levels.
-    Returns what was written and the check's max abs difference."""
-    onnx, _ = _onnx_modules()
-    import logging
+def _onnx_proto(model: IPT, task: str, quantize: str | None):
+    """torch's ONNX export of ``task``'s window model, with :func:`onnx_metadata`."""
     import warnings
 
     spec = model.spec
@@ -132,34 +149,113 @@ def export_onnx(
             verbose=False,
         )
     proto = program.model_proto
-    for key, value in onnx_metadata(model, task).items():
+    for key, value in onnx_metadata(model, task, quantize).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    data = proto.SerializeToString()
-    path = atomic_write(out, lambda f: f.write(data))
-    diff = check_onnx(path, model, task, batch=check_batch, seed=seed)
-    if not diff <= ONNX_TOLERANCE * spec.rgb_range / 255:
-        path.unlink()
-        raise ExportError(
-            f"{out}: onnxruntime differs from torch by {diff:.4g} (more than {ONNX_TOLERANCE} grey levels); not written"
-        )
-    return {
-        "path": str(path),
-        "bytes": path.stat().st_size,
-        "opset": ONNX_OPSET,
-        "max_abs_diff": diff,
-        "check_windows": check_batch,
-        **onnx_metadata(model, task),
-    }
+    return proto
+
+
+def export_onnx(
+    model: IPT,
+    task: str,
+    out: str | os.PathLike,
+    *,
+    quantize: str | None = None,
+    check_batch: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write ``task``'s window model to ``out`` (opset 18, a fixed P x P window, a dynamic batch axis) and check it:
+    onnxruntime (CPU) against torch on ``check_batch`` random windows, within :data:`ONNX_TOLERANCE` grey levels.
+    ``quantize`` (a :data:`QUANTIZE` form) writes that fp32 graph quantized instead (:func:`quantize_onnx`), whose
+    difference from torch is reported, not bounded (it must be finite). Nothing is written unless every check passes.
+    Returns what was written and the checks' max abs differences."""
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ExportError(f"--quantize {quantize}: not a form this project writes; known: {', '.join(QUANTIZE)}")
+    _onnx_modules()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proto = _onnx_proto(model, task, quantize)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name[:100]}.", suffix=".tmp", dir=out.parent) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        fp32.write_bytes(proto.SerializeToString())
+        del proto
+        diff = check_onnx(fp32, model, task, batch=check_batch, seed=seed)
+        if not diff <= ONNX_TOLERANCE * model.spec.rgb_range / 255:
+            raise ExportError(
+                f"{out}: onnxruntime differs from torch by {diff:.4g} (more than {ONNX_TOLERANCE} grey levels); "
+                "not written"
+            )
+        info: dict[str, Any] = {"opset": ONNX_OPSET, "max_abs_diff": diff, "check_windows": check_batch}
+        info |= {"fp32_bytes": fp32.stat().st_size, "quantize": quantize}
+        written = fp32
+        if quantize is not None:
+            written = Path(tmp) / f"{quantize}.onnx"
+            quantize_onnx(fp32, written, **QUANTIZE[quantize])
+            info["max_abs_diff_quantized"] = qdiff = check_onnx(written, model, task, batch=check_batch, seed=seed)
+            if not math.isfinite(qdiff):
+                raise ExportError(f"{out}: the {quantize} graph's output is not finite on random windows; not written")
+        with open(written, "rb+") as f:  # on disk before the rename, as ipt.fileio.atomic_write does
+            os.fsync(f.fileno())
+        os.replace(written, out)
+    return {"path": str(out), "bytes": out.stat().st_size, **info, **onnx_metadata(model, task, quantize)}
+
+
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> None:
+    """onnxruntime's dynamic int8 quantization of the ONNX file ``src`` into ``dst``: weights int8 (QInt8),
+    activations scaled per call; ``options`` are quantize_dynamic's (``QUANTIZE["int8"]`` is `ipt export`'s form)."""
+    _onnx_modules("quantizing an ONNX file", exporter=False)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # its advice to pre-process (shape inference) first: not about this model
+    try:
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, **options)
+    finally:
+        root.setLevel(level)
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
     """An onnxruntime CPU session for an exported file (``threads``: intra-op threads, None for ORT's default)."""
-    _, ort = _onnx_modules()
+    _, ort = _onnx_modules("onnxruntime", exporter=False)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_windows(session) -> Callable[[Tensor], Tensor]:
+    """A window function (``ipt.inference.restore_image``'s) that runs an exported file's ``session``."""
+
+    def windows(w: Tensor) -> Tensor:
+        return torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: w.float().contiguous().numpy()})[0])
+
+    return windows
+
+
+def read_onnx(path: str | os.PathLike) -> dict[str, Any]:
+    """What an `ipt export --format onnx` file says of itself: its ``ipt.*`` metadata and ``int8`` (whether its graph
+    holds quantized operators, :data:`INT8_OPS`: read from the graph, so a file quantized by hand counts too). A
+    file that is missing, not ONNX, or not written by `ipt export` is refused in one line."""
+    onnx, _ = _onnx_modules("--engine onnxruntime", exporter=False)
+    p = Path(path)
+    if not p.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and the like: the file is not ONNX
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"{path}: not an ONNX file ({why})") from None
+    meta = {e.key: e.value for e in proto.metadata_props if e.key.startswith("ipt.")}
+    if missing := [k for k in ONNX_METADATA if k not in meta]:
+        raise ExportError(
+            f"{path}: an ONNX file without {', '.join(missing)} metadata, so not one `ipt export --format onnx` wrote; "
+            "export the model with it"
+        )
+    names = [i.name for i in proto.graph.input]
+    if names != [ONNX_INPUT]:
+        raise ExportError(f"{path}: its graph takes {names}, not the `{ONNX_INPUT}` of an `ipt export` window model")
+    ops = {n.op_type for n in proto.graph.node}
+    return meta | {"int8": bool(ops & INT8_OPS), "bytes": p.stat().st_size}
 
 
 def check_onnx(path: str | os.PathLike, model: IPT, task: str, *, batch: int = 2, seed: int = 0) -> float:

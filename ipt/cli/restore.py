@@ -12,7 +12,7 @@ from ipt.cli.commands import EXIT_PARTIAL, UserError
 from ipt.cli.commands import warn as _warn
 from ipt.cli.parsing import parse_args
 from ipt.data.images import ImageReadError, list_images, read_image, write_png
-from ipt.device import PRECISIONS
+from ipt.device import ENGINES, PRECISIONS
 from ipt.errors import IPTError
 from ipt.inference import TILINGS
 
@@ -98,6 +98,7 @@ def _open(args: argparse.Namespace):
                 precision=args.precision,
                 num_heads=args.num_heads,
                 tracking_uri=args.tracking_uri,
+                engine=args.engine,
             )
         except (ValueError, RuntimeError) as e:  # a device that is not there, an overlap the window cannot take
             raise UserError(str(e).splitlines()[0] if isinstance(e, IPTError) else f"{args.weights}: {e}") from None
@@ -135,6 +136,7 @@ def _write_record(record: Path, args: argparse.Namespace, restorer, pairs, faile
         "command": "ipt restore",
         "weights": weights,
         "weights_sha256": None if weights.startswith(MODEL_URI_PREFIX) else file_sha256(weights),
+        "engine": args.engine,
         **restorer.describe(),
         "hardware": describe(),
         "inputs": str(args.input),
@@ -153,12 +155,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     failed = _restore_all(restorer, pairs, progress=not args.quiet)
     done = len(pairs) - len(failed)
+    how = restorer.label if args.engine == "onnxruntime" else restorer.precision_info.label
     if record is not None:
         _write_record(record, args, restorer, pairs, failed)
     print(
-        f"restored {done}/{len(pairs)} image(s) for {args.task} ({args.tiling} tiling, "
-        f"{restorer.precision_info.label}) in {time.perf_counter() - t0:.1f}s -> {args.output}"
-        + (f" (how: {record})" if record is not None else ""),
+        f"restored {done}/{len(pairs)} image(s) for {args.task} ({args.tiling} tiling, {how}) in "
+        f"{time.perf_counter() - t0:.1f}s -> {args.output}" + (f" (how: {record})" if record is not None else ""),
         file=sys.stderr,
     )
     for _src, why in failed:
@@ -173,7 +175,15 @@ def add_restore(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         required=True,
-        help="official IPT_*.pt, a bare state dict, a project checkpoint, or models:/NAME@ALIAS",
+        help="official IPT_*.pt, a bare state dict, a project checkpoint, or models:/NAME@ALIAS; with --engine "
+        "onnxruntime, an .onnx file of `ipt export --format onnx`",
+    )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="torch",
+        help="what runs the windows: torch (the exact path in fp32), or onnxruntime (CPU; an .onnx file, fp32 or "
+        "int8 as exported; not bit-exact: docs/export.md)",
     )
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ weights")
     p.add_argument(
