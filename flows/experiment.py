@@ -353,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tracking-uri", default=None, help="MLflow (default $MLFLOW_TRACKING_URI or sqlite:///./mlflow.db)"
     )
     ap.add_argument("--render", type=Path, default=None, help="copy the report into this markdown file; run nothing")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the cells finished so far (a sweep that spans sittings); run nothing",
+    )
     a = ap.parse_args(argv)
     try:
         if a.render:
@@ -361,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
         exp, plan = prepare(a.file, a.work, a.workers, a.params)
         if a.dry_run:
             print(experiment_report(plan))
+            return 0
+        if a.report_only:
+            records = {i: r for i in range(len(plan.cells)) if (r := _cell_record(plan, i)) is not None}
+            if not records:
+                raise ExperimentError(f"{exp.path}: no cell has finished yet; nothing to report")
+            paths = write_report(plan, records)
+            print(f"{paths['md']}: {len(records)} of {len(plan.cells)} cells finished")
             return 0
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -275,6 +275,15 @@ def test_the_dry_run_lists_every_cell_and_prices_what_is_left(tmp_path) -> None:
         cwd=ROOT,
     )
     assert r.returncode == 2 and r.stderr.strip() == f"error: {bad}: seeds: needs a non-empty list of integers"
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.experiment", str(path), "--params", str(params), "--report-only"]
+        + ["--work", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {path}: no cell has finished yet; nothing to report"
 
 
 # ------------------------------------------------------------------------------------------------ the report
@@ -406,6 +415,17 @@ def test_a_sweep_killed_midway_resumes_only_its_unfinished_cells_and_reports(tmp
         for p in work.glob("nodes/benchmark@*/done.json")
     }
     assert 1 <= len(scored) < 4
+    # between sittings: the report of what has finished, nothing run
+    env = with_root_on_path(dict(os.environ)) | {"IPT_PROJECT_DIR": str(ROOT)}
+    argv = [sys.executable, "-m", "flows.experiment", str(path), "--params", str(params), "--work", str(work)]
+    r = subprocess.run([*argv, "--report-only"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert r.returncode == 0 and f"{len(scored)} of 4 cells finished" in r.stdout, r.stderr
+    partial = json.loads((tmp_path / "experiments" / "lr" / "report.json").read_text())
+    assert (
+        len(partial["cells"]) == len(scored)
+        and f"{len(scored)} of 4 finished" in (tmp_path / "experiments" / "lr" / "report.md").read_text()
+    )
+    assert {p: p.read_bytes() for p in work.glob("nodes/*/done.json")} == first
     proc = _run(path, params, work, uri, log)
     assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
     for p, text in first.items():  # nothing that was done ran again
