@@ -484,7 +484,7 @@ def test_the_run_experiment_deployment_names_the_flow_and_a_file_that_loads(benc
 def test_the_committed_experiment_files_load(name, benchmark_root, monkeypatch) -> None:
     monkeypatch.setenv("IPT_BENCHMARK_ROOT", str(benchmark_root))
     exp = load(ROOT / "experiments" / f"{name}.yaml")
-    assert len(exp.seeds) == 3 and exp.question
+    assert len(exp.seeds) >= 2 and exp.question  # three for the claims of issue 35; quality_recipe ran two
     plan = P.build(exp, ROOT / "runs" / "experiments" / name)
     assert sum(n.stage == "benchmark" for n in plan.nodes.values()) == len(exp.cells())
 
