@@ -1,0 +1,200 @@
+"""Several experiments' paired differences as one matrix: rows the change made to the reference, columns the score.
+
+The leave-one-type-out question (docs/experiments.md, question e) is one experiment file per scored task, each
+pairing pretrainings without one corruption type against the pretraining on all of them. This module reads those
+files' reports (it runs nothing) and lines their paired differences up: a row per change of the reference (for
+``pretrain.tasks``: the corruption types left out, named by params.yaml's ``corrupt.tasks``), a column per score
+(task and dataset), each cell the mean paired difference, its paired t and n, marked where the seeds separate it.
+A cell a file does not have (a task's own type, which its head needs) is empty.
+
+    python -m flows.matrix experiments/leave_one_out_*.yaml --name leave_one_out --render docs/experiments.md
+
+writes ``experiments/<name>/matrix.md``, ``.json`` and ``matrix.png`` and, with ``--render``, copies the table into
+that markdown file as the section ``matrix_<name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ipt.experiment.spec import Experiment, ExperimentError, load
+
+
+def _types(exp: Experiment) -> dict[str, str]:
+    """task -> its corruption type's name (params.yaml corrupt.tasks[task].name), the task itself where unnamed."""
+    tasks = (exp.base.get("corrupt") or {}).get("tasks") or {}
+    return {t: str((v or {}).get("name", t)) for t, v in tasks.items()}
+
+
+def row_label(exp: Experiment, values: dict[str, Any]) -> str:
+    """How a variant differs from the reference, in words."""
+    parts = []
+    for key, ref in exp.reference.as_dict().items():
+        val = values.get(key, ref)
+        if val == ref:
+            continue
+        if isinstance(ref, list) and isinstance(val, list):
+            gone, new = [x for x in ref if x not in val], [x for x in val if x not in ref]
+            if key == "pretrain.tasks":
+                kinds = _types(exp)
+                gone = sorted({kinds.get(t, t) for t in gone})
+                new = sorted({kinds.get(t, t) for t in new})
+            parts += [f"without {', '.join(gone)}"] if gone else []
+            parts += [f"with {', '.join(new)}"] if new else []
+        else:
+            parts.append(f"{key}={val}")
+    return "; ".join(parts) or "the reference"
+
+
+def build(files: list[str]) -> dict[str, Any]:
+    columns: list[str] = []
+    rows: list[str] = []
+    cells: dict[str, dict[str, Any]] = {}
+    for f in files:
+        exp = load(f)
+        report_file = exp.path.parent / exp.name / "report.json"
+        if not report_file.is_file():
+            raise ExperimentError(f"{report_file}: no report yet; run `python -m flows.experiment {f}` first")
+        report = json.loads(report_file.read_text())
+        col = f"{exp.score.task} ({exp.score.dataset}{f', {exp.score.limit} images' if exp.score.limit else ''})"
+        if col in columns:
+            raise ExperimentError(f"{f}: a second file scoring {col}; one file per column")
+        columns.append(col)
+        values = {v["variant"]: v["values"] for v in report["variants"]}
+        for p in report["paired"]:
+            label = row_label(exp, values[p["variant"]])
+            rows += [label] if label not in rows else []
+            cells[f"{label}|{col}"] = {k: p[k] for k in ("mean", "sd", "t", "t_crit", "n", "separated")} | {
+                "file": f,
+                "variant": p["variant"],
+            }
+    return {"rows": rows, "columns": columns, "cells": cells, "files": list(files), "verdict": verdict(cells)}
+
+
+def verdict(cells: dict[str, dict[str, Any]]) -> str:
+    """The sentence under the matrix, from its cells."""
+    n = len(cells)
+    sep = {k: c for k, c in cells.items() if c["separated"]}
+    if not sep:
+        text = f"None of the {n} cells is separated from zero by its seeds"
+    else:
+        named = "; ".join(
+            f"{k.split('|')[0]} on {k.split('|')[1]} {c['mean']:+.4f} dB (t {c['t']:.2f})" for k, c in sep.items()
+        )
+        text = f"{len(sep)} of {n} cells are separated from zero by their seeds: {named}"
+    biggest = max(cells.items(), key=lambda kv: abs(kv[1]["mean"]), default=None)
+    if biggest:
+        k, c = biggest
+        row, col = k.split("|")
+        text += f". The largest change is {row} on {col}: {c['mean']:+.4f} dB (t {c['t']:.2f}, n {c['n']})"
+    alpha_false = 0.05 * n
+    return text + f". ({n} tests at 5%: about {alpha_false:.2f} false separations expected when nothing differs.)"
+
+
+def markdown(m: dict[str, Any], png: str | None = None) -> str:
+    head = "| change to the pretraining | " + " | ".join(m["columns"]) + " |"
+    lines = [head, "|---|" + "---:|" * len(m["columns"])]
+    for r in m["rows"]:
+        out = []
+        for c in m["columns"]:
+            cell = m["cells"].get(f"{r}|{c}")
+            if cell is None:
+                out.append("-")
+            else:
+                mark = " **separated**" if cell["separated"] else ""
+                out.append(f"{cell['mean']:+.4f} (t {cell['t']:.2f}, n {cell['n']}){mark}")
+        lines.append(f"| {r} | " + " | ".join(out) + " |")
+    text = "\n".join(lines) + "\n\n"
+    text += (
+        "Each cell: the mean paired difference in dB (variant minus the reference pretraining on every type, paired "
+        "by seed), its paired t and n; **separated** where |t| exceeds the two-sided 5% threshold for n - 1 degrees "
+        "of freedom. '-': the file of that column has no such variant (a task's own type is never left out). "
+        f"Files: {', '.join('`' + f + '`' for f in m['files'])}.\n\n"
+        f"**Answer (computed).** {m['verdict']}\n"
+    )
+    if png:
+        text += f"\n![the matrix]({png})\n"
+    return text
+
+
+def plot(m: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.full((len(m["rows"]), len(m["columns"])), np.nan)
+    for i, r in enumerate(m["rows"]):
+        for j, c in enumerate(m["columns"]):
+            if (cell := m["cells"].get(f"{r}|{c}")) is not None:
+                grid[i, j] = cell["mean"]
+    lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    fig, ax = plt.subplots(figsize=(2.2 + 2.2 * len(m["columns"]), 1.2 + 0.7 * len(m["rows"])))
+    im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim)
+    for i, r in enumerate(m["rows"]):
+        for j, c in enumerate(m["columns"]):
+            cell = m["cells"].get(f"{r}|{c}")
+            txt = (
+                "-" if cell is None else f"{cell['mean']:+.3f}\nt {cell['t']:.1f}" + (" *" if cell["separated"] else "")
+            )
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(m["columns"])), m["columns"], fontsize=8)
+    ax.set_yticks(range(len(m["rows"])), m["rows"], fontsize=8)
+    fig.colorbar(im, ax=ax, label="paired difference (dB)")
+    ax.set_title("score change against the pretraining on every type (* separated)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(m: dict[str, Any], folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / "matrix.json", "md": folder / "matrix.md", "png": folder / "matrix.png"}
+    paths["json"].write_text(json.dumps(m, indent=1) + "\n")
+    plot(m, paths["png"])
+    paths["md"].write_text(markdown(m, "matrix.png"))
+    return paths
+
+
+def render(m: dict[str, Any], folder: Path, name: str, target: Path) -> Path:
+    rel = Path(os.path.relpath(folder.resolve(), target.resolve().parent)).as_posix()
+    block_name = f"matrix_{name}"
+    start, end = f"<!-- {block_name}:start -->", f"<!-- {block_name}:end -->"
+    block = f"{start}\n{markdown(m, f'{rel}/matrix.png')}{end}"
+    text = target.read_text()
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    target.write_text(text)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.matrix", description=__doc__.split("\n\n")[0])
+    ap.add_argument("files", nargs="+", help="experiment files, one per column (each with its report)")
+    ap.add_argument("--name", required=True, help="writes experiments/<name>/matrix.{md,json,png}")
+    ap.add_argument("--render", type=Path, default=None, help="copy the table into this markdown file too")
+    a = ap.parse_args(argv)
+    try:
+        m = build(a.files)
+        folder = Path(a.files[0]).parent / a.name
+        paths = write(m, folder)
+        if a.render:
+            render(m, folder, a.name, a.render)
+    except ExperimentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(paths["md"])
+    print(m["verdict"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

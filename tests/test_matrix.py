@@ -1,0 +1,63 @@
+"""flows.matrix: the leave-one-type-out columns' paired differences lined up as one matrix (rows: the type left out)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows import matrix
+from ipt.experiment.spec import ExperimentError
+
+ROOT = Path(__file__).resolve().parents[1]
+COLUMNS = ("leave_one_out_sr_x2", "leave_one_out_derain")
+
+
+def _copy(tmp_path: Path) -> list[str]:
+    """The committed column files and their reports, in a folder of their own (the module writes beside them)."""
+    (tmp_path / "experiments").mkdir()
+    for name in COLUMNS:
+        shutil.copy(ROOT / "experiments" / f"{name}.yaml", tmp_path / "experiments")
+        shutil.copytree(ROOT / "experiments" / name, tmp_path / "experiments" / name)
+    return [str(tmp_path / "experiments" / f"{n}.yaml") for n in COLUMNS]
+
+
+def test_the_matrix_holds_each_columns_paired_differences_by_the_type_left_out(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)  # the files name params.yaml and ../shared as the checkout does
+    files = _copy(tmp_path)
+    m = matrix.build(files)
+    assert m["columns"] == ["sr_x2 (Set5)", "derain (Rain100L, 10 images)"]
+    assert m["rows"] == ["without gaussian_noise", "without rain_streaks", "without bicubic_down"]
+    for name, col in zip(COLUMNS, m["columns"], strict=True):
+        report = json.loads((ROOT / "experiments" / name / "report.json").read_text())
+        got = sorted(c["mean"] for k, c in m["cells"].items() if k.endswith(f"|{col}"))
+        assert got == sorted(p["mean"] for p in report["paired"])  # every paired row, nothing else
+    assert "without rain_streaks|derain (Rain100L, 10 images)" not in m["cells"]  # derain's own type stays in
+    noise = m["cells"]["without gaussian_noise|sr_x2 (Set5)"]
+    assert noise["mean"] == pytest.approx(-0.0518, abs=1e-4) and noise["n"] == 3 and not noise["separated"]
+    assert m["verdict"].startswith("None of the 4 cells is separated from zero by its seeds")
+
+    paths = matrix.write(m, tmp_path / "experiments" / "leave_one_out")
+    text = paths["md"].read_text()
+    assert "| without rain_streaks | +0.0050 (t 0.22, n 3) | - |" in text and paths["png"].stat().st_size > 0
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Doc\n\nbefore\n")
+    matrix.render(m, tmp_path / "experiments" / "leave_one_out", "leave_one_out", doc)
+    matrix.render(m, tmp_path / "experiments" / "leave_one_out", "leave_one_out", doc)  # replaces, never duplicates
+    rendered = doc.read_text()
+    assert (
+        rendered.count("<!-- matrix_leave_one_out:start -->") == 1
+        and "(experiments/leave_one_out/matrix.png)" in rendered
+    )
+
+
+def test_a_column_without_a_report_or_twice_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    files = _copy(tmp_path)
+    with pytest.raises(ExperimentError, match="a second file scoring sr_x2"):
+        matrix.build([files[0], files[0]])
+    shutil.rmtree(tmp_path / "experiments" / COLUMNS[1])
+    with pytest.raises(ExperimentError, match="leave_one_out_derain/report.json: no report yet"):
+        matrix.build(files)
