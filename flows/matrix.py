@@ -67,7 +67,8 @@ def build(files: list[str]) -> dict[str, Any]:
         columns.append(col)
         values = {v["variant"]: v["values"] for v in report["variants"]}
         for p in report["paired"]:
-            label = row_label(exp, values[p["variant"]])
+            # named variants keep their names; a factor's levels are told by how they differ from the reference
+            label = row_label(exp, values[p["variant"]]) if exp.factors else p["variant"]
             rows += [label] if label not in rows else []
             cells[f"{label}|{col}"] = {k: p[k] for k in ("mean", "sd", "t", "t_crit", "n", "separated")} | {
                 "file": f,
@@ -97,7 +98,7 @@ def verdict(cells: dict[str, dict[str, Any]]) -> str:
 
 
 def markdown(m: dict[str, Any], png: str | None = None) -> str:
-    head = "| change to the pretraining | " + " | ".join(m["columns"]) + " |"
+    head = "| variant (against each file's reference) | " + " | ".join(m["columns"]) + " |"
     lines = [head, "|---|" + "---:|" * len(m["columns"])]
     for r in m["rows"]:
         out = []
@@ -111,9 +112,10 @@ def markdown(m: dict[str, Any], png: str | None = None) -> str:
         lines.append(f"| {r} | " + " | ".join(out) + " |")
     text = "\n".join(lines) + "\n\n"
     text += (
-        "Each cell: the mean paired difference in dB (variant minus the reference pretraining on every type, paired "
-        "by seed), its paired t and n; **separated** where |t| exceeds the two-sided 5% threshold for n - 1 degrees "
-        "of freedom. '-': the file of that column has no such variant (a task's own type is never left out). "
+        "Each cell: the mean paired difference in dB (the row's variant minus its file's reference, paired by "
+        "seed), its paired t and n; **separated** where |t| exceeds the two-sided 5% threshold for n - 1 degrees "
+        "of freedom. '-': the file of that column has no such variant (in the leave-one-out files, a task's own "
+        "type is never left out). "
         f"Files: {', '.join('`' + f + '`' for f in m['files'])}.\n\n"
         f"**Answer (computed).** {m['verdict']}\n"
     )
@@ -147,7 +149,7 @@ def plot(m: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(m["columns"])), m["columns"], fontsize=8)
     ax.set_yticks(range(len(m["rows"])), m["rows"], fontsize=8)
     fig.colorbar(im, ax=ax, label="paired difference (dB)")
-    ax.set_title("score change against the pretraining on every type (* separated)", fontsize=9)
+    ax.set_title("paired change against each file's reference (* separated)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

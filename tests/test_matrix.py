@@ -61,3 +61,12 @@ def test_a_column_without_a_report_or_twice_is_refused(tmp_path: Path, monkeypat
     shutil.rmtree(tmp_path / "experiments" / COLUMNS[1])
     with pytest.raises(ExperimentError, match="leave_one_out_derain/report.json: no report yet"):
         matrix.build(files)
+
+
+def test_named_variants_keep_their_names_as_rows(monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    m = matrix.build(["experiments/pretraining_sr_x2.yaml"])
+    assert m["rows"] == ["scratch, equal fine-tune steps", "scratch, equal total steps"]
+    total = m["cells"]["scratch, equal total steps|sr_x2 (Set5)"]
+    assert total["separated"] and total["mean"] == pytest.approx(0.4458, abs=1e-4)
+    assert m["verdict"].startswith("1 of 2 cells are separated from zero by their seeds: scratch, equal total steps")
