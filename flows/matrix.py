@@ -61,7 +61,8 @@ def build(files: list[str]) -> dict[str, Any]:
         if not report_file.is_file():
             raise ExperimentError(f"{report_file}: no report yet; run `python -m flows.experiment {f}` first")
         report = json.loads(report_file.read_text())
-        col = f"{exp.score.task} ({exp.score.dataset}{f', {exp.score.limit} images' if exp.score.limit else ''})"
+        scored = exp.score.task + (f" on {exp.score.inputs} inputs" if exp.score.inputs else "")
+        col = f"{scored} ({exp.score.dataset}{f', {exp.score.limit} images' if exp.score.limit else ''})"
         if col in columns:
             raise ExperimentError(f"{f}: a second file scoring {col}; one file per column")
         columns.append(col)
@@ -87,7 +88,8 @@ def verdict(cells: dict[str, dict[str, Any]]) -> str:
         named = "; ".join(
             f"{k.split('|')[0]} on {k.split('|')[1]} {c['mean']:+.4f} dB (t {c['t']:.2f})" for k, c in sep.items()
         )
-        text = f"{len(sep)} of {n} cells are separated from zero by their seeds: {named}"
+        verb = "is" if len(sep) == 1 else "are"
+        text = f"{len(sep)} of {n} cells {verb} separated from zero by their seeds: {named}"
     biggest = max(cells.items(), key=lambda kv: abs(kv[1]["mean"]), default=None)
     if biggest:
         k, c = biggest
@@ -145,8 +147,11 @@ def plot(m: dict[str, Any], path: Path) -> None:
             txt = (
                 "-" if cell is None else f"{cell['mean']:+.3f}\nt {cell['t']:.1f}" + (" *" if cell["separated"] else "")
             )
-            ax.text(j, i, txt, ha="center", va="center", fontsize=8)
-    ax.set_xticks(range(len(m["columns"])), m["columns"], fontsize=8)
+            dark = cell is not None and abs(cell["mean"]) > 0.6 * lim
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+    ax.set_xticks(
+        range(len(m["columns"])), [c.replace(" (", "\n(").replace(", ", ",\n") for c in m["columns"]], fontsize=8
+    )
     ax.set_yticks(range(len(m["rows"])), m["rows"], fontsize=8)
     fig.colorbar(im, ax=ax, label="paired difference (dB)")
     ax.set_title("paired change against each file's reference (* separated)", fontsize=9)

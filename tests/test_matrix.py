@@ -69,4 +69,4 @@ def test_named_variants_keep_their_names_as_rows(monkeypatch) -> None:
     assert m["rows"] == ["scratch, equal fine-tune steps", "scratch, equal total steps"]
     total = m["cells"]["scratch, equal total steps|sr_x2 (Set5)"]
     assert total["separated"] and total["mean"] == pytest.approx(0.4458, abs=1e-4)
-    assert m["verdict"].startswith("1 of 2 cells are separated from zero by their seeds: scratch, equal total steps")
+    assert m["verdict"].startswith("1 of 2 cells is separated from zero by their seeds: scratch, equal total steps")
