@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -314,9 +315,22 @@ def prepare(file: str, work: str | None, workers: int | None, params_file: str |
     return exp, P.build(exp, folder if folder.is_absolute() else project_root() / folder)
 
 
+def heading_depth(markdown_text: str) -> int:
+    """The level of the last heading in ``markdown_text`` outside fenced code (1 if none): a report copied there
+    goes one level under it."""
+    level, fenced = 1, False
+    for line in markdown_text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"(#+) ", line)):
+            level = len(m.group(1))
+    return level
+
+
 def render(exp: Experiment, markdown: Path) -> Path:
     """Copy the experiment's report into ``markdown`` (docs/BENCHMARKS.md) as the section ``experiment_<name>``, its
-    headings one level down and its links made relative to that file: the docs table is the computed report."""
+    headings one level under the heading it lands beneath and its links made relative to that file: the docs table
+    is the computed report."""
     folder = exp.path.parent / exp.name
     report = folder / "report.md"
     if not report.is_file():
@@ -327,10 +341,11 @@ def render(exp: Experiment, markdown: Path) -> Path:
         .replace("](score.png)", f"]({rel}/score.png)")
         .replace("](curves.png)", f"]({rel}/curves.png)")
     )
-    body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines()) + "\n"
     name = f"experiment_{exp.name}"
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = markdown.read_text()
+    depth = heading_depth(text[: text.index(start)] if start in text else text)
+    body = "\n".join(("#" * depth + line) if line.startswith("#") else line for line in body.splitlines()) + "\n"
     block = f"{start}\n{body}{end}"
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]

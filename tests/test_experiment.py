@@ -508,6 +508,13 @@ def test_render_copies_the_computed_report_into_a_docs_section(tmp_path) -> None
     text = docs.read_text()
     assert "\nold\n" not in text and text.endswith("tail\n") and "## Experiment `lr`" in text
     assert numbers["verdict"] in text and "](../experiments/lr/score.png)" in text
+    # under a deeper section the report's headings go one level below it (a fenced '# comment' is no heading)
+    docs.write_text(
+        "# B\n\n### Sub\n\n```bash\n# a comment\n```\n\n<!-- experiment_lr:start -->\n<!-- experiment_lr:end -->\n"
+    )
+    render(exp, docs)
+    text = docs.read_text()
+    assert "\n#### Experiment `lr`\n" in text and "\n##### psnr_y per variant" in text
 
 
 def test_the_docs_walk_through_file_loads_and_plans_as_written(tmp_path, benchmark_root, monkeypatch) -> None:
