@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows import new_type
 from flows.dvc import (
     UnknownStage,
     check_targets,
@@ -76,9 +78,13 @@ def run_dag(
             "IPT_PROJECT_DIR": str(root),
         }
         results: dict[str, str] = {}
+        added = None
         try:
+            if "register-pretrained" in stages:  # a new body will be registered: keep the champions from before it
+                new_type.snapshot(root, uri, params_tasks(root))
             for stage in stages:
                 results[stage] = repro_stage.with_options(task_run_name=stage)(stage, str(root), env)
+            added = new_type.compare(root, uri, parent_run_id=parent.run_id)
             if push_remote or push_to:
                 push(str(root), push_to)
         except BaseException:
@@ -93,11 +99,16 @@ def run_dag(
                 m[f"{r['task']}/{r['dataset']}/gain_db"] = r["model"] - r["baseline"]
             parent.log_metrics(m)
         parent.finish()
+    if added:
+        logger.info("new corruption type(s) %s: %s (%s)", ", ".join(added["added"]), added["verdict"], added["folder"])
+        text = (Path(added["folder"]) / "report.md").read_text()
+        create_markdown_artifact(text, key="ipt-new-type", description="what the new corruption type added")
     if rows:
         create_markdown_artifact(table, key="ipt-benchmark-summary", description="model vs baseline, Y-PSNR (dB)")
         logger.info("benchmark summary:\n%s", table)
     ran = [s for s, r in results.items() if r == "ran"]
-    return {"stages": results, "ran": ran, "summary": rows, "mlflow_run_id": parent.run_id}
+    out = {"stages": results, "ran": ran, "summary": rows, "mlflow_run_id": parent.run_id}
+    return out | ({"new_type": added} if added else {})
 
 
 @flow(name="ipt-pipeline", log_prints=True)
