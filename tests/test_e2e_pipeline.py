@@ -332,6 +332,19 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         assert scores == {n: {k: v for k, v in r.items() if k != "per_image"} for n, r in report["datasets"].items()}
         pretrains = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pretrain").experiment_id])
         assert len(pretrains) == 2
+        # What the new type added (flows.new_type): sr_x2's new candidate against its champion from before jpeg_q10.
+        added = json.loads((repo / "runs" / "new_type" / "jpeg_q10" / "report.json").read_text())
+        rows = {r["task"]: r for r in added["rows"]}
+        assert added["complete"] and rows["sr_x2"]["champion_before"]["version"] == v1.version
+        record = json.loads((repo / "metrics" / "register" / "sr_x2.json").read_text())
+        assert rows["sr_x2"]["candidate"]["version"] == record["version"] != v1.version
+        assert rows["sr_x2"]["change_db"] == pytest.approx(record["score"] - float(v1.tags["score"]), abs=1e-9)
+        assert rows["jpeg_q10"]["new_type"] and rows["jpeg_q10"]["champion_before"] is None
+        runs = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pipeline").experiment_id])
+        (parent3,) = [r for r in runs if r.data.tags.get("ipt.pipeline_run") == str(fr3.id)]
+        (child,) = [r for r in runs if r.data.tags.get("ipt.new_type") == "jpeg_q10"]
+        assert child.data.tags["mlflow.parentRunId"] == parent3.info.run_id
+        assert child.data.metrics["sr_x2/change_db"] == pytest.approx(rows["sr_x2"]["change_db"])
         # The newest pretrain run names the DVC version of each shard folder it read, as dvc.lock has it now.
         lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
         for t in ("sr_x2", "jpeg_q10"):
