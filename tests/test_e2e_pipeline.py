@@ -335,9 +335,9 @@ def _pipeline_scenario(tmp_path: Path, api: str) -> None:
         # What the new type added (flows.new_type): sr_x2's new candidate against its champion from before jpeg_q10.
         added = json.loads((repo / "runs" / "new_type" / "jpeg_q10" / "report.json").read_text())
         rows = {r["task"]: r for r in added["rows"]}
-        assert added["complete"] and rows["sr_x2"]["champion_before"]["version"] == v1.version
+        assert added["complete"] and rows["sr_x2"]["champion_before"]["version"] == str(v1.version)
         record = json.loads((repo / "metrics" / "register" / "sr_x2.json").read_text())
-        assert rows["sr_x2"]["candidate"]["version"] == record["version"] != v1.version
+        assert rows["sr_x2"]["candidate"]["version"] == str(record["version"]) != str(v1.version)
         assert rows["sr_x2"]["change_db"] == pytest.approx(record["score"] - float(v1.tags["score"]), abs=1e-9)
         assert rows["jpeg_q10"]["new_type"] and rows["jpeg_q10"]["champion_before"] is None
         runs = mlflow.search_runs([mlflow.get_experiment_by_name("ipt-pipeline").experiment_id])
