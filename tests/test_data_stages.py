@@ -165,10 +165,14 @@ def test_rerun_is_a_no_op_and_a_changed_plan_rewrites(tmp_path: Path) -> None:
 
 def test_second_run_into_the_same_folder_is_refused(tmp_path: Path, capsys) -> None:
     src = photo_folder(tmp_path / "train", PHOTOS[:2])
+    lock = tmp_path / ".clean.lock"
     with shards.FolderLock(str(tmp_path / "clean")):
         assert _shard(src, tmp_path / "clean") == 2
+        assert lock.read_text().startswith(f"pid {os.getpid()} on ")  # who holds it, while held
     assert "another run is writing here" in capsys.readouterr().err
+    assert lock.read_bytes() == b""  # released: the same bytes on every machine (data/pairs' hash in dvc.lock)
     assert _shard(src, tmp_path / "clean") == 0  # released
+    assert lock.read_bytes() == b""
 
 
 def _cli(*args: str) -> list[str]:

@@ -121,6 +121,9 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         if self._fd is not None:
+            # Emptied, not removed (a removed flock file can be locked twice): a released lock holds the same bytes on
+            # every machine, so a folder that contains it (data/pairs, pretrain's input) hashes the same in dvc.lock.
+            os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
