@@ -342,17 +342,22 @@ def render(exp: Experiment, markdown: Path) -> Path:
         .replace("](curves.png)", f"]({rel}/curves.png)")
     )
     name = f"experiment_{exp.name}"
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    start = f"<!-- {name}:start -->"
     text = markdown.read_text()
     depth = heading_depth(text[: text.index(start)] if start in text else text)
     body = "\n".join(("#" * depth + line) if line.startswith("#") else line for line in body.splitlines()) + "\n"
+    markdown.write_text(replace_section(text, name, body))
+    return markdown
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """``text`` with the block between ``<!-- name:start -->`` and ``<!-- name:end -->`` replaced by ``body`` (or the
+    block appended when the markers are absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body}{end}"
     if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    markdown.write_text(text)
-    return markdown
+        return text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    return text.rstrip() + "\n\n" + block + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,15 +171,9 @@ def write(m: dict[str, Any], folder: Path) -> dict[str, Path]:
 
 def render(m: dict[str, Any], folder: Path, name: str, target: Path) -> Path:
     rel = Path(os.path.relpath(folder.resolve(), target.resolve().parent)).as_posix()
-    block_name = f"matrix_{name}"
-    start, end = f"<!-- {block_name}:start -->", f"<!-- {block_name}:end -->"
-    block = f"{start}\n{markdown(m, f'{rel}/matrix.png')}{end}"
-    text = target.read_text()
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    target.write_text(text)
+    from flows.experiment import replace_section
+
+    target.write_text(replace_section(target.read_text(), f"matrix_{name}", markdown(m, f"{rel}/matrix.png")))
     return target
 
 

@@ -31,23 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ipt.fileio import atomic_write, write_json
+
 SNAPSHOT = Path("runs") / "new_type" / "champions_before.json"
 PRETRAINED = "ipt-pretrained"
 EXPERIMENT = "ipt-pipeline"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def version_tasks(name: str, version: str, tracking_uri: str) -> list[str]:
@@ -76,7 +64,7 @@ def snapshot(root: Path, tracking_uri: str, tasks: list[str]) -> Path | None:
     if before is None:
         return None
     champions = {t: alias_version(f"ipt-{t}", CHAMPION, tracking_uri) for t in tasks}
-    _write_json(
+    write_json(
         path,
         {
             "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -86,8 +74,14 @@ def snapshot(root: Path, tracking_uri: str, tasks: list[str]) -> Path | None:
             },
             "champions": champions,
         },
+        indent=1,
+        sort_keys=True,
     )
     return path
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
 
 
 def _row(task: str, added: list[str], before: dict[str, Any] | None, record: dict[str, Any] | None) -> dict[str, Any]:
@@ -103,7 +97,7 @@ def _row(task: str, added: list[str], before: dict[str, Any] | None, record: dic
     if fresh:
         row["candidate"] = {
             "version": record["version"],
-            "score": record.get("score"),
+            "score": record.get("score") if _finite(record.get("score")) else None,  # strict JSON: no NaN
             "score_key": record.get("score_key"),
             "promoted": bool(record.get("promoted")),
         }
@@ -112,7 +106,7 @@ def _row(task: str, added: list[str], before: dict[str, Any] | None, record: dic
         row["status"] = "not registered again since the snapshot yet"
     elif old is None:
         row["status"] = "no champion before" + (" (the new type's own task)" if row["new_type"] else "")
-    elif old["score"] is None or new["score"] is None or not math.isfinite(new["score"]):
+    elif old["score"] is None or new["score"] is None:
         row["status"] = "unscored"
     elif old["score_key"] != new["score_key"]:
         row["status"] = "not comparable (the two scores have different score keys)"
@@ -209,8 +203,9 @@ def compare(root: Path, tracking_uri: str, parent_run_id: str | None = None) -> 
         "verdict": verdict(added, rows),
     }
     folder = root / "runs" / "new_type" / "+".join(added)
-    _write_json(folder / "report.json", report)
-    _write_text(folder / "report.md", _markdown(report))
+    write_json(folder / "report.json", report, indent=1, sort_keys=True)
+    text = _markdown(report)
+    atomic_write(folder / "report.md", lambda f: f.write(text.encode()))
     report["folder"] = str(folder)
     report["mlflow_run_id"] = _log(report, folder, tracking_uri, parent_run_id)
     if report["complete"]:

@@ -82,6 +82,14 @@ def require_benchmark(name: str, root: Path = BENCHMARK_ROOT) -> Path:
     return require_shared(root / name, f"benchmark set {name}")
 
 
+@pytest.fixture
+def sqlite_mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A fresh MLflow sqlite store (tracking and registry) for this test, exported as MLFLOW_TRACKING_URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path, monkeypatch) -> None:
     """No test reads the checkout's params.yaml or writes an mlflow.db into it unless it asks to."""

@@ -20,10 +20,8 @@ pytest.importorskip("mlflow")
 
 
 @pytest.fixture
-def uri(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+def uri(sqlite_mlflow_uri: str) -> str:
+    return sqlite_mlflow_uri
 
 
 def _body(tmp_path: Path, tasks: list[str], seed: int) -> Path:
