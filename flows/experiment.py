@@ -316,15 +316,28 @@ def prepare(file: str, work: str | None, workers: int | None, params_file: str |
 
 
 def heading_depth(markdown_text: str) -> int:
-    """The level of the last heading in ``markdown_text`` outside fenced code (1 if none): a report copied there
-    goes one level under it."""
-    level, fenced = 1, False
+    """The level of the last heading in ``markdown_text`` outside fenced code and outside other rendered blocks
+    (``<!-- name:start -->`` .. ``<!-- name:end -->``; 1 if none): a report copied there goes one level under it, and
+    several reports rendered one after another under one heading stay siblings."""
+    level, fenced, blocks = 1, False, 0
     for line in markdown_text.splitlines():
         if line.lstrip().startswith("```"):
             fenced = not fenced
-        elif not fenced and (m := re.match(r"(#+) ", line)):
+        elif fenced:
+            continue
+        elif re.fullmatch(r"<!-- \S+:start -->", line.strip()):
+            blocks += 1
+        elif re.fullmatch(r"<!-- \S+:end -->", line.strip()):
+            blocks = max(0, blocks - 1)
+        elif not blocks and (m := re.match(r"(#+) ", line)):
             level = len(m.group(1))
     return level
+
+
+def _deeper(line: str, depth: int) -> str:
+    """A report line with its heading ``depth`` levels deeper (at most markdown's 6; other lines as they are)."""
+    m = re.match(r"(#+) ", line)
+    return "#" * min(6, len(m.group(1)) + depth) + line[len(m.group(1)) :] if m else line
 
 
 def render(exp: Experiment, markdown: Path) -> Path:
@@ -345,7 +358,7 @@ def render(exp: Experiment, markdown: Path) -> Path:
     start = f"<!-- {name}:start -->"
     text = markdown.read_text()
     depth = heading_depth(text[: text.index(start)] if start in text else text)
-    body = "\n".join(("#" * depth + line) if line.startswith("#") else line for line in body.splitlines()) + "\n"
+    body = "\n".join(_deeper(line, depth) for line in body.splitlines()) + "\n"
     markdown.write_text(replace_section(text, name, body))
     return markdown
 

@@ -494,7 +494,7 @@ def test_the_committed_experiment_files_load(name, benchmark_root, monkeypatch) 
 
 
 def test_render_copies_the_computed_report_into_a_docs_section(tmp_path) -> None:
-    from flows.experiment import render
+    from flows.experiment import _deeper, heading_depth, render
 
     params = tiny_params(tmp_path)
     exp = load(write_exp(tmp_path), params_file=params)
@@ -519,6 +519,14 @@ def test_render_copies_the_computed_report_into_a_docs_section(tmp_path) -> None
     render(exp, docs)
     text = docs.read_text()
     assert "\n#### Experiment `lr`\n" in text and "\n##### psnr_y per variant" in text
+    # a second report rendered right after the first is its sibling, not a level under the first one's headings
+    text = text.replace(
+        "<!-- experiment_lr:end -->\n",
+        "<!-- experiment_lr:end -->\n\n<!-- experiment_lr2:start -->\nx\n<!-- experiment_lr2:end -->\n",
+    )
+    assert heading_depth(text[: text.index("<!-- experiment_lr2:start -->")]) == 3
+    assert heading_depth("# B\n\n###### Deep\n") == 6 and heading_depth("no heading\n") == 1
+    assert _deeper("## psnr", 5) == "###### psnr" and _deeper("#x and a line", 2) == "#x and a line"  # markdown's 6
 
 
 def test_the_docs_walk_through_file_loads_and_plans_as_written(tmp_path, benchmark_root, monkeypatch) -> None:
