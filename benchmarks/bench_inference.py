@@ -126,15 +126,10 @@ def save_results(out: Path, section: str, device: str, body: str, result: dict) 
 
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace (or append) the block between <!-- name:start --> and <!-- name:end --> in ``path``."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    from flows.experiment import replace_section, write_text
+
     text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery number below names the command that made it.\n"
-    block = f"{start}\n{body}{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_text(path, replace_section(text, name, body))
 
 
 def main() -> None:

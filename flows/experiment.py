@@ -32,6 +32,7 @@ from flows.stages import run_cli
 from ipt.experiment import plan as P
 from ipt.experiment import report as R
 from ipt.experiment.spec import Experiment, ExperimentError, get_path, load, project_root
+from ipt.fileio import atomic_write
 
 MLFLOW_PREFIX = "exp-"  # the sweeps' MLflow experiments: apart from the DAG's stage experiments and its registry
 RESUMABLE = ("pretrain", "finetune")  # stages that continue from their latest checkpoint
@@ -359,8 +360,13 @@ def render(exp: Experiment, markdown: Path) -> Path:
     text = markdown.read_text()
     depth = heading_depth(text[: text.index(start)] if start in text else text)
     body = "\n".join(_deeper(line, depth) for line in body.splitlines()) + "\n"
-    markdown.write_text(replace_section(text, name, body))
+    write_text(markdown, replace_section(text, name, body))
     return markdown
+
+
+def write_text(path: Path, text: str) -> Path:
+    """``text`` into ``path`` through a temporary and a rename: a render stopped half-way leaves the old file whole."""
+    return atomic_write(path, lambda f: f.write(text.encode()), fsync=False)
 
 
 def replace_section(text: str, name: str, body: str) -> str:

@@ -163,17 +163,19 @@ def plot(m: dict[str, Any], path: Path) -> None:
 def write(m: dict[str, Any], folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "matrix.json", "md": folder / "matrix.md", "png": folder / "matrix.png"}
-    paths["json"].write_text(json.dumps(m, indent=1) + "\n")
+    from flows.experiment import write_text
+
+    write_text(paths["json"], json.dumps(m, indent=1) + "\n")
     plot(m, paths["png"])
-    paths["md"].write_text(markdown(m, "matrix.png"))
+    write_text(paths["md"], markdown(m, "matrix.png"))
     return paths
 
 
 def render(m: dict[str, Any], folder: Path, name: str, target: Path) -> Path:
     rel = Path(os.path.relpath(folder.resolve(), target.resolve().parent)).as_posix()
-    from flows.experiment import replace_section
+    from flows.experiment import replace_section, write_text
 
-    target.write_text(replace_section(target.read_text(), f"matrix_{name}", markdown(m, f"{rel}/matrix.png")))
+    write_text(target, replace_section(target.read_text(), f"matrix_{name}", markdown(m, f"{rel}/matrix.png")))
     return target
 
 
