@@ -213,7 +213,7 @@ def about_lines(plan: P.Plan, records: dict[int, dict[str, Any]]) -> list[str]:
         + f" ({', '.join(images)} images), `ipt benchmark` protocol ipt, tiling {s.tiling},"
         f" precision {s.precision}, input seed {s.seed}.",
         f"- Factors: {', '.join(f'`{k}` in {v}' for k, v in exp.factors.items()) or 'named variants only'}.",
-        f"- Base: {exp.params_file.name} with `base:` of `{exp.path.as_posix()}`; the command:"
+        f"- Base: {exp.params_file.name}{base_overrides(exp)}; the command:"
         f" `python -m flows.experiment {exp.path.as_posix()}`.",
     ]
     from ipt.provenance import git_commit
@@ -314,6 +314,22 @@ def prepare(file: str, work: str | None, workers: int | None, params_file: str |
         exp = Experiment(**{**vars(exp), "workers": workers})
     folder = Path(work or exp.work or Path("runs") / "experiments" / exp.name)
     return exp, P.build(exp, folder if folder.is_absolute() else project_root() / folder)
+
+
+def base_overrides(exp: Experiment) -> str:
+    """How the file's ``base:`` changes the params file, as the report's Base line quotes it (`` with
+    `shard.source: ../shared/train` (the `base:` of `experiments/x.yaml`)``): what every cell shares beyond the params
+    file, such as the training corpus."""
+    import yaml
+
+    from ipt.experiment.spec import flatten
+
+    over = flatten((yaml.safe_load(exp.path.read_text()) or {}).get("base") or {})
+    where = f"`{exp.path.as_posix()}`"
+    if not over:
+        return f" as it is ({where} has no `base:`)"
+    quoted = ", ".join(f"`{k}: {v if isinstance(v, str) else json.dumps(v)}`" for k, v in over.items())
+    return f" with {quoted} (the `base:` of {where})"
 
 
 def heading_depth(markdown_text: str) -> int:

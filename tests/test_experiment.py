@@ -493,6 +493,19 @@ def test_the_committed_experiment_files_load(name, benchmark_root, monkeypatch) 
     assert sum(n.stage == "benchmark" for n in plan.nodes.values()) == len(exp.cells())
 
 
+def test_the_report_quotes_the_files_base_overrides(tmp_path) -> None:
+    """The Base line names what every cell shares beyond the params file (issue 35's corpus is one such line)."""
+    from flows.experiment import base_overrides
+
+    params = tiny_params(tmp_path)
+    exp = load(write_exp(tmp_path, base={"finetune": {"batch_size": 4}, "finetune.lr": 0.002}), params_file=params)
+    assert base_overrides(exp) == (
+        " with `finetune.batch_size: 4`, `finetune.lr: 0.002` (the `base:` of `" + exp.path.as_posix() + "`)"
+    )
+    plain = load(write_exp(tmp_path, name="plain"), params_file=params)
+    assert base_overrides(plain) == f" as it is (`{plain.path.as_posix()}` has no `base:`)"
+
+
 def test_render_copies_the_computed_report_into_a_docs_section(tmp_path) -> None:
     from flows.experiment import _deeper, heading_depth, render
 
