@@ -11,6 +11,11 @@ A cell a file does not have (a task's own type, which its head needs) is empty.
 
 writes ``experiments/<name>/matrix.md``, ``.json`` and ``matrix.png`` and, with ``--render``, copies the table into
 that markdown file as the section ``matrix_<name>``.
+
+``--against REV`` also builds the same matrix from the reports committed at git revision ``REV`` (an earlier run: other
+data, other code) and sets the two side by side, cell by cell, with a sentence computed from them: how many cells
+keep their verdict (separated with the same sign both times, or neither time) and which change
+(``experiments/<name>/against.{md,json}``, rendered as ``matrix_<name>_against``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +58,39 @@ def row_label(exp: Experiment, values: dict[str, Any]) -> str:
     return "; ".join(parts) or "the reference"
 
 
-def build(files: list[str]) -> dict[str, Any]:
+def _read(report_file: Path) -> dict[str, Any]:
+    if not report_file.is_file():
+        raise ExperimentError(f"{report_file}: no report yet; run `python -m flows.experiment` on its file first")
+    return json.loads(report_file.read_text())
+
+
+def reader_at(rev: str) -> Callable[[Path], dict[str, Any]]:
+    """A report reader that takes each report as committed at git revision ``rev`` instead of the working tree's."""
+
+    def read(report_file: Path) -> dict[str, Any]:
+        folder = report_file.resolve().parent
+        try:
+            top = subprocess.run(
+                ["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            raise ExperimentError(f"{report_file}: not in a git checkout, so --against {rev} cannot read it") from None
+        rel = report_file.resolve().relative_to(Path(top).resolve()).as_posix()
+        out = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=top, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise ExperimentError(f"{rel}: not at git revision {rev} ({out.stderr.strip().splitlines()[-1]})")
+        return json.loads(out.stdout)
+
+    return read
+
+
+def build(files: list[str], read: Callable[[Path], dict[str, Any]] = _read) -> dict[str, Any]:
     columns: list[str] = []
     rows: list[str] = []
     cells: dict[str, dict[str, Any]] = {}
     for f in files:
         exp = load(f)
-        report_file = exp.path.parent / exp.name / "report.json"
-        if not report_file.is_file():
-            raise ExperimentError(f"{report_file}: no report yet; run `python -m flows.experiment {f}` first")
-        report = json.loads(report_file.read_text())
+        report = read(exp.path.parent / exp.name / "report.json")
         scored = exp.score.task + (f" on {exp.score.inputs} inputs" if exp.score.inputs else "")
         col = f"{scored} ({exp.score.dataset}{f', {exp.score.limit} images' if exp.score.limit else ''})"
         if col in columns:
@@ -97,6 +127,65 @@ def verdict(cells: dict[str, dict[str, Any]]) -> str:
         text += f". The largest change is {row} on {col}: {c['mean']:+.4f} dB (t {c['t']:.2f}, n {c['n']})"
     alpha_false = 0.05 * n
     return text + f". ({n} tests at 5%: about {alpha_false:.2f} false separations expected when nothing differs.)"
+
+
+def _state(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return "absent"
+    return f"separated {c['mean']:+.4f}" if c["separated"] else f"not separated ({c['mean']:+.4f})"
+
+
+def compare(now: dict[str, Any], then: dict[str, Any], label: str) -> dict[str, Any]:
+    """Two matrices of the same files (``then``: an earlier run, ``label`` saying which) cell by cell; the sentence
+    counts the cells whose verdict holds (separated both times with the same sign, or neither time)."""
+    keys = list(now["cells"]) + [k for k in then["cells"] if k not in now["cells"]]
+    rows, kept, same_sign, both = [], 0, 0, 0
+    changed = []
+    for k in keys:
+        a, b = now["cells"].get(k), then["cells"].get(k)
+        if a is None or b is None:
+            verdict = "in one run only"
+        else:
+            both += 1
+            same_sign += (a["mean"] > 0) == (b["mean"] > 0)
+            if a["separated"] and b["separated"]:
+                verdict = (
+                    "separated both times, same sign"
+                    if (a["mean"] > 0) == (b["mean"] > 0)
+                    else "separated both times, opposite signs"
+                )
+            elif not a["separated"] and not b["separated"]:
+                verdict = "separated neither time"
+            else:
+                verdict = "separated now only" if a["separated"] else f"separated in {label} only"
+            if verdict in ("separated both times, same sign", "separated neither time"):
+                kept += 1
+            else:
+                row, col = k.split("|")
+                changed.append(f"{row} on {col} ({_state(b)} in {label}, {_state(a)} now)")
+        rows.append({"cell": k, "now": a, "then": b, "verdict": verdict})
+    text = (
+        f"Of the {both} cells in both runs, {kept} keep their verdict (separated both times with the same sign, or "
+        f"neither time) and {same_sign} have the same sign both times"
+    )
+    text += "; changed: " + "; ".join(changed) + "." if changed else "."
+    return {"label": label, "rows": rows, "files": now["files"], "verdict": text}
+
+
+def compare_markdown(c: dict[str, Any]) -> str:
+    def cell(x: dict[str, Any] | None) -> str:
+        if x is None:
+            return "-"
+        return f"{x['mean']:+.4f} (t {x['t']:.2f}, n {x['n']})" + (" **separated**" if x["separated"] else "")
+
+    lines = [
+        f"| variant (against each file's reference) | score | this run | {c['label']} | verdict |",
+        "|---|---|---:|---:|---|",
+    ]
+    for r in c["rows"]:
+        row, col = r["cell"].split("|")
+        lines.append(f"| {row} | {col} | {cell(r['now'])} | {cell(r['then'])} | {r['verdict']} |")
+    return "\n".join(lines) + f"\n\n**Against {c['label']} (computed).** {c['verdict']}\n"
 
 
 def markdown(m: dict[str, Any], png: str | None = None) -> str:
@@ -171,11 +260,14 @@ def write(m: dict[str, Any], folder: Path) -> dict[str, Path]:
     return paths
 
 
-def render(m: dict[str, Any], folder: Path, name: str, target: Path) -> Path:
+def render(m: dict[str, Any], folder: Path, name: str, target: Path, against: dict[str, Any] | None = None) -> Path:
     rel = Path(os.path.relpath(folder.resolve(), target.resolve().parent)).as_posix()
     from flows.experiment import replace_section, write_text
 
-    write_text(target, replace_section(target.read_text(), f"matrix_{name}", markdown(m, f"{rel}/matrix.png")))
+    text = replace_section(target.read_text(), f"matrix_{name}", markdown(m, f"{rel}/matrix.png"))
+    if against is not None:
+        text = replace_section(text, f"matrix_{name}_against", compare_markdown(against))
+    write_text(target, text)
     return target
 
 
@@ -184,13 +276,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("files", nargs="+", help="experiment files, one per column (each with its report)")
     ap.add_argument("--name", required=True, help="writes experiments/<name>/matrix.{md,json,png}")
     ap.add_argument("--render", type=Path, default=None, help="copy the table into this markdown file too")
+    ap.add_argument("--against", default=None, help="git revision of an earlier run's reports to set beside these")
+    ap.add_argument("--against-label", default=None, help="what that run was (default: 'the reports at REV')")
     a = ap.parse_args(argv)
     try:
         m = build(a.files)
         folder = Path(a.files[0]).parent / a.name
         paths = write(m, folder)
+        against = None
+        if a.against:
+            from flows.experiment import write_text
+
+            against = compare(m, build(a.files, reader_at(a.against)), a.against_label or f"the reports at {a.against}")
+            against["revision"] = a.against
+            write_text(folder / "against.json", json.dumps(against, indent=1) + "\n")
+            write_text(folder / "against.md", compare_markdown(against))
+            print(against["verdict"])
         if a.render:
-            render(m, folder, a.name, a.render)
+            render(m, folder, a.name, a.render, against)
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -70,3 +70,44 @@ def test_named_variants_keep_their_names_as_rows(monkeypatch) -> None:
     total = m["cells"]["scratch, equal total steps|sr_x2 (Set5)"]
     assert total["separated"] and total["mean"] == pytest.approx(0.4458, abs=1e-4)
     assert m["verdict"].startswith("1 of 2 cells is separated from zero by their seeds: scratch, equal total steps")
+
+
+def test_against_an_earlier_revision_sets_each_cell_beside_its_earlier_value(tmp_path: Path, monkeypatch) -> None:
+    """--against REV reads the same files' reports as committed at REV; the sentence counts the kept verdicts."""
+    import subprocess
+
+    monkeypatch.chdir(ROOT)
+    files = _copy(tmp_path)
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
+
+    git("init", "-q")
+    git("add", "experiments")
+    git("commit", "-qm", "the first run")
+    report_file = tmp_path / "experiments" / COLUMNS[0] / "report.json"
+    report = json.loads(report_file.read_text())
+    changed = report["paired"][0]
+    changed |= {"mean": 0.5, "t": 9.0, "separated": True}
+    report_file.write_text(json.dumps(report))
+
+    now, then = matrix.build(files), matrix.build(files, matrix.reader_at("HEAD"))
+    assert then["cells"] != now["cells"] and then["cells"][next(iter(then["cells"]))]["mean"] != 0.5
+    c = matrix.compare(now, then, "the first run")
+    row = matrix.row_label(
+        matrix.load(files[0]), {v["variant"]: v["values"] for v in report["variants"]}[changed["variant"]]
+    )
+    key = f"{row}|sr_x2 (Set5)"
+    verdicts = {r["cell"]: r["verdict"] for r in c["rows"]}
+    assert verdicts.pop(key) == "separated now only" and set(verdicts.values()) == {"separated neither time"}
+    assert c["verdict"].startswith("Of the 4 cells in both runs, 3 keep their verdict")
+    assert (
+        f"changed: {row} on sr_x2 (Set5) (not separated (" in c["verdict"] and "separated +0.5000 now)" in c["verdict"]
+    )
+    text = matrix.compare_markdown(c)
+    assert f"| {row} | sr_x2 (Set5) | +0.5000 (t 9.00, n 3) **separated** |" in text
+
+    with pytest.raises(ExperimentError, match=f"experiments/{COLUMNS[0]}/report.json: not at git revision nosuch"):
+        matrix.build(files, matrix.reader_at("nosuch"))
