@@ -15,7 +15,7 @@ that markdown file as the section ``matrix_<name>``.
 ``--against REV`` also builds the same matrix from the reports committed at git revision ``REV`` (an earlier run: other
 data, other code) and sets the two side by side, cell by cell, with a sentence computed from them: how many cells
 keep their verdict (separated with the same sign both times, or neither time) and which change
-(``experiments/<name>/against.{md,json}``, rendered as ``matrix_<name>_against``).
+(``experiments/<name>/against.{md,json}``; ``--render-against DOC`` copies it there as ``matrix_<name>_against``).
 """
 
 from __future__ import annotations
@@ -260,14 +260,18 @@ def write(m: dict[str, Any], folder: Path) -> dict[str, Path]:
     return paths
 
 
-def render(m: dict[str, Any], folder: Path, name: str, target: Path, against: dict[str, Any] | None = None) -> Path:
+def render(m: dict[str, Any], folder: Path, name: str, target: Path) -> Path:
     rel = Path(os.path.relpath(folder.resolve(), target.resolve().parent)).as_posix()
     from flows.experiment import replace_section, write_text
 
-    text = replace_section(target.read_text(), f"matrix_{name}", markdown(m, f"{rel}/matrix.png"))
-    if against is not None:
-        text = replace_section(text, f"matrix_{name}_against", compare_markdown(against))
-    write_text(target, text)
+    write_text(target, replace_section(target.read_text(), f"matrix_{name}", markdown(m, f"{rel}/matrix.png")))
+    return target
+
+
+def render_against(c: dict[str, Any], name: str, target: Path) -> Path:
+    from flows.experiment import replace_section, write_text
+
+    write_text(target, replace_section(target.read_text(), f"matrix_{name}_against", compare_markdown(c)))
     return target
 
 
@@ -278,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", type=Path, default=None, help="copy the table into this markdown file too")
     ap.add_argument("--against", default=None, help="git revision of an earlier run's reports to set beside these")
     ap.add_argument("--against-label", default=None, help="what that run was (default: 'the reports at REV')")
+    ap.add_argument("--render-against", type=Path, default=None, help="copy the --against table into this file")
     a = ap.parse_args(argv)
     try:
         m = build(a.files)
@@ -293,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
             write_text(folder / "against.md", compare_markdown(against))
             print(against["verdict"])
         if a.render:
-            render(m, folder, a.name, a.render, against)
+            render(m, folder, a.name, a.render)
+        if a.render_against:
+            if against is None:
+                raise ExperimentError("--render-against needs --against REV")
+            render_against(against, a.name, a.render_against)
     except ExperimentError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

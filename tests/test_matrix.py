@@ -111,3 +111,23 @@ def test_against_an_earlier_revision_sets_each_cell_beside_its_earlier_value(tmp
 
     with pytest.raises(ExperimentError, match=f"experiments/{COLUMNS[0]}/report.json: not at git revision nosuch"):
         matrix.build(files, matrix.reader_at("nosuch"))
+
+
+def test_the_cli_writes_and_renders_the_comparison_only_when_asked(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    files = _copy(tmp_path)
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Doc\n")
+    assert matrix.main([*files, "--name", "loo", "--render-against", str(doc)]) == 2  # needs --against
+    assert doc.read_text() == "# Doc\n"
+    import subprocess
+
+    for args in (["init", "-q"], ["add", "experiments"], ["commit", "-qm", "first"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+    argv = [*files, "--name", "loo", "--against", "HEAD", "--against-label", "the first run"]
+    assert matrix.main([*argv, "--render-against", str(doc)]) == 0
+    text = doc.read_text()
+    assert "<!-- matrix_loo_against:start -->" in text and "<!-- matrix_loo:start -->" not in text
+    assert "**Against the first run (computed).** Of the 4 cells in both runs, 4 keep their verdict" in text
+    saved = json.loads((tmp_path / "experiments" / "loo" / "against.json").read_text())
+    assert saved["revision"] == "HEAD" and saved["label"] == "the first run"
