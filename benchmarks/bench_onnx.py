@@ -182,9 +182,13 @@ def to_markdown(r: dict) -> str:
         f"int8 dot products: {hw['cpu_int8']}, {hw['threads']} threads; onnxruntime given the same number of "
         f"intra-op threads), torch {hw['torch']}, onnxruntime {r['onnxruntime']}; {r['date']}. `ipt restore "
         f"--precision auto` here: {r['auto']}, the **default** row. "
-        + ("One run on a machine shared with other jobs (`nice -n 19`" if r.get("niced", True) else "One run (")
         + (
-            f"; 1-minute load average {r['load_average_start']:.1f} at the start, {r['load_average_end']:.1f} at "
+            "One run on a machine shared with other jobs (`nice -n 19`; "
+            if r.get("niced", True)
+            else "One run, not niced ("
+        )
+        + (
+            f"1-minute load average {r['load_average_start']:.1f} at the start, {r['load_average_end']:.1f} at "
             f"the end, on {r['cores']} cores"
             if "load_average_start" in r
             else ""
@@ -296,8 +300,12 @@ def speed_goal(r: dict) -> str:
 
 
 def _section(r: dict) -> str:
-    """bench_variants' naming, and ``_<n>threads`` for a run given ``--threads``."""
-    return section_name(r, SECTION) + (f"_{r['threads_asked']}threads" if r.get("threads_asked") else "")
+    """bench_variants' naming, ``_<n>threads`` for a run given ``--threads`` and ``_<tag>`` for one given ``--tag``."""
+    return (
+        section_name(r, SECTION)
+        + (f"_{r['threads_asked']}threads" if r.get("threads_asked") else "")
+        + (f"_{r['tag']}" if r.get("tag") else "")
+    )
 
 
 def main() -> None:
@@ -315,6 +323,7 @@ def main() -> None:
         action="store_true",
         help="also time the official code's window evaluations on the timed images (the speed goal's yardstick)",
     )
+    ap.add_argument("--tag", default=None, help="a suffix for the section's name, so a run keeps another's table")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--render", type=Path, default=None, help="rewrite the section from this saved JSON; run nothing")
     args = ap.parse_args()
@@ -358,6 +367,7 @@ def main() -> None:
         "image_sizes": [list(names_of[n].lq.shape[:2]) for n in timed],
         "overlap": default_overlap(48),
         "niced": os.nice(0) > 0,
+        "tag": args.tag,
     }
     r["load_average_start"], r["cores"] = os.getloadavg()[0], os.cpu_count()
     with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
@@ -384,6 +394,7 @@ def main() -> None:
             + ([f"--threads {args.threads}"] if args.threads is not None else [])
             + ([f"--forms {args.forms}"] if args.forms != ",".join(ORT_FORMS) else [])
             + (["--official"] if args.official else [])
+            + ([f"--tag {args.tag}"] if args.tag else [])
             + ([f"--out {args.out}"] if args.out else [])
         )
     )
