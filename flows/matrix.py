@@ -166,7 +166,7 @@ def compare(now: dict[str, Any], then: dict[str, Any], label: str) -> dict[str, 
         rows.append({"cell": k, "now": a, "then": b, "verdict": verdict})
     text = (
         f"Of the {both} cells in both runs, {kept} keep their verdict (separated both times with the same sign, or "
-        f"neither time) and {same_sign} have the same sign both times"
+        f"neither time) and {same_sign} {'has' if same_sign == 1 else 'have'} the same sign both times"
     )
     text += "; changed: " + "; ".join(changed) + "." if changed else "."
     return {"label": label, "rows": rows, "files": now["files"], "verdict": text}
