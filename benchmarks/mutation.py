@@ -41,7 +41,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["tests/test_refine_checkpoint.py", "tests/test_refine_train.py"],
     ),
     "losses": (["ipt/train/losses.py"], ["tests/test_train_losses.py"]),
-    "registry": (["ipt/registry.py"], ["tests/test_model_registry.py"]),
+    "registry": (["ipt/registry.py"], ["tests/test_registry_keys.py", "tests/test_model_registry.py"]),
 }
 # What the tests read besides the packages (linked into each folder, copied by mutmut into mutants/).
 LINKED = ("ipt", "corruptions", "flows", "tests", "params.yaml", "dvc.yaml")
