@@ -192,3 +192,72 @@ def test_decide_moves_the_champion_only_on_a_better_score_under_the_same_key() -
         "29.0000 does not beat champion v3 (30.0000); this is the champion's own checkpoint again",
     )
     assert decide(29.0, key, champ, checkpoint_sha256="def")[1] == "29.0000 does not beat champion v3 (30.0000)"
+
+
+def test_check_report_model_by_sha256_by_path_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
+    import re
+
+    from ipt.registry import check_report_model
+
+    ckpt = tmp_path / "ft" / "model.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"weights")
+    sha = hashlib.sha256(b"weights").hexdigest()
+    other = "F" * 64
+    assert check_report_model({"model_sha256": sha.upper()}, ckpt, sha) == ("sha256", [])  # case does not matter
+    msg = (
+        f"r.json: scored weights with sha256 {'F' * 12}..., but {ckpt} has sha256 {sha[:12]}...; it is not a score "
+        "of this checkpoint"
+    )
+    with pytest.raises(RegistryError, match=f"^{re.escape(msg)}$"):
+        check_report_model({"model_sha256": other, "model": str(ckpt)}, ckpt, sha, "r.json")
+    # (the sha256 decides even where the path matches.) Without one: a models:/ URI is not checked, and a path
+    # must resolve to the checkpoint
+    assert check_report_model({"model": "models:/ipt-sr_x2/3"}, ckpt, sha, "r.json") == (
+        "unchecked",
+        [f"r.json records no model_sha256 and scored models:/ipt-sr_x2/3; not checked against {ckpt}"],
+    )
+    monkeypatch.chdir(tmp_path)
+    assert check_report_model({"model": "ft/model.pt"}, ckpt, sha) == (
+        "path",
+        [
+            f"benchmark report records no model_sha256: matched to {ckpt} by path only (the file may have "
+            "changed since it was scored)"
+        ],
+    )
+    wrong = (
+        f"r.json: scored 'ft/other.pt' ({tmp_path / 'ft' / 'other.pt'}), not {ckpt} ({ckpt}); the report records "
+        "no model_sha256, so the paths were compared (relative ones against the current directory)"
+    )
+    with pytest.raises(RegistryError, match=f"^{re.escape(wrong)}$"):
+        check_report_model({"model": "ft/other.pt"}, ckpt, sha, "r.json")
+    with pytest.raises(RegistryError, match=r"^benchmark report: records neither model nor model_sha256; cannot tell"):
+        check_report_model({"model_sha256": ""}, ckpt, sha)
+    for baseline in ("bicubic", "baseline"):
+        said = (
+            f"r.json: scores the {baseline!r} baseline, not {ckpt}; benchmark the checkpoint "
+            f"(ipt benchmark --model {ckpt}) and register that report"
+        )
+        with pytest.raises(RegistryError, match=f"^{re.escape(said)}$"):
+            check_report_model({"model": baseline, "model_sha256": sha}, ckpt, sha, "r.json")
+
+
+def test_probe_and_generalisation_reports_never_register() -> None:
+    import re
+
+    from ipt.registry import refuse_probe_report
+
+    for fine in ({}, {"prior_probe": "own"}, {"task": "denoise_s30", "inputs": "denoise_s30"}, {"prior_probe": None}):
+        refuse_probe_report(fine, "r.json")  # returns, raises nothing
+    probe = (
+        "r.json: scores the refiner with its prior's output set to zero (ipt benchmark --prior-probe), not as it "
+        "runs; score it without --prior-probe"
+    )
+    with pytest.raises(RegistryError, match=f"^{re.escape(probe)}$"):
+        refuse_probe_report({"prior_probe": "zero"}, "r.json")
+    inputs = (
+        "report: scores the denoise_s30 model on denoise_s10's inputs (ipt benchmark --inputs: a generalisation "
+        "score), not on its own task's; score it without --inputs"
+    )
+    with pytest.raises(RegistryError, match=f"^{re.escape(inputs)}$"):
+        refuse_probe_report({"task": "denoise_s30", "inputs": "denoise_s10"}, None)
