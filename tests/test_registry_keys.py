@@ -187,6 +187,11 @@ def test_decide_moves_the_champion_only_on_a_better_score_under_the_same_key() -
         True,
         "30.5000 beats champion v3 (30.0000); note: scored with a different tiling 'official' (champion) vs 'overlap'",
     )
+    two = {"score_tiling": "overlap", "score_precision": "bf16"}
+    assert decide(29.0, key, tagged, setup=two)[1] == (
+        "29.0000 does not beat champion v3 (30.0000); note: scored with a different tiling 'official' (champion) vs "
+        "'overlap', precision 'fp32' (champion) vs 'bf16'"
+    )
     assert decide(29.0, key, champ, checkpoint_sha256="abc") == (
         False,
         "29.0000 does not beat champion v3 (30.0000); this is the champion's own checkpoint again",
