@@ -78,7 +78,8 @@ def reader_at(rev: str) -> Callable[[Path], dict[str, Any]]:
         rel = report_file.resolve().relative_to(Path(top).resolve()).as_posix()
         out = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=top, capture_output=True, text=True)
         if out.returncode != 0:
-            raise ExperimentError(f"{rel}: not at git revision {rev} ({out.stderr.strip().splitlines()[-1]})")
+            why = (out.stderr.strip().splitlines() or [f"git show exited {out.returncode}"])[-1]
+            raise ExperimentError(f"{rel}: not at git revision {rev} ({why})")
         return json.loads(out.stdout)
 
     return read
