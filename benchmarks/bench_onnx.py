@@ -131,8 +131,9 @@ def speed(
                 )
         if official:
             t0 = time.perf_counter()
+            fp32 = variant("fp32", model, "sr_x2")
             for img in xs:
-                official_code_windows(variant("fp32", model, "sr_x2"), img)
+                official_code_windows(fp32, img)
             res["official_code_windows"] = time.perf_counter() - t0
             print(
                 f"official code's windows: Set5 x2 ({len(xs)} image(s)) {res['official_code_windows']:.1f} s",

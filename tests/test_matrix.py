@@ -72,21 +72,21 @@ def test_named_variants_keep_their_names_as_rows(monkeypatch) -> None:
     assert m["verdict"].startswith("1 of 2 cells is separated from zero by their seeds: scratch, equal total steps")
 
 
-def test_against_an_earlier_revision_sets_each_cell_beside_its_earlier_value(tmp_path: Path, monkeypatch) -> None:
-    """--against REV reads the same files' reports as committed at REV; the sentence counts the kept verdicts."""
+def _commit(folder: Path) -> None:
+    """The copied files and reports as the one commit of a throwaway git repository (what --against REV reads)."""
     import subprocess
 
-    monkeypatch.chdir(ROOT)
-    files = _copy(tmp_path)
-
-    def git(*args: str) -> None:
+    for args in (["init", "-q"], ["add", "experiments"], ["commit", "-qm", "the first run"]):
         subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True, capture_output=True
         )
 
-    git("init", "-q")
-    git("add", "experiments")
-    git("commit", "-qm", "the first run")
+
+def test_against_an_earlier_revision_sets_each_cell_beside_its_earlier_value(tmp_path: Path, monkeypatch) -> None:
+    """--against REV reads the same files' reports as committed at REV; the sentence counts the kept verdicts."""
+    monkeypatch.chdir(ROOT)
+    files = _copy(tmp_path)
+    _commit(tmp_path)
     report_file = tmp_path / "experiments" / COLUMNS[0] / "report.json"
     report = json.loads(report_file.read_text())
     changed = report["paired"][0]
@@ -120,10 +120,7 @@ def test_the_cli_writes_and_renders_the_comparison_only_when_asked(tmp_path: Pat
     doc.write_text("# Doc\n")
     assert matrix.main([*files, "--name", "loo", "--render-against", str(doc)]) == 2  # needs --against
     assert doc.read_text() == "# Doc\n"
-    import subprocess
-
-    for args in (["init", "-q"], ["add", "experiments"], ["commit", "-qm", "first"]):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+    _commit(tmp_path)
     argv = [*files, "--name", "loo", "--against", "HEAD", "--against-label", "the first run"]
     assert matrix.main([*argv, "--render-against", str(doc)]) == 0
     text = doc.read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -200,8 +201,6 @@ def test_decide_moves_the_champion_only_on_a_better_score_under_the_same_key() -
 
 
 def test_check_report_model_by_sha256_by_path_or_not_at_all(tmp_path: Path, monkeypatch) -> None:
-    import re
-
     from ipt.registry import check_report_model
 
     ckpt = tmp_path / "ft" / "model.pt"
@@ -248,8 +247,6 @@ def test_check_report_model_by_sha256_by_path_or_not_at_all(tmp_path: Path, monk
 
 
 def test_probe_and_generalisation_reports_never_register() -> None:
-    import re
-
     from ipt.registry import refuse_probe_report
 
     for fine in ({}, {"prior_probe": "own"}, {"task": "denoise_s30", "inputs": "denoise_s30"}, {"prior_probe": None}):
