@@ -235,3 +235,125 @@ def test_nan_scores_ties_and_the_same_checkpoint_never_move_the_champion(tmp_pat
     assert not tie["promoted"] and "does not beat champion v1" in tie["reason"]
     better = _register(tmp_path, twin, "sr_x2", _report("sr_x2", score + 0.01, score, twin), 4)
     assert better["promoted"] and better["champion"] == "4"
+
+
+def _store_and_tracker(tmp_path: Path):
+    """A sqlite store of the test's own and a run in it; $MLFLOW_TRACKING_URI (the autouse fixture's) names another
+    store, so a call that fell back to the environment's URI would read or write the wrong one."""
+    from mlflow.tracking import MlflowClient
+
+    from ipt import tracking
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    assert os.environ["MLFLOW_TRACKING_URI"] != store
+    return MlflowClient(store), tracking.MlflowTracker.start("ipt-register", "register", tracking_uri=store)
+
+
+def test_register_writes_every_tag_file_and_field_into_its_trackers_store(tmp_path: Path) -> None:
+    """register() to the letter: the refusals' first words, each tag, each stored file, every returned field, all
+    in the store of the tracker it is given."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from ipt import registry
+    from ipt.checkpoint import read_state
+    from ipt.fileio import file_sha256
+    from ipt.modeluri import FILES_SHA256_TAG
+
+    torch.manual_seed(0)
+    model = build_ipt(ModelSpec.for_tasks(["sr_x2", "denoise_s30"], n_feats=8, num_layers=1, num_heads=2))
+    ckpt = save_checkpoint(tmp_path / "pretrained.pt", model)
+    client, tracker = _store_and_tracker(tmp_path)
+
+    unseeded = _report("denoise_s30", 30.0, 29.0, ckpt, tiling="overlap", precision="bf16")
+    with pytest.raises(registry.RegistryError) as e:  # no report path given: the message says "report"
+        registry.register(ckpt, task="sr_x2", report=unseeded, tracker=tracker)
+    assert str(e.value) == "report: scores task 'denoise_s30', not 'sr_x2'"
+    with pytest.raises(registry.RegistryError) as e:
+        probe = unseeded | {"prior_probe": "zero"}
+        registry.register(ckpt, task="denoise_s30", report=probe, report_path="probe.json", tracker=tracker)
+    assert str(e.value).startswith("probe.json: scores the refiner with its prior's output set to zero")
+    assert client.search_registered_models() == []  # refused before anything was registered
+
+    first = registry.register(ckpt, task="denoise_s30", report=unseeded, dataset="Set14", tracker=tracker)
+    key = registry.score_of(unseeded, "psnr_y", "Set14")[1]
+    assert "sets=Set14:14" in key and "seed=unrecorded" in key
+    assert first == {  # Set14's 29.0, not the mean over both sets (29.5)
+        "name": "ipt-denoise_s30",
+        "version": "1",
+        "score": 29.0,
+        "score_key": key,
+        "report_check": "sha256",
+        "warnings": ["benchmark report records no noise seed; its score compares only with others that record none"],
+        "champion_before": None,
+        "champion": "1",
+        "promoted": True,
+        "reason": "no champion yet",
+        "uri": "models:/ipt-denoise_s30/1",
+    }
+    mv = client.get_model_version("ipt-denoise_s30", "1")
+    assert {k: v for k, v in mv.tags.items() if k != FILES_SHA256_TAG} == {
+        "checkpoint_sha256": file_sha256(ckpt),
+        "source": str(ckpt),
+        "score": "29.0",
+        "score_key": key,
+        "report_check": "sha256",
+        "score_tiling": "overlap",
+        "score_precision": "bf16",
+        "task": "denoise_s30",
+    }
+    assert str(client.get_model_version_by_alias("ipt-denoise_s30", "champion").version) == "1"
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_registered_models() == []
+
+    local = Path(client.download_artifacts(mv.run_id, "ipt-denoise_s30", str(tmp_path / "task")))
+    assert json.loads((local / "benchmark.json").read_text()) == unseeded
+    official = official_state_dict(model, "denoise_s30")
+    stored = torch.load(local / "official.pt", weights_only=True)
+    assert stored.keys() == official.keys() and all(torch.equal(stored[k], v) for k, v in official.items())
+    assert read_state(local / "data" / "weights" / "model.pt")["meta"] == {"task": "denoise_s30"}
+    served = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert served["config"] == {"task": "denoise_s30"}  # the served model restores this task by default
+
+    seeded = _report("denoise_s30", 31.0, 31.0, ckpt, seed=1)
+    second = registry.register(ckpt, task="denoise_s30", report=seeded, report_path="s.json", tracker=tracker)
+    assert second["warnings"] == [] and second["champion_before"] == {"version": "1", "tags": mv.tags}
+    third = registry.register(ckpt, task="denoise_s30", report=unseeded, report_path="u.json", tracker=tracker)
+    assert third["warnings"] == [
+        "u.json records no noise seed; its score compares only with others that record none"
+    ]
+
+    whole = registry.register(ckpt, tracker=tracker)
+    assert whole["name"] == "ipt-pretrained" and whole["score_key"] is None and whole["report_check"] is None
+    mv = client.get_model_version("ipt-pretrained", whole["version"])
+    local = Path(client.download_artifacts(mv.run_id, "ipt-pretrained", str(tmp_path / "whole")))
+    assert read_state(local / "data" / "weights" / "model.pt")["meta"] == {"tasks": ("sr_x2", "denoise_s30")}
+    assert "config" not in yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    tracker.finish()
+
+
+def test_a_failed_champion_decision_leaves_no_version_behind(tmp_path: Path, monkeypatch) -> None:
+    """The store failing after the version was created (here: setting the alias) deletes that version again, in the
+    tracker's store; the model itself goes too when it was its only version."""
+    from ipt import registry, versions
+    from ipt.errors import IPTError
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.pt", build_ipt(ModelSpec.for_tasks(["sr_x2"], n_feats=8, num_layers=1)))
+    client, tracker = _store_and_tracker(tmp_path)
+
+    def store_down(*args, **kwargs):
+        raise IPTError("the store went away")
+
+    with monkeypatch.context() as m:
+        m.setattr(versions, "set_alias", store_down)
+        with pytest.raises(IPTError, match="the store went away"):
+            registry.register(ckpt, task="sr_x2", report=_report("sr_x2", 30.0, 30.0, ckpt), tracker=tracker)
+    assert client.search_registered_models() == []
+    assert registry.register(ckpt, task="sr_x2", report=_report("sr_x2", 30.0, 30.0, ckpt), tracker=tracker)["promoted"]
+    with monkeypatch.context() as m:
+        m.setattr(versions, "set_alias", store_down)
+        with pytest.raises(IPTError, match="the store went away"):
+            registry.register(ckpt, task="sr_x2", report=_report("sr_x2", 31.0, 31.0, ckpt), tracker=tracker)
+    assert [str(mv.version) for mv in client.search_model_versions("name = 'ipt-sr_x2'")] == ["1"]
+    assert str(client.get_model_version_by_alias("ipt-sr_x2", "champion").version) == "1"
+    tracker.finish()
