@@ -318,9 +318,7 @@ def test_register_writes_every_tag_file_and_field_into_its_trackers_store(tmp_pa
     second = registry.register(ckpt, task="denoise_s30", report=seeded, report_path="s.json", tracker=tracker)
     assert second["warnings"] == [] and second["champion_before"] == {"version": "1", "tags": mv.tags}
     third = registry.register(ckpt, task="denoise_s30", report=unseeded, report_path="u.json", tracker=tracker)
-    assert third["warnings"] == [
-        "u.json records no noise seed; its score compares only with others that record none"
-    ]
+    assert third["warnings"] == ["u.json records no noise seed; its score compares only with others that record none"]
 
     whole = registry.register(ckpt, tracker=tracker)
     assert whole["name"] == "ipt-pretrained" and whole["score_key"] is None and whole["report_check"] is None
