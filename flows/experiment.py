@@ -320,11 +320,9 @@ def base_overrides(exp: Experiment) -> str:
     """How the file's ``base:`` changes the params file, as the report's Base line quotes it (`` with
     `shard.source: ../shared/train` (the `base:` of `experiments/x.yaml`)``): what every cell shares beyond the params
     file, such as the training corpus."""
-    import yaml
-
     from ipt.experiment.spec import flatten
 
-    over = flatten((yaml.safe_load(exp.path.read_text()) or {}).get("base") or {})
+    over = flatten(exp.raw.get("base") or {})  # the file as `load` read it (and checked), not read again
     where = f"`{exp.path.as_posix()}`"
     if not over:
         return f" as it is ({where} has no `base:`)"

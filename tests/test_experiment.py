@@ -502,6 +502,9 @@ def test_the_report_quotes_the_files_base_overrides(tmp_path) -> None:
     assert base_overrides(exp) == (
         " with `finetune.batch_size: 4`, `finetune.lr: 0.002` (the `base:` of `" + exp.path.as_posix() + "`)"
     )
+    quoted = base_overrides(exp)
+    exp.path.write_text("base: {finetune.lr: 9}\n")  # edited after the run was planned: the report quotes what ran
+    assert base_overrides(exp) == quoted
     plain = load(write_exp(tmp_path, name="plain"), params_file=params)
     assert base_overrides(plain) == f" as it is (`{plain.path.as_posix()}` has no `base:`)"
 
