@@ -14,7 +14,7 @@ from torch import Tensor
 
 from corruptions import imresize_uint8
 from ipt.config import DEFAULT_SEED, ConfigError
-from ipt.data.testsets import BenchmarkDataError, BenchmarkSet, check_corruption, task_kind
+from ipt.data.testsets import BenchmarkDataError, BenchmarkSet, check_corruption, input_scale, task_kind
 from ipt.device import PRECISIONS
 from ipt.errors import IPTError
 from ipt.fileio import file_sha256
@@ -274,8 +274,8 @@ def run_benchmark(
     ``model_sha256`` (from ``info``; None for a baseline) says which weights were scored, so ``ipt register`` can
     check the report against a checkpoint; ``seed`` (the denoising noise seed) and ``limit`` (images per set, None
     for all) say what was scored."""
-    kind, param = task_kind(task, corruption)
-    scale = int(param) if kind in ("sr", "custom") else 1
+    kind, _ = task_kind(task, corruption)
+    scale = input_scale(task, corruption)
     report: dict[str, Any] = {
         "task": task,
         "model": model,

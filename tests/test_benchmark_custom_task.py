@@ -16,7 +16,7 @@ from test_cli_benchmark import TOP_KEYS  # the one report schema
 
 from corruptions import quantize_uint8, sample_generator
 from ipt.cli import main
-from ipt.data.testsets import BenchmarkDataError, load_benchmark, resolve_datasets, task_kind
+from ipt.data.testsets import BenchmarkDataError, input_scale, load_benchmark, resolve_datasets, task_kind
 
 SET_KEYS = {"images", "images_total", "psnr_y", "ssim_y", "psnr_rgb", "per_image"}
 JPEG_Q10 = {"name": "jpeg", "quality": 10}
@@ -138,6 +138,9 @@ def test_random_corruption_uses_sample_generator_and_corrupt_stage_quantization(
 def test_scale_from_the_spec_and_bicubic_baseline(root: Path, params: Path, tmp_path: Path) -> None:
     """A bicubic_down task under another name scores exactly as sr_x2 made from the same HR files."""
     assert task_kind("small_x2", {"name": "bicubic_down", "scale": 2}) == ("custom", 2)
+    scales = {t: input_scale(t) for t in ("sr_x3", "denoise_s50", "derain")}
+    assert scales == {"sr_x3": 3, "denoise_s50": 1, "derain": 1}  # the noise level is no scale
+    assert input_scale("small_x2", {"name": "bicubic_down", "scale": 2}) == 2 and input_scale("jpeg_q10", JPEG_Q10) == 1
     custom, sr = tmp_path / "c.json", tmp_path / "s.json"
     assert _bench(root, params, custom, "--model", "baseline", "--datasets", "Set5", task="small_x2") == 0
     assert _bench(root, params, sr, "--model", "bicubic", "--datasets", "Set5", task="sr_x2") == 0

@@ -30,13 +30,10 @@ def _tracker(args: argparse.Namespace):
     )
 
 
-def _benchmark_corruption(args: argparse.Namespace, task: str) -> dict | None:
-    """None for the paper's tasks (their names say how the test inputs are made); for any other task its
-    ``corrupt.tasks`` entry in the params file (an error naming the file and the task when there is none), which the
-    benchmark applies to clean images. Both go through :mod:`ipt.tasks` (the scale from the corruption itself)."""
+def _corrupt_tasks(args: argparse.Namespace) -> tuple[str, dict]:
+    """The params file (its path, or ``none``) and its ``corrupt.tasks``, read once for the model's task and
+    ``--inputs``' task alike."""
     import yaml
-
-    from ipt.tasks import from_entry, paper_kind
 
     source = params_source(args)
     tasks: dict = {}
@@ -45,8 +42,16 @@ def _benchmark_corruption(args: argparse.Namespace, task: str) -> dict | None:
             tasks = ((yaml.safe_load(Path(source).read_text()) or {}).get("corrupt") or {}).get("tasks") or {}
         except (OSError, yaml.YAMLError, AttributeError) as e:
             raise UserError(f"{source}: cannot read corrupt.tasks ({str(e).splitlines()[0]})") from None
-    if not isinstance(tasks, dict):
-        tasks = {}
+    return source, tasks if isinstance(tasks, dict) else {}
+
+
+def _benchmark_corruption(source: str, tasks: dict, task: str) -> dict | None:
+    """None for the paper's tasks (their names say how the test inputs are made); for any other task its
+    ``corrupt.tasks`` entry in the params file ``source`` (an error naming the file and the task when there is
+    none), which the benchmark applies to clean images. Both go through :mod:`ipt.tasks` (the scale from the
+    corruption itself)."""
+    from ipt.tasks import from_entry, paper_kind
+
     if paper_kind(task) is not None:
         if task in tasks:  # its entry must make what the name says (the benchmark follows the name)
             from_entry(task, tasks[task], source, trial=False)
@@ -60,25 +65,20 @@ def _benchmark_corruption(args: argparse.Namespace, task: str) -> dict | None:
     return tasks[task]
 
 
-def _inputs(args: argparse.Namespace, task: str, corruption: dict | None) -> tuple[str, dict | None]:
+def _inputs(
+    inputs: str | None, task: str, corruption: dict | None, source: str, tasks: dict
+) -> tuple[str, dict | None]:
     """The task whose test inputs are scored (``--inputs``; the model's own task by default) and its corruption;
     refused when its scale is not the model task's (the tail upsamples by that)."""
-    from ipt.data.testsets import task_kind
+    from ipt.data.testsets import input_scale
 
-    inputs = args.inputs or task
+    inputs = inputs or task
     if inputs == task:
         return task, corruption
-    other = _benchmark_corruption(args, inputs)
-
-    def scale(t: str, c: dict | None) -> int:
-        kind, param = task_kind(t, c)
-        return int(param) if kind in ("sr", "custom") else 1
-
-    if scale(inputs, other) != scale(task, corruption):
-        raise UserError(
-            f"--inputs {inputs}: its inputs are at x{scale(inputs, other)}, the {task} model restores "
-            f"x{scale(task, corruption)}"
-        )
+    other = _benchmark_corruption(source, tasks, inputs)
+    theirs, ours = input_scale(inputs, other), input_scale(task, corruption)
+    if theirs != ours:
+        raise UserError(f"--inputs {inputs}: its inputs are at x{theirs}, the {task} model restores x{ours}")
     return inputs, other
 
 
@@ -102,8 +102,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for target in (args.out, args.scores, args.markdown):  # before minutes of evaluation, not after
         if target:
             _check_writable(Path(target))
-    corruption = _benchmark_corruption(args, cfg.task)  # None for sr_xN / denoise_sNN / derain
-    inputs, made_by = _inputs(args, cfg.task, corruption)  # another task's inputs: a generalisation score
+    source, tasks = _corrupt_tasks(args)
+    corruption = _benchmark_corruption(source, tasks, cfg.task)  # None for sr_xN / denoise_sNN / derain
+    inputs, made_by = _inputs(args.inputs, cfg.task, corruption, source, tasks)  # another task's: generalisation
     names, notes = resolve_datasets(root, inputs, list(cfg.datasets) if cfg.datasets else None, made_by)
     restore_fn, info = make_restore_fn(
         cfg.model,

@@ -74,6 +74,13 @@ def task_kind(task: str, corruption: Mapping[str, Any] | None = None) -> tuple[s
     )
 
 
+def input_scale(task: str, corruption: Mapping[str, Any] | None = None) -> int:
+    """How many times ``task``'s model upsamples its test inputs: N for ``sr_xN`` and a custom task whose corruption
+    downscales by N, else 1 (denoising, deraining, a custom corruption at full size)."""
+    kind, param = task_kind(task, corruption)
+    return int(param) if kind in ("sr", "custom") else 1
+
+
 def resolve_datasets(
     root: Path, task: str, requested: Iterable[str] | None = None, corruption: Mapping[str, Any] | None = None
 ) -> tuple[list[str], list[str]]:

@@ -464,7 +464,7 @@ def _score(file: Path, score: Any, base: dict[str, Any], project: Path) -> Score
 def _score_inputs(file: Path, inputs: Any, task: str, tasks: dict[str, Any], root: Path, dataset: str) -> str | None:
     """``score.inputs``: a task whose test inputs the model is scored on instead of its own (a paper task name such
     as denoise_s10, or a corrupt.tasks entry), at the scale of ``task``; None when left out or the task itself."""
-    from ipt.data.testsets import BenchmarkDataError, resolve_datasets, task_kind
+    from ipt.data.testsets import BenchmarkDataError, input_scale, resolve_datasets
     from ipt.tasks import TaskError, paper_kind
 
     if inputs is None or inputs == task:
@@ -475,9 +475,7 @@ def _score_inputs(file: Path, inputs: Any, task: str, tasks: dict[str, Any], roo
         )
 
     def scale(t: str) -> int:
-        entry = None if paper_kind(t) is not None else tasks.get(t)
-        kind, param = task_kind(t, entry)
-        return int(param) if kind in ("sr", "custom") else 1
+        return input_scale(t, None if paper_kind(t) is not None else tasks.get(t))
 
     try:
         if scale(inputs) != scale(task):
