@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,20 +232,94 @@ def stage_estimate(node: Any) -> dict[str, float]:
     if node.stage == "corrupt":
         rate = float(data.get("corrupt_sr_x2_samples_s", 380.0))
         return {"cpu_h": samples / rate / 3600, "gpu_h": 0.0, "bytes": samples * per_sample * 1.25}
-    if node.stage in ("pretrain", "finetune", "refine"):
+    if node.stage in TRAINING:
         sec = p.get(node.stage) or {}
         size = str((p.get("pretrain") or {}).get("model_size", "paper"))
-        steps, batch = float(sec.get("steps", 0)), float(sec.get("batch_size", 8))
         precision = str(sec.get("precision", "fp32"))
-        cpu = _train_rate(rates["bench_train"], size, "fp32" if precision == "auto" else precision)
+        table = rates["bench_train"]
+        cpu = _train_rate(table, size, "fp32" if precision == "auto" else precision)
         gpu = _train_rate(rates["bench_train_cuda"], size, "bf16")
-        scale = 0.3 if node.stage == "refine" else 1.0  # PTG-RM's module is < 1M parameters beside a frozen base
+        cores = float((table.get("hardware") or {}).get("threads", 1))  # the rate used that many cores at once
+        scale = REFINE_SCALE if node.stage == "refine" else 1.0
         return {
-            "cpu_h": steps * batch / cpu / 3600 * scale if cpu else float("nan"),
-            "gpu_h": steps * batch / gpu / 3600 * scale if gpu else float("nan"),
+            "cpu_h": _samples(node.stage, p) / cpu * cores / 3600 * scale if cpu else float("nan"),
+            "gpu_h": _samples(node.stage, p) / gpu / 3600 * scale if gpu else float("nan"),
             "bytes": 0.0,
         }
-    return {"cpu_h": 0.0, "gpu_h": 0.0, "bytes": 0.0}  # benchmark: seconds on a tiny or small model
+    return {"cpu_h": 0.0, "gpu_h": 0.0, "bytes": 0.0}  # benchmark: priced only from measured records
+
+
+TRAINING = ("pretrain", "finetune", "refine")
+# A refine step against a pretraining step of the same batch on the same base: the frozen base's forward, the prior
+# network's and PTG-RM's own forward and backward. Measured: experiments/ptgrm_prior's nine refines (1500 steps of 8
+# behind the small base, one thread each, two at a time, EPYC 26-2-1) took 517-1310 s, mean 951 s, where the same
+# run's pretraining (300 steps of 16, one thread) took 729 s: 0.079 against 0.152 s a sample, 0.52.
+REFINE_SCALE = 0.52
+
+
+def _samples(stage: str, params: dict[str, Any]) -> float:
+    """Training samples a stage draws (steps x batch) under ``params``."""
+    sec = params.get(stage) or {}
+    return float(sec.get("steps", 0)) * float(sec.get("batch_size", 8))
+
+
+def stage_threads(exp: Any) -> int:
+    """Threads each stage of ``exp`` runs with: its engine's ``threads``, else this machine's cores over its workers."""
+    return exp.threads or max(1, (os.cpu_count() or 1) // max(exp.workers, 1))
+
+
+def measured_records(work: Path) -> dict[str, list[dict[str, Any]]]:
+    """Finished stages under ``work/nodes`` (this experiment's and any other file's that shares the folder), by label
+    (``refine@derain``): their ``done.json`` (seconds, threads where recorded) and training samples."""
+    import yaml
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    for done in sorted((Path(work) / "nodes").glob("*/done.json")):
+        try:
+            rec = json.loads(done.read_text())
+            label, seconds = str(rec["stage"]), float(rec["seconds"])
+            params = yaml.safe_load((done.parent / "params.yaml").read_text()) or {}
+        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+            continue  # a record from before seconds were kept, or a half-written folder: no measurement
+        stage = label.split("@")[0]
+        rec = {"seconds": seconds, "threads": rec.get("threads"), "samples": _samples(stage, params)}
+        out.setdefault(label, []).append(rec)
+    return out
+
+
+def measured_estimate(node: Any, records: dict[str, list[dict[str, Any]]], threads: int) -> tuple[float, int] | None:
+    """Core-hours of ``node`` from the finished stages of its label (mean core-seconds, per training sample for a
+    training stage), and how many records priced it; None without records. ``threads``: what a record that does
+    not say ran with (the plan's)."""
+    recs = [r for r in records.get(node.label, []) if r["seconds"] > 0]
+    if node.stage in TRAINING:
+        recs = [r for r in recs if r["samples"] > 0]
+    if not recs:
+        return None
+    core_s = [r["seconds"] * float(r["threads"] or threads) for r in recs]
+    if node.stage in TRAINING:
+        per_sample = sum(c / r["samples"] for c, r in zip(core_s, recs, strict=True)) / len(recs)
+        return per_sample * _samples(node.stage, node.params) / 3600, len(recs)
+    return sum(core_s) / len(core_s) / 3600, len(recs)
+
+
+def schedule_hours(plan: Any, costs: dict[str, dict[str, float]], workers: int, per_stage_cores: float) -> float:
+    """Hours until the last stage left finishes when ``workers`` run the stages, a free worker taking the first stage
+    (in plan order) whose inputs have finished; a stage takes its core-hours over ``per_stage_cores``."""
+    free = [0.0] * max(workers, 1)
+    finish = {n.key: 0.0 for n in plan.nodes.values() if n.done()}
+    left = [n for n in plan.nodes.values() if not n.done()]
+    while left:
+        w = min(range(len(free)), key=free.__getitem__)
+        now = free[w]
+        ready = next((n for n in left if all(d in finish and finish[d] <= now for d in n.deps)), None)
+        if ready is None:  # wait for the next stage to finish
+            free[w] = min(f for f in finish.values() if f > now)
+            continue
+        hours = costs[ready.key]["cpu_h"]
+        finish[ready.key] = free[w] = now + (0.0 if hours != hours else hours / per_stage_cores)  # NaN: no rate
+        left.remove(ready)
+    return max(finish.values(), default=0.0)
 
 
 def experiment_report(plan: Any) -> str:
@@ -262,8 +337,18 @@ def experiment_report(plan: Any) -> str:
     for i, c in enumerate(plan.cells):
         state = "done" if plan.score_node(i).done() else "to run"
         lines.append(f"  {i + 1:>3}. {c.label}  [{state}]")
-    lines += ["", f"{'stage':<28} {'cells':>5} {'CPU h':>8} {'GPU h':>8} {'written':>10}  state"]
-    costs = {n.key: stage_estimate(n) for n in plan.nodes.values()}
+    lines += ["", f"{'stage':<28} {'cells':>5} {'core h':>8} {'GPU h':>8} {'written':>10}  state, priced by"]
+    workers, threads = max(exp.workers, 1), stage_threads(exp)
+    records = measured_records(plan.work)
+    costs, basis = {}, {}
+    for n in plan.nodes.values():
+        costs[n.key] = stage_estimate(n)
+        got = None if n.done() else measured_estimate(n, records, threads)
+        if got is not None:
+            costs[n.key]["cpu_h"] = got[0]
+            basis[n.key] = f"measured ({got[1]} finished {n.label})"
+        else:
+            basis[n.key] = "-" if n.done() else ("rate" if n.stage != "benchmark" else "not priced")
     users: dict[str, int] = {}
     for labels in plan.cell_nodes:
         for k in labels.values():
@@ -280,16 +365,22 @@ def experiment_report(plan: Any) -> str:
             f"{n.label + '-' + n.key[:8]:<28} {users.get(n.key, 0):>5} {costs[n.key].get('cpu_h', 0.0):>8.3f} "
             f"{'-' if gpu != gpu else f'{gpu:.4f}':>8} {costs[n.key].get('bytes', 0.0) / 1e6:>8.1f} MB  "
             + ("done" if done else "to run")
+            + f", {basis[n.key]}"
         )
-    workers = max(exp.workers, 1)
+    cores = min(os.cpu_count() or 1, workers * threads)
+    wall = schedule_hours(plan, costs, workers, threads * max(1.0, workers * threads / cores))
+    unpriced = sum(basis[k] == "not priced" for k in basis)
     lines += [
         "",
-        f"left to run: {total['cpu_h']:.2f} CPU-hours (about {total['cpu_h'] / workers * 60:.0f} min on {workers}"
-        f" worker(s) if they do not slow each other; 2 cores share them here), {total['gpu_h']:.3f} GPU-hours where a"
-        f" GPU rate was measured, {total['bytes'] / 1e6:.0f} MB written",
-        "rates: docs/bench_train.json and docs/bench_data.json (this project's 2-core CPU, fp32),"
-        " docs/bench_train_cuda.json (GPU, bf16); benchmark stages are not priced (seconds to minutes each on a CPU);"
-        " an estimate, not a measurement",
+        f"left to run: {total['cpu_h']:.2f} core-hours (about {wall * 60:.0f} min with {workers} worker(s) of"
+        f" {threads} thread(s) on {cores} of this machine's {os.cpu_count() or 1} core(s), each stage after the ones"
+        " it reads)"
+        + (f", plus {unpriced} benchmark stage(s) not priced" if unpriced else "")
+        + f"; {total['gpu_h']:.3f} GPU-hours where a GPU rate was measured; {total['bytes'] / 1e6:.0f} MB written",
+        "priced by: the stages of the same label already finished in this work folder where there are any (their"
+        " measured seconds x threads; per training sample), else the rates in docs/bench_train.json and"
+        " docs/bench_data.json (x the cores they were measured on) and docs/bench_train_cuda.json (GPU, bf16);"
+        " a benchmark stage only from finished ones; an estimate, not a measurement",
     ]
     bf16 = sorted({n.stage for n in plan.nodes.values() if (n.params.get(n.stage) or {}).get("precision") == "bf16"})
     lines += rate_kind_lines(_rates()["bench_train"], bf16)

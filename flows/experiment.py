@@ -27,7 +27,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from flows.cost import experiment_report
+from flows.cost import experiment_report, stage_threads
 from flows.stages import run_cli
 from ipt.experiment import plan as P
 from ipt.experiment import report as R
@@ -71,12 +71,9 @@ def run_node(node: P.Node, label: str, threads: int, cwd: str) -> dict[str, Any]
         elif node.run.exists():  # a stage that cannot continue (refine, benchmark) starts over; the folder is ours
             shutil.rmtree(node.run)
         run_cli(args, env=_stage_env(threads), cwd=cwd)
-        write_json(node.folder / P.DONE, {"key": node.key, "stage": node.label, "seconds": time.perf_counter() - t0})
+        seconds = time.perf_counter() - t0  # with `threads`: what the dry run prices stages of this label by
+        write_json(node.folder / P.DONE, {"key": node.key, "stage": node.label, "seconds": seconds, "threads": threads})
     return {"key": node.key, "state": "ran", "seconds": time.perf_counter() - t0}
-
-
-def _threads(exp: Experiment) -> int:
-    return exp.threads or max(1, (os.cpu_count() or 1) // max(exp.workers, 1))
 
 
 def _cell_record(plan: P.Plan, i: int) -> dict[str, Any] | None:
@@ -261,7 +258,7 @@ def run_experiment(
     logger.info("%s", experiment_report(plan))
     todo = [n for n in plan.nodes.values() if not n.done()]
     logger.info("%d of %d stages to run on %s (%d worker(s))", len(todo), len(plan.nodes), exp.executor, exp.workers)
-    threads = _threads(exp)
+    threads = stage_threads(exp)
     failed: list[str] = []
     if todo:
         runner = task_runner(exp.executor, exp.workers, exp.dask_address)

@@ -264,7 +264,7 @@ def test_the_dry_run_lists_every_cell_and_prices_what_is_left(tmp_path) -> None:
         cwd=ROOT,
     )
     assert r.returncode == 0, r.stderr
-    assert "4 cells" in r.stdout and r.stdout.count("[to run]") == 4 and "CPU-hours" in r.stdout
+    assert "4 cells" in r.stdout and r.stdout.count("[to run]") == 4 and "core-hours (about" in r.stdout
     assert not (tmp_path / "work").exists()  # nothing ran, nothing written
     bad = write_exp(tmp_path, name="bad", seeds=[])
     r = subprocess.run(
@@ -574,6 +574,55 @@ def test_a_stage_whose_code_changed_after_planning_is_refused_not_run_under_its_
     with pytest.raises(RuntimeError, match="changed after this sweep was planned"):
         run_node.fn(node, node.label, 1, str(ROOT))
     assert not (node.run).exists() and not node.done()
+
+
+def test_the_dry_run_prices_a_stage_by_the_finished_stages_of_its_label(tmp_path) -> None:
+    """A stage whose label already finished in the work folder (another key: an earlier commit, another file that
+    shares the folder) is priced by that measurement, core-seconds per training sample, not by the rate tables."""
+    from flows.cost import experiment_report, measured_estimate, measured_records
+
+    exp = load(write_exp(tmp_path), params_file=tiny_params(tmp_path))
+    plan = P.build(exp, tmp_path / "work")
+    pre = next(n for n in plan.nodes.values() if n.stage == "pretrain")
+    steps, batch = pre.params["pretrain"]["steps"], pre.params["pretrain"]["batch_size"]
+    old = tmp_path / "work" / "nodes" / "pretrain-0123456789ab"  # twice the samples, 100 s on 2 threads
+    old.mkdir(parents=True)
+    (old / "params.yaml").write_text(yaml.safe_dump({"pretrain": {"steps": 2 * steps, "batch_size": batch}}))
+    (old / "done.json").write_text(json.dumps({"key": "0123", "stage": "pretrain", "seconds": 100.0, "threads": 2}))
+    half = tmp_path / "work" / "nodes" / "finetune@sr_x2-0123456789ab"  # killed before it finished: no record
+    half.mkdir(parents=True)
+    (half / "params.yaml").write_text(yaml.safe_dump({"finetune": {"steps": 2, "batch_size": 2}}))
+
+    records = measured_records(tmp_path / "work")
+    assert records == {"pretrain": [{"seconds": 100.0, "threads": 2, "samples": 2.0 * steps * batch}]}
+    assert measured_estimate(pre, records, threads=1) == (pytest.approx(100.0 / 3600), 1)  # 200 core-s, half
+    unsaid = {"pretrain": [records["pretrain"][0] | {"threads": None}]}  # a record from before threads were kept
+    assert measured_estimate(pre, unsaid, threads=3) == (pytest.approx(150.0 / 3600), 1)
+    assert measured_estimate(next(n for n in plan.nodes.values() if n.stage == "finetune"), records, 1) is None
+    text = experiment_report(plan)
+    assert re.search(r"pretrain-\w{8} +\d+ +0\.028 .* to run, measured \(1 finished pretrain\)", text)
+    assert re.search(r"finetune@sr_x2-\w{8} .* to run, rate$", text, re.M)
+    assert "plus 4 benchmark stage(s) not priced" in text  # no benchmark has finished here
+
+
+def test_the_wall_estimate_runs_each_stage_after_the_ones_it_reads() -> None:
+    from types import SimpleNamespace as NS
+
+    from flows.cost import schedule_hours
+
+    def node(key: str, deps: tuple[str, ...] = (), done: bool = False) -> NS:
+        return NS(key=key, deps=deps, done=lambda: done)
+
+    nodes = [node("a"), node("b", ("a",)), node("c"), node("d", ("b", "c"))]
+    plan = NS(nodes={n.key: n for n in nodes})
+    costs = {"a": {"cpu_h": 2.0}, "b": {"cpu_h": 1.0}, "c": {"cpu_h": 1.0}, "d": {"cpu_h": 0.5}}
+    assert schedule_hours(plan, costs, workers=1, per_stage_cores=1.0) == 4.5  # one worker: one after another
+    assert schedule_hours(plan, costs, workers=2, per_stage_cores=1.0) == 3.5  # c beside a; d waits for b
+    assert schedule_hours(plan, costs, workers=4, per_stage_cores=2.0) == 1.75  # the chain a, b, d on 2 cores each
+    nodes[0] = node("a", done=True)
+    plan = NS(nodes={n.key: n for n in nodes})
+    assert schedule_hours(plan, costs, workers=2, per_stage_cores=1.0) == 1.5  # b and c at once, then d
+    assert schedule_hours(plan, costs | {"c": {"cpu_h": float("nan")}}, workers=1, per_stage_cores=1.0) == 1.5
 
 
 def test_dry_run_names_the_cpu_kind_of_its_rates_and_warns_on_a_bf16_mismatch() -> None:
