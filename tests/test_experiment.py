@@ -149,7 +149,7 @@ def write_exp(tmp: Path, name: str = "lr", **over) -> Path:
         ),
         ({"score": {"task": "sr_x2", "dataset": "Set5", "inputs": "blurry"}}, "score.inputs", "neither a paper task"),
         ({"score": {"task": "sr_x2", "dataset": "Set5", "prior_probe": "zero"}}, "score.prior_probe", "score.model"),
-        ({"score": {"task": "sr_x2", "dataset": "Set5", "prior_probe": "next"}}, "score.prior_probe", "own or zero"),
+        ({"score": {"task": "sr_x2", "dataset": "Set5", "prior_probe": "half"}}, "score.prior_probe", "zero or next"),
     ],
 )
 def test_a_bad_experiment_file_is_refused_in_one_line_naming_the_file_and_key(tmp_path, over, key, says) -> None:

@@ -242,6 +242,45 @@ def test_a_spatial_prior_refiner_trains_saves_and_rebuilds(setup: dict) -> None:
         assert model(x).shape == (1, 3, 17, 23)
 
 
+def test_the_next_image_probe_gives_each_image_the_next_ones_prior(setup: dict) -> None:
+    """`--prior-probe next`: image i of the set restored with the prior's g of image i + 1 (the last with the
+    first's), so a refiner that uses what g says about its own image loses; in the set's order only, pooled priors
+    only."""
+    from ipt.refine.config import RefineError
+
+    cfg = _cfg(setup, prior="random", zero_init=False)
+    ref = resolve_base(cfg.base, cfg.task)
+    model = make_model(cfg, ref, make_prior(cfg, ref, 2)).eval()
+    gen = torch.Generator().manual_seed(6)
+    xs = [torch.rand(1, 3, 17, 23, generator=gen) * 255, torch.rand(1, 3, 19, 21, generator=gen) * 255]
+    xs.append(torch.rand(1, 3, 17, 23, generator=gen) * 255)
+    kw = dict(tiling="overlap", precision="fp32", device="cpu")
+    with torch.no_grad():
+        base = [Restorer(model.base, "sr_x2", **kw).restore_tensor(x) for x in xs]
+        gs = [model.prior(x / 255) for x in xs]
+        want = [model.refine(base[i], xs[i], gs[(i + 1) % 3]) for i in range(3)]
+        own = [model.refine(base[i], xs[i]) for i in range(3)]
+    runner = RefinedRestorer(model, **kw, prior_probe="next")
+    with pytest.raises(RuntimeError, match="begin_set"):
+        runner.restore_tensor(xs[0])
+    runner.begin_set(xs)
+    got = [runner.restore_tensor(x) for x in xs]
+    assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))
+    assert not any(torch.equal(g, o) for g, o in zip(got, own, strict=True))
+    assert torch.equal(runner.restore_tensor(xs[0]), want[0])  # a second pass over the set starts again
+    with pytest.raises(RuntimeError, match="expected image 2 of the set begun"):
+        runner.restore_tensor(xs[2])
+    own_runner = RefinedRestorer(model, **kw)
+    own_runner.begin_set(xs)  # the image's own g: nothing to prepare, any order
+    assert torch.equal(own_runner.restore_tensor(xs[2]), own[2])
+
+    spatial = _cfg(setup, prior="random", prior_spatial=True)
+    ref = resolve_base(spatial.base, spatial.task)
+    maps = make_model(spatial, ref, make_prior(spatial, ref, 2)).eval()
+    with pytest.raises(RefineError, match="gives spatial maps, which fit only their own image"):
+        RefinedRestorer(maps, **kw, prior_probe="next").begin_set(xs)
+
+
 def test_the_prior_probe_runs_the_refiner_with_g_zero_and_says_so(setup: dict, tmp_path: Path, capsys) -> None:
     """`ipt benchmark --prior-probe zero` (docs/refine.md): the refiner's output with its prior's g set to zero, which
     is what a refiner that ignores its prior would give unchanged; the report says which probe made it."""
@@ -263,8 +302,8 @@ def test_the_prior_probe_runs_the_refiner_with_g_zero_and_says_so(setup: dict, t
     assert not torch.equal(zero, own)  # this refiner does use g
     assert torch.equal(RefinedRestorer(model, **kw, prior_probe="zero").restore_tensor(x), zero)
     assert torch.equal(RefinedRestorer(model, **kw).restore_tensor(x), own)
-    with pytest.raises(ValueError, match="prior probe 'next'"):
-        RefinedRestorer(model, **kw, prior_probe="next")
+    with pytest.raises(ValueError, match="prior probe 'half'"):
+        RefinedRestorer(model, **kw, prior_probe="half")
 
     root = make_sr_set(tmp_path / "bench", "Set5", n=2, size=(36, 40))
     argv = [
@@ -280,12 +319,14 @@ def test_the_prior_probe_runs_the_refiner_with_g_zero_and_says_so(setup: dict, t
         "--quiet",
     ]
     reports = {}
-    for probe in ("own", "zero"):
+    for probe in ("own", "zero", "next"):
         out = tmp_path / f"{probe}.json"
         assert main([*argv, "--model", str(path), "--prior-probe", probe, "--out", str(out)]) == 0
         reports[probe] = json.loads(out.read_text())
     assert "prior_probe" not in reports["own"] and reports["zero"]["prior_probe"] == "zero"
     assert reports["zero"]["datasets"]["Set5"]["per_image"] != reports["own"]["datasets"]["Set5"]["per_image"]
+    assert reports["next"]["prior_probe"] == "next"
+    assert reports["next"]["datasets"]["Set5"]["per_image"] != reports["own"]["datasets"]["Set5"]["per_image"]
     assert "PTG-RM prior probe `zero`" in capsys.readouterr().out
     # a model that is no refiner has no prior to probe
     assert main([*argv, "--model", str(setup["base"]), "--prior-probe", "zero"]) == 2

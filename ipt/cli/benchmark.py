@@ -232,10 +232,11 @@ def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--prior-probe",
-        choices=("own", "zero"),
+        choices=("own", "zero", "next"),
         default="own",
-        help="a PTG-RM refiner's prior output g: the image's own (default) or zero, to see whether the refiner uses"
-        " its prior (docs/refine.md). Such a report cannot register the model",
+        help="a PTG-RM refiner's prior output g: the image's own (default), zero, or the next image's of the set (a"
+        " pooled prior), to see whether the refiner uses its prior (docs/refine.md). Such a report cannot register"
+        " the model",
     )
     p.add_argument("--root", default=None, help="folder holding the sets (Set5/, Set14/, B100/, CBSD68/, ...)")
     p.add_argument("--datasets", default=None, help="comma-separated names (default: the task's standard sets present)")

@@ -86,7 +86,7 @@ class Score:
     root: str = ""
     seed: int = 0  # seed of the benchmark's noisy inputs: the same for every cell, so cells differ only by training
     inputs: str | None = None  # another task's test inputs at the same scale (generalisation; `ipt benchmark --inputs`)
-    prior_probe: str = "own"  # a refiner's prior output: own, or zero (`ipt benchmark --prior-probe`, docs/refine.md)
+    prior_probe: str = "own"  # a refiner's prior output: own, zero, next (`ipt benchmark --prior-probe`)
 
 
 @dataclass(frozen=True)
@@ -454,8 +454,8 @@ def _score(file: Path, score: Any, base: dict[str, Any], project: Path) -> Score
         raise _fail(file, "score.precision", f"{precision!r} is not fp32, bf16 or auto")
     inputs = _score_inputs(file, score.get("inputs"), task, tasks, Path(root), score["dataset"])
     probe = score.get("prior_probe", "own")
-    if probe not in ("own", "zero"):
-        raise _fail(file, "score.prior_probe", f"{probe!r} is not own or zero")
+    if probe not in ("own", "zero", "next"):
+        raise _fail(file, "score.prior_probe", f"{probe!r} is not own, zero or next")
     if probe != "own" and model != "refine":
         raise _fail(file, "score.prior_probe", "probes a PTG-RM refiner's prior: needs score.model refine")
     return Score(task, score["dataset"], metric, model, limit, tiling, precision, root, seed, inputs, probe)

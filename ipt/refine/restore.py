@@ -14,9 +14,10 @@ from ipt.refine.checkpoint import load_refined
 from ipt.refine.model import RefinedIPT
 from ipt.restore import Restorer
 
-# What the refiner is given as the prior's output g: the input image's own (how it runs), or zeros (the probe of
-# docs/refine.md: a refiner whose score does not move without its prior has not learned to use it).
-PRIOR_PROBES = ("own", "zero")
+# What the refiner is given as the prior's output g: the input image's own (how it runs), zeros, or the next image's
+# of the set being scored (the probes of docs/refine.md: a refiner whose score does not move without its prior, or
+# with another image's, has not learned to use what its prior says about the image).
+PRIOR_PROBES = ("own", "zero", "next")
 
 
 class RefinedRestorer:
@@ -36,6 +37,8 @@ class RefinedRestorer:
         if prior_probe not in PRIOR_PROBES:
             raise ValueError(f"prior probe {prior_probe!r}: one of {list(PRIOR_PROBES)}")
         self.prior_probe = prior_probe
+        self._set: list[tuple[Tensor, Tensor]] = []  # "next": (input, g) of each image of the set, in order
+        self._at = 0
         self.task = model.task
         self.base = Restorer(
             model.base, model.task, tiling=tiling, overlap=overlap, batch=batch, device=device, precision=precision
@@ -63,6 +66,33 @@ class RefinedRestorer:
         return self.base.describe() | {"refiner": "ptgrm", "refiner_precision": "fp32"} | probe
 
     @torch.inference_mode()
+    def begin_set(self, images: list[Tensor]) -> None:
+        """The images of the set about to be restored, in the order they will come ((1, 3, H, W) floats in
+        [0, 255]): the ``next`` probe gives image i the prior's output of image i + 1 (the last, the first's). A
+        pooled prior only: a spatial prior's maps have the size of their own image."""
+        if self.prior_probe != "next":
+            return
+        if self.model.prior.spatial:
+            from ipt.refine.config import RefineError
+
+            raise RefineError(
+                f"prior probe 'next': prior {self.model.prior.name!r} gives spatial maps, which fit only their own "
+                "image; the next image's g is for a pooled prior"
+            )
+        lqs = [x.float().to(self._device) for x in images]
+        self._set = [(lq, self.model.prior(lq / self.rgb_range)) for lq in lqs]
+        self._at = 0
+
+    def _next_g(self, lq: Tensor) -> Tensor:
+        if not self._set:
+            raise RuntimeError("prior probe 'next': begin_set(images) first (the set's images, in order)")
+        i = self._at % len(self._set)
+        if not torch.equal(self._set[i][0], lq):
+            raise RuntimeError(f"prior probe 'next': expected image {i + 1} of the set begun, got another image")
+        self._at += 1
+        return self._set[(i + 1) % len(self._set)][1]
+
+    @torch.inference_mode()
     def restore_tensor(self, x: Tensor) -> Tensor:
         """(1, 3, H, W) float in [0, 255] -> (1, 3, H*s, W*s) unclamped float (on CPU)."""
         base_out = self.base.restore_tensor(x).to(self._device)
@@ -70,6 +100,8 @@ class RefinedRestorer:
         g = None
         if self.prior_probe == "zero":  # does the refiner use its prior? its output with g = 0 instead of the image's
             g = torch.zeros_like(self.model.prior(lq / self.rgb_range))
+        elif self.prior_probe == "next":  # does it use what g says about this image? another image's g instead
+            g = self._next_g(lq)
         return self.model.refine(base_out.float(), lq, g).cpu()
 
     def __call__(self, img: np.ndarray) -> np.ndarray:
