@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,8 +216,9 @@ def _source_images(source: str, default: float) -> float:
 
 
 def stage_estimate(node: Any) -> dict[str, float]:
-    """CPU hours (at the rates measured on this project's 2-core CPU: docs/bench_*.json), GPU hours where a GPU rate
-    for the model size was measured, and bytes written. An estimate, stated as one; 0 for a node already done."""
+    """Core-hours at the measured rates (docs/bench_train.json's training rates times the cores they were measured
+    on; docs/bench_data.json's data rates as they are), GPU hours where a GPU rate for the model size was measured,
+    and bytes written; whether the node is done is the caller's to ask. An estimate, stated as one."""
     rates, p = _rates(), node.params
     data = rates["bench_data"]
     crops_per_image = float((p.get("shard") or {}).get("crops", 1))
@@ -268,9 +270,35 @@ def stage_threads(exp: Any) -> int:
     return exp.threads or max(1, (os.cpu_count() or 1) // max(exp.workers, 1))
 
 
+def price_key(label: str, params: dict[str, Any], argv: list[str] | None) -> str | None:
+    """What a finished stage must share with a stage to price it: the label, the model size, and for a training
+    stage its precision (a refine also its prior, whose network runs every step); for a benchmark its command with
+    the stage folders reduced to their labels (set, images, tiling, precision, probe, the kind of model scored), and
+    None for a benchmark record that did not keep its command; for the data stages their source and crops."""
+    stage = label.split("@")[0]
+    pre = params.get("pretrain") or {}
+    parts = [label, f"model_size={pre.get('model_size', 'paper')}"]
+    if stage in TRAINING:
+        sec = params.get(stage) or {}
+        parts.append(f"precision={sec.get('precision', 'fp32')}")
+        if stage == "refine":
+            parts += [f"prior={sec.get('prior')}", f"spatial={bool(sec.get('prior_spatial', False))}"]
+    elif stage == "benchmark":
+        if argv is None:
+            return None
+        ref = params.get("refine") or {}
+        parts += [f"prior={ref.get('prior')}", f"spatial={bool(ref.get('prior_spatial', False))}"]
+        parts += [re.sub(r".*/nodes/([^/]+)-[0-9a-f]{12}/.*", r"\1", str(a)) for a in argv]
+    else:
+        shard = params.get("shard") or {}
+        parts += [f"source={shard.get('source')}", f"crops={shard.get('crops')}"]
+    return " ".join(parts)
+
+
 def measured_records(work: Path) -> dict[str, list[dict[str, Any]]]:
-    """Finished stages under ``work/nodes`` (this experiment's and any other file's that shares the folder), by label
-    (``refine@derain``): their ``done.json`` (seconds, threads where recorded) and training samples."""
+    """Finished stages under ``work/nodes`` (this experiment's and any other file's that shares the folder), by
+    :func:`price_key`: their ``done.json`` seconds and threads (where recorded) and training samples. A training
+    stage that resumed from a checkpoint is left out (its seconds are those of the steps it ran after resuming)."""
     import yaml
 
     out: dict[str, list[dict[str, Any]]] = {}
@@ -279,19 +307,21 @@ def measured_records(work: Path) -> dict[str, list[dict[str, Any]]]:
             rec = json.loads(done.read_text())
             label, seconds = str(rec["stage"]), float(rec["seconds"])
             params = yaml.safe_load((done.parent / "params.yaml").read_text()) or {}
-        except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+            key = price_key(label, params, rec.get("argv"))
+            samples = _samples(label.split("@")[0], params)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
             continue  # a record from before seconds were kept, or a half-written folder: no measurement
-        stage = label.split("@")[0]
-        rec = {"seconds": seconds, "threads": rec.get("threads"), "samples": _samples(stage, params)}
-        out.setdefault(label, []).append(rec)
+        if key is None or rec.get("resumed"):
+            continue
+        out.setdefault(key, []).append({"seconds": seconds, "threads": rec.get("threads"), "samples": samples})
     return out
 
 
 def measured_estimate(node: Any, records: dict[str, list[dict[str, Any]]], threads: int) -> tuple[float, int] | None:
-    """Core-hours of ``node`` from the finished stages of its label (mean core-seconds, per training sample for a
-    training stage), and how many records priced it; None without records. ``threads``: what a record that does
-    not say ran with (the plan's)."""
-    recs = [r for r in records.get(node.label, []) if r["seconds"] > 0]
+    """Core-hours of ``node`` from the finished stages of its :func:`price_key` (mean core-seconds, per training
+    sample for a training stage), and how many records priced it; None without records. ``threads``: what a record
+    that does not say ran with (the plan's)."""
+    recs = [r for r in records.get(str(price_key(node.label, node.params, node.argv)), []) if r["seconds"] > 0]
     if node.stage in TRAINING:
         recs = [r for r in recs if r["samples"] > 0]
     if not recs:
@@ -303,18 +333,32 @@ def measured_estimate(node: Any, records: dict[str, list[dict[str, Any]]], threa
     return sum(core_s) / len(core_s) / 3600, len(recs)
 
 
+def stage_cores(workers: int, threads: int, cores: int) -> float:
+    """Cores one stage has while ``workers`` stages of ``threads`` threads each share ``cores``: its threads, or its
+    share of the cores when the threads outnumber them."""
+    return threads / max(1.0, workers * threads / max(cores, 1))
+
+
 def schedule_hours(plan: Any, costs: dict[str, dict[str, float]], workers: int, per_stage_cores: float) -> float:
     """Hours until the last stage left finishes when ``workers`` run the stages, a free worker taking the first stage
     (in plan order) whose inputs have finished; a stage takes its core-hours over ``per_stage_cores``."""
     free = [0.0] * max(workers, 1)
-    finish = {n.key: 0.0 for n in plan.nodes.values() if n.done()}
-    left = [n for n in plan.nodes.values() if not n.done()]
+    done = {n.key: n.done() for n in plan.nodes.values()}  # asked once: a running sweep may finish one meanwhile
+    finish = {k: 0.0 for k, d in done.items() if d}
+    left = [n for n in plan.nodes.values() if not done[n.key]]
+
+    def finished(dep: str, now: float) -> bool:  # a key outside the plan is nothing to wait for
+        return dep not in done or (dep in finish and finish[dep] <= now)
+
     while left:
         w = min(range(len(free)), key=free.__getitem__)
         now = free[w]
-        ready = next((n for n in left if all(d in finish and finish[d] <= now for d in n.deps)), None)
+        ready = next((n for n in left if all(finished(d, now) for d in n.deps)), None)
         if ready is None:  # wait for the next stage to finish
-            free[w] = min(f for f in finish.values() if f > now)
+            later = [f for f in finish.values() if f > now]
+            if not later:
+                raise ValueError(f"the stages {[n.label for n in left]} wait for stages that never run")
+            free[w] = min(later)
             continue
         hours = costs[ready.key]["cpu_h"]
         finish[ready.key] = free[w] = now + (0.0 if hours != hours else hours / per_stage_cores)  # NaN: no rate
@@ -368,7 +412,7 @@ def experiment_report(plan: Any) -> str:
             + f", {basis[n.key]}"
         )
     cores = min(os.cpu_count() or 1, workers * threads)
-    wall = schedule_hours(plan, costs, workers, threads * max(1.0, workers * threads / cores))
+    wall = schedule_hours(plan, costs, workers, stage_cores(workers, threads, cores))
     unpriced = sum(basis[k] == "not priced" for k in basis)
     lines += [
         "",
@@ -377,9 +421,10 @@ def experiment_report(plan: Any) -> str:
         " it reads)"
         + (f", plus {unpriced} benchmark stage(s) not priced" if unpriced else "")
         + f"; {total['gpu_h']:.3f} GPU-hours where a GPU rate was measured; {total['bytes'] / 1e6:.0f} MB written",
-        "priced by: the stages of the same label already finished in this work folder where there are any (their"
-        " measured seconds x threads; per training sample), else the rates in docs/bench_train.json and"
-        " docs/bench_data.json (x the cores they were measured on) and docs/bench_train_cuda.json (GPU, bf16);"
+        "priced by: the stages of the same kind already finished in this work folder where there are any (label,"
+        " model size, precision, prior; a benchmark's command; their measured seconds x threads, per training"
+        " sample), else the rates in docs/bench_train.json (x the cores they were measured on), docs/bench_data.json"
+        " and docs/bench_train_cuda.json (GPU, bf16);"
         " a benchmark stage only from finished ones; an estimate, not a measurement",
     ]
     bf16 = sorted({n.stage for n in plan.nodes.values() if (n.params.get(n.stage) or {}).get("precision") == "bf16"})

@@ -55,8 +55,8 @@ def run_node(node: P.Node, label: str, threads: int, cwd: str) -> dict[str, Any]
     if node.done():
         return {"key": node.key, "state": "done"}
     node.folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     with FolderLock(str(node.folder)):
+        t0 = time.perf_counter()  # the stage's own time, not the wait for the lock
         if node.done():  # finished by another run while this one waited for the lock
             return {"key": node.key, "state": "done"}
         if node.code_changed():
@@ -66,14 +66,17 @@ def run_node(node: P.Node, label: str, threads: int, cwd: str) -> dict[str, Any]
             )
         params = P.write_node_params(node)
         args = [*node.argv, "--params", str(params)]
+        resumed = node.stage in RESUMABLE and node.run.exists()  # an earlier attempt's steps are not in `seconds`
         if node.stage in RESUMABLE:
             args.append("--resume")
         elif node.run.exists():  # a stage that cannot continue (refine, benchmark) starts over; the folder is ours
             shutil.rmtree(node.run)
         run_cli(args, env=_stage_env(threads), cwd=cwd)
-        seconds = time.perf_counter() - t0  # with `threads`: what the dry run prices stages of this label by
-        write_json(node.folder / P.DONE, {"key": node.key, "stage": node.label, "seconds": seconds, "threads": threads})
-    return {"key": node.key, "state": "ran", "seconds": time.perf_counter() - t0}
+        seconds = time.perf_counter() - t0
+        # seconds, threads, the command and whether it resumed: what the dry run prices stages of its kind by
+        record = {"key": node.key, "stage": node.label, "seconds": seconds, "threads": threads, "argv": node.argv}
+        write_json(node.folder / P.DONE, record | ({"resumed": True} if resumed else {}))
+    return {"key": node.key, "state": "ran", "seconds": seconds}
 
 
 def _cell_record(plan: P.Plan, i: int) -> dict[str, Any] | None:

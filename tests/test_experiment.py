@@ -576,27 +576,43 @@ def test_a_stage_whose_code_changed_after_planning_is_refused_not_run_under_its_
     assert not (node.run).exists() and not node.done()
 
 
-def test_the_dry_run_prices_a_stage_by_the_finished_stages_of_its_label(tmp_path) -> None:
-    """A stage whose label already finished in the work folder (another key: an earlier commit, another file that
-    shares the folder) is priced by that measurement, core-seconds per training sample, not by the rate tables."""
-    from flows.cost import experiment_report, measured_estimate, measured_records
+def test_the_dry_run_prices_a_stage_by_the_finished_stages_of_its_kind(tmp_path) -> None:
+    """A stage whose kind already finished in the work folder (another key: an earlier commit, another file that
+    shares the folder) is priced by that measurement, core-seconds per training sample, not by the rate tables;
+    another model size, a resumed stage or a benchmark record without its command prices nothing."""
+    import copy
+
+    from flows.cost import experiment_report, measured_estimate, measured_records, price_key
 
     exp = load(write_exp(tmp_path), params_file=tiny_params(tmp_path))
     plan = P.build(exp, tmp_path / "work")
     pre = next(n for n in plan.nodes.values() if n.stage == "pretrain")
     steps, batch = pre.params["pretrain"]["steps"], pre.params["pretrain"]["batch_size"]
-    old = tmp_path / "work" / "nodes" / "pretrain-0123456789ab"  # twice the samples, 100 s on 2 threads
-    old.mkdir(parents=True)
-    (old / "params.yaml").write_text(yaml.safe_dump({"pretrain": {"steps": 2 * steps, "batch_size": batch}}))
-    (old / "done.json").write_text(json.dumps({"key": "0123", "stage": "pretrain", "seconds": 100.0, "threads": 2}))
-    half = tmp_path / "work" / "nodes" / "finetune@sr_x2-0123456789ab"  # killed before it finished: no record
-    half.mkdir(parents=True)
-    (half / "params.yaml").write_text(yaml.safe_dump({"finetune": {"steps": 2, "batch_size": 2}}))
+
+    def record(name: str, stage: str, params: dict, **done) -> None:
+        folder = tmp_path / "work" / "nodes" / name
+        folder.mkdir(parents=True)
+        (folder / "params.yaml").write_text(yaml.safe_dump(params))
+        if done:
+            (folder / "done.json").write_text(json.dumps({"key": "0123", "stage": stage, **done}))
+
+    twice = copy.deepcopy(pre.params)
+    twice["pretrain"]["steps"] = 2 * steps
+    record("pretrain-0123456789ab", "pretrain", twice, seconds=100.0, threads=2)  # twice the samples, 200 core-s
+    bigger = copy.deepcopy(twice)
+    bigger["pretrain"]["model_size"] = "small"
+    record("pretrain-0123456789ac", "pretrain", bigger, seconds=900.0, threads=2)  # another size: not this stage
+    record("pretrain-0123456789ad", "pretrain", twice, seconds=1.0, threads=2, resumed=True)  # only its last steps
+    record("finetune@sr_x2-0123456789ab", "finetune@sr_x2", pre.params)  # killed before it finished: no record
+    record("benchmark@sr_x2-0123456789ab", "benchmark@sr_x2", pre.params, seconds=5.0)  # no command kept
 
     records = measured_records(tmp_path / "work")
-    assert records == {"pretrain": [{"seconds": 100.0, "threads": 2, "samples": 2.0 * steps * batch}]}
-    assert measured_estimate(pre, records, threads=1) == (pytest.approx(100.0 / 3600), 1)  # 200 core-s, half
-    unsaid = {"pretrain": [records["pretrain"][0] | {"threads": None}]}  # a record from before threads were kept
+    key = price_key("pretrain", pre.params, pre.argv)
+    assert key == price_key("pretrain", twice, None) != price_key("pretrain", bigger, None)
+    assert records[key] == [{"seconds": 100.0, "threads": 2, "samples": 2.0 * steps * batch}]
+    assert len(records) == 2 and not any(k.startswith("benchmark") for k in records)
+    assert measured_estimate(pre, records, threads=1) == (pytest.approx(100.0 / 3600), 1)  # half of 200 core-s
+    unsaid = {key: [records[key][0] | {"threads": None}]}  # a record from before threads were kept
     assert measured_estimate(pre, unsaid, threads=3) == (pytest.approx(150.0 / 3600), 1)
     assert measured_estimate(next(n for n in plan.nodes.values() if n.stage == "finetune"), records, 1) is None
     text = experiment_report(plan)
@@ -604,11 +620,17 @@ def test_the_dry_run_prices_a_stage_by_the_finished_stages_of_its_label(tmp_path
     assert re.search(r"finetune@sr_x2-\w{8} .* to run, rate$", text, re.M)
     assert "plus 4 benchmark stage(s) not priced" in text  # no benchmark has finished here
 
+    bench = next(n for n in plan.nodes.values() if n.stage == "benchmark")
+    same = [a.replace(bench.key[:12], "fedcba987654") for a in bench.argv]  # another key's folder, the same command
+    assert price_key(bench.label, bench.params, same) == price_key(bench.label, bench.params, bench.argv)
+    other = [*bench.argv, "--limit", "3"]
+    assert price_key(bench.label, bench.params, other) != price_key(bench.label, bench.params, bench.argv)
+
 
 def test_the_wall_estimate_runs_each_stage_after_the_ones_it_reads() -> None:
     from types import SimpleNamespace as NS
 
-    from flows.cost import schedule_hours
+    from flows.cost import schedule_hours, stage_cores
 
     def node(key: str, deps: tuple[str, ...] = (), done: bool = False) -> NS:
         return NS(key=key, deps=deps, done=lambda: done)
@@ -623,6 +645,13 @@ def test_the_wall_estimate_runs_each_stage_after_the_ones_it_reads() -> None:
     plan = NS(nodes={n.key: n for n in nodes})
     assert schedule_hours(plan, costs, workers=2, per_stage_cores=1.0) == 1.5  # b and c at once, then d
     assert schedule_hours(plan, costs | {"c": {"cpu_h": float("nan")}}, workers=1, per_stage_cores=1.0) == 1.5
+    outside = NS(nodes={"e": node("e", ("gone",))})  # a key that is no stage of the plan: nothing to wait for
+    assert schedule_hours(outside, {"e": {"cpu_h": 1.0}}, workers=1, per_stage_cores=1.0) == 1.0
+    # four one-thread workers on two cores: each stage has half a core
+    assert stage_cores(workers=4, threads=1, cores=2) == 0.5 and stage_cores(workers=2, threads=1, cores=2) == 1.0
+    assert stage_cores(workers=1, threads=4, cores=2) == 2.0
+    four = NS(nodes={k: node(k) for k in "wxyz"})
+    assert schedule_hours(four, {k: {"cpu_h": 1.0} for k in "wxyz"}, 4, stage_cores(4, 1, 2)) == 2.0
 
 
 def test_dry_run_names_the_cpu_kind_of_its_rates_and_warns_on_a_bf16_mismatch() -> None:
