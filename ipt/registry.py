@@ -148,9 +148,10 @@ def refuse_probe_report(report: dict[str, Any], report_path: str | Path | None) 
     another task's inputs, ``--prior-probe zero``), never registers a version: RegistryError naming the flag."""
     where = report_path or "report"
     if report.get("prior_probe") not in (None, "own"):
+        given = {"zero": "set to zero", "next": "taken from the next image"}.get(report["prior_probe"])
         raise RegistryError(
-            f"{where}: scores the refiner with its prior's output set to {report['prior_probe']} (ipt benchmark "
-            "--prior-probe), not as it runs; score it without --prior-probe"
+            f"{where}: scores the refiner with its prior's output {given or repr(report['prior_probe'])} (ipt "
+            "benchmark --prior-probe), not as it runs; score it without --prior-probe"
         )
     if report.get("inputs") not in (None, report.get("task")):
         raise RegistryError(

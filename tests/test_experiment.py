@@ -712,3 +712,12 @@ def test_a_prior_probe_score_shares_the_refiner_and_passes_the_probe(tmp_path) -
     bench_b = [n for n in b.nodes.values() if n.stage == "benchmark"]
     assert all(n.argv[n.argv.index("--prior-probe") + 1] == "zero" for n in bench_b)
     assert not any("--prior-probe" in n.argv for n in a.nodes.values() if n.stage == "benchmark")
+    # the next image's g: a pooled prior and two images at least, refused before anything runs otherwise
+    nxt = score | {"prior_probe": "next"}
+    assert load(write_exp(tmp_path, "next", score=nxt), params_file=params).score.prior_probe == "next"
+    with pytest.raises(ExperimentError, match=r"score.limit: the 'next' prior probe needs at least two images"):
+        load(write_exp(tmp_path, "one", score=nxt | {"limit": 1}), params_file=params)
+    maps = {"spatial": {"refine.prior_spatial": True}, "pooled": {}}
+    with pytest.raises(ExperimentError, match=r"score.prior_probe: .* variant 'spatial' sets refine.prior_spatial"):
+        path = write_exp(tmp_path, "maps", score=nxt, factors=None, variants=maps, reference="pooled")
+        load(path, params_file=params)

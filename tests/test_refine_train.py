@@ -270,6 +270,8 @@ def test_the_next_image_probe_gives_each_image_the_next_ones_prior(setup: dict) 
     assert torch.equal(runner.restore_tensor(xs[0]), want[0])  # a second pass over the set starts again
     with pytest.raises(RuntimeError, match="expected image 2 of the set begun"):
         runner.restore_tensor(xs[2])
+    with pytest.raises(RefineError, match="the set has 1 image"):
+        runner.begin_set(xs[:1])  # its own g again: no probe
     own_runner = RefinedRestorer(model, **kw)
     own_runner.begin_set(xs)  # the image's own g: nothing to prepare, any order
     assert torch.equal(own_runner.restore_tensor(xs[2]), own[2])

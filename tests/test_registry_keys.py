@@ -257,6 +257,9 @@ def test_probe_and_generalisation_reports_never_register() -> None:
     )
     with pytest.raises(RegistryError, match=f"^{re.escape(probe)}$"):
         refuse_probe_report({"prior_probe": "zero"}, "r.json")
+    for name, said in (("next", "taken from the next image"), ("half", "'half'")):
+        with pytest.raises(RegistryError, match=f"^{re.escape(probe.replace('set to zero', said))}$"):
+            refuse_probe_report({"prior_probe": name}, "r.json")
     inputs = (
         "report: scores the denoise_s30 model on denoise_s10's inputs (ipt benchmark --inputs: a generalisation "
         "score), not on its own task's; score it without --inputs"

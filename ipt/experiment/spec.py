@@ -377,6 +377,17 @@ def load(path: str | Path, *, params_file: str | Path | None = None) -> Experime
         work=work,
         raw=data,
     )
+    if score.prior_probe == "next":  # another image's g fits only a pooled prior, and needs another image
+        if score.limit == 1:
+            raise _fail(file, "score.limit", "the 'next' prior probe needs at least two images of the set")
+        for v in variants:
+            if (cell_params(exp, v, seeds[0]).get("refine") or {}).get("prior_spatial"):
+                raise _fail(
+                    file,
+                    "score.prior_probe",
+                    f"'next' gives each image another image's g, which only a pooled prior's fits; variant "
+                    f"'{v.label}' sets refine.prior_spatial",
+                )
     check_cells(exp)
     return exp
 
