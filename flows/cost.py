@@ -253,10 +253,11 @@ def stage_estimate(node: Any) -> dict[str, float]:
 
 TRAINING = ("pretrain", "finetune", "refine")
 # A refine step against a pretraining step of the same batch on the same base: the frozen base's forward, the prior
-# network's and PTG-RM's own forward and backward. Measured: experiments/ptgrm_prior's nine refines (1500 steps of 8
-# behind the small base, one thread each, two at a time, EPYC 26-2-1) took 517-1310 s, mean 951 s, where the same
-# run's pretraining (300 steps of 16, one thread) took 729 s: 0.079 against 0.152 s a sample, 0.52.
-REFINE_SCALE = 0.52
+# network's and PTG-RM's own forward and backward, per sample. Measured in experiments/ptgrm_prior's two runs (one
+# thread a stage, two at a time, EPYC 26-2-1, other work beside both): at 879691a nine refines of 1500 x 8 samples
+# took a mean 951 s and the pretraining (300 x 16) 729 s, 0.079 against 0.152 s a sample, 0.52; at 2c4db1b 511 s
+# and 548 s, 0.043 against 0.114, 0.37. The mean of the two; a run's own finished stages price it better.
+REFINE_SCALE = 0.45
 
 
 def _samples(stage: str, params: dict[str, Any]) -> float:
