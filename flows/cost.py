@@ -243,9 +243,10 @@ def stage_estimate(node: Any) -> dict[str, float]:
         gpu = _train_rate(rates["bench_train_cuda"], size, "bf16")
         cores = float((table.get("hardware") or {}).get("threads", 1))  # the rate used that many cores at once
         scale = REFINE_SCALE if node.stage == "refine" else 1.0
+        n = _samples(node.stage, p)
         return {
-            "cpu_h": _samples(node.stage, p) / cpu * cores / 3600 * scale if cpu else float("nan"),
-            "gpu_h": _samples(node.stage, p) / gpu / 3600 * scale if gpu else float("nan"),
+            "cpu_h": n / cpu * cores / 3600 * scale if cpu else float("nan"),
+            "gpu_h": n / gpu / 3600 * scale if gpu else float("nan"),
             "bytes": 0.0,
         }
     return {"cpu_h": 0.0, "gpu_h": 0.0, "bytes": 0.0}  # benchmark: priced only from measured records
@@ -385,22 +386,23 @@ def experiment_report(plan: Any) -> str:
     lines += ["", f"{'stage':<28} {'cells':>5} {'core h':>8} {'GPU h':>8} {'written':>10}  state, priced by"]
     workers, threads = max(exp.workers, 1), stage_threads(exp)
     records = measured_records(plan.work)
+    finished = {n.key: n.done() for n in plan.nodes.values()}  # each done.json read once here
     costs, basis = {}, {}
     for n in plan.nodes.values():
         costs[n.key] = stage_estimate(n)
-        got = None if n.done() else measured_estimate(n, records, threads)
+        got = None if finished[n.key] else measured_estimate(n, records, threads)
         if got is not None:
             costs[n.key]["cpu_h"] = got[0]
             basis[n.key] = f"measured ({got[1]} finished {n.label})"
         else:
-            basis[n.key] = "-" if n.done() else ("rate" if n.stage != "benchmark" else "not priced")
+            basis[n.key] = "-" if finished[n.key] else ("rate" if n.stage != "benchmark" else "not priced")
     users: dict[str, int] = {}
     for labels in plan.cell_nodes:
         for k in labels.values():
             users[k] = users.get(k, 0) + 1
     total = {"cpu_h": 0.0, "gpu_h": 0.0, "bytes": 0.0}
     for n in plan.nodes.values():
-        done = n.done()
+        done = finished[n.key]
         if not done:
             for k in total:
                 v = costs[n.key].get(k, 0.0)
