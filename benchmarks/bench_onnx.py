@@ -48,11 +48,15 @@ from ipt.model import IPT, build_ipt  # noqa: E402
 
 SECTION = "bench_onnx"
 TORCH_OF_PRECISION = {"fp32": "fp32", "bf16": "bf16_autocast", "int8": "int8_token"}  # what `ipt restore` runs
-ORT_FORMS = ("onnx_fp32", "onnx_int8", "onnx_int8_conv")
+ORT_FORMS = ("onnx_fp32", "onnx_int8", "onnx_int8_unfolded", "onnx_int8_conv")
 # quantize_dynamic's options per form: the linear maps only, weights per output channel (as `--precision int8`; what
 # `ipt export --quantize int8` writes); and onnxruntime's defaults, which quantize the convolutions too (ConvInteger),
-# weights per tensor
-ORT_QUANTIZE = {"onnx_int8": QUANTIZE["int8"], "onnx_int8_conv": {}}
+# weights per tensor; each after ipt.export.fold_constants, which the unfolded form leaves out
+ORT_QUANTIZE = {
+    "onnx_int8": QUANTIZE["int8"],
+    "onnx_int8_unfolded": {**QUANTIZE["int8"], "fold": False},  # the graph as torch wrote it: q, k, v stay fp32
+    "onnx_int8_conv": {},
+}
 WindowFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -204,8 +208,16 @@ def to_markdown(r: dict) -> str:
         + f", the overlap tiling "
         f"({r['overlap']}-px overlap), batch {r['image_batch']}. ONNX files: `ipt export --format onnx` (opset 18, "
         "dynamic batch), int8 by `onnxruntime.quantization.quantize_dynamic` (activations quantized per call, one "
-        "scale per tensor): onnx_int8 quantizes the MatMuls only, weights per output channel; onnx_int8_conv is its "
-        "defaults, MatMuls and convolutions (ConvInteger), weights per tensor."
+        "scale per tensor)"
+        + (
+            ", each after onnxruntime's constant folding (`ipt.export.fold_constants`): onnx_int8 quantizes the "
+            "MatMuls only, weights per output channel; onnx_int8_unfolded is the same without the fold, which leaves "
+            "the attention's query, key and value maps in fp32 (their weights are computed in the graph); "
+            if r.get("int8_folded")
+            else ", without folding constants first (before 2026-12-08: the attention's query, key and value maps "
+            "stayed fp32): onnx_int8 quantizes the MatMuls only, weights per output channel; "
+        )
+        + "onnx_int8_conv is quantize_dynamic's defaults, MatMuls and convolutions (ConvInteger), weights per tensor."
         + (
             f" ΔY-PSNR: Set5 x2 (5 images) of `{t['weights']}` ({t['params']:,} parameters, exact path "
             f"{t['exact_path_psnr']:.3f} dB), each form with the overlap tiling against the exact path (official "
@@ -369,6 +381,7 @@ def main() -> None:
         "overlap": default_overlap(48),
         "niced": os.nice(0) > 0,
         "tag": args.tag,
+        "int8_folded": True,  # int8 forms made after ipt.export.fold_constants (runs before 2026-12-08: without)
     }
     r["load_average_start"], r["cores"] = os.getloadavg()[0], os.cpu_count()
     with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:

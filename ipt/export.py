@@ -28,8 +28,9 @@ ONNX_INPUT, ONNX_OUTPUT = "windows", "restored"
 # sums in another order (measured: 1e-4 to 5e-4 on tiny models, 0.0052 on random paper-size weights; docs/export.md)
 ONNX_TOLERANCE = 0.05
 # `--quantize` forms: onnxruntime's dynamic int8 quantization (quantize_dynamic: weights int8, activations scaled per
-# call) of the MatMuls only, weights per output channel; benchmarks/bench_onnx.py's onnx_int8, which restored Set5 x2
-# 1.39x (2 threads) and 1.57x (1 thread) faster than `--precision auto` (bf16) at its quality (docs/export.md)
+# call) of the MatMuls only, weights per output channel, after fold_constants; benchmarks/bench_onnx.py's onnx_int8,
+# which restored Set5 x2 1.36x faster than `--precision auto` (bf16) at its quality on an idle AVX512-BF16 EPYC
+# (docs/export.md)
 QUANTIZE: dict[str, dict[str, Any]] = {"int8": {"op_types_to_quantize": ["MatMul"], "per_channel": True}}
 INT8_OPS = frozenset(  # operators of quantized graphs: a file holding one of them is not an fp32 graph
     {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv", "DynamicQuantizeMatMul"}
@@ -200,16 +201,39 @@ def export_onnx(
     return {"path": str(out), "bytes": out.stat().st_size, **info, **onnx_metadata(model, task, quantize)}
 
 
-def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, **options: Any) -> None:
+def fold_constants(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``src`` through onnxruntime's basic graph optimizations (constant folding, redundant nodes; the level whose
+    output holds only standard operators and runs anywhere), written to ``dst``. torch's export computes each
+    attention's query, key and value weights at run time (a Split of ``in_proj_weight``, then a Transpose), and
+    ``quantize_dynamic`` quantizes a MatMul only when its weight is a constant: unfolded, 108 of the paper model's
+    195 linear maps stayed fp32 (44 % of an int8 window's time, by onnxruntime's profiler; docs/export.md)."""
+    _, ort = _onnx_modules("quantizing an ONNX file", exporter=False)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+
+
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, fold: bool = True, **options: Any) -> None:
     """onnxruntime's dynamic int8 quantization of the ONNX file ``src`` into ``dst``: weights int8 (QInt8),
-    activations scaled per call; ``options`` are quantize_dynamic's (``QUANTIZE["int8"]`` is `ipt export`'s form)."""
+    activations scaled per call; ``options`` are quantize_dynamic's (``QUANTIZE["int8"]`` is `ipt export`'s form).
+    ``fold`` (the default): constants folded first (:func:`fold_constants`), so every linear map's weight is one
+    quantize_dynamic can reach; ``fold=False`` quantizes the graph as torch wrote it (the form before the fold,
+    kept for benchmarks/bench_onnx.py's comparison)."""
     _onnx_modules("quantizing an ONNX file", exporter=False)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root, level = logging.getLogger(), logging.getLogger().level
-    root.setLevel(logging.ERROR)  # its advice to pre-process (shape inference) first: not about this model
+    # quantize_dynamic's advice to pre-process (quant_pre_process: its symbolic shape inference fails on this graph,
+    # "Incomplete symbolic shape inference"); the fold is the part of it that matters here
+    root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, **options)
+        with tempfile.TemporaryDirectory(prefix=".fold.", dir=Path(dst).parent) as tmp:
+            if fold:
+                folded = Path(tmp) / "folded.onnx"
+                fold_constants(src, folded)
+                src = folded
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, **options)
     finally:
         root.setLevel(level)
 

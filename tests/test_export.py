@@ -15,9 +15,10 @@ from helpers_pairs import TINY_MODEL, make_pair_root
 from ipt.checkpoint import load_model, save_checkpoint
 from ipt.cli import main
 from ipt.config import ModelSpec
-from ipt.export import ONNX_INPUT, ONNX_OUTPUT, onnx_session
+from ipt.export import ONNX_INPUT, ONNX_OUTPUT, QUANTIZE, onnx_session, quantize_onnx
 from ipt.inference import quantize, restore_image
 from ipt.model import build_ipt
+from ipt.model.body import Attention
 
 ort = pytest.importorskip("onnxruntime")
 TINY_TOLERANCE = 0.01  # grey levels (0..255) for tiny models, measured 1e-4 to 5e-4; the export's own check is looser
@@ -57,6 +58,30 @@ def test_onnx_export_of_random_weights_matches_torch_for_any_batch(tmp_path: Pat
     assert meta["ipt.image_residual"] == str(residual).lower()
     for batch in (1, 5):  # the export saw batch 2: the batch axis is dynamic
         assert _ort_vs_torch(out, ckpt, batch) <= TINY_TOLERANCE
+
+
+def test_int8_export_quantizes_every_linear_map_the_attention_ones_too(tmp_path: Path) -> None:
+    """torch's graph computes each attention's q, k, v weights from in_proj_weight at run time, which
+    quantize_dynamic cannot reach; the export folds them first, so every linear map of the model is int8 and only
+    the attention's own products (q k^T and the weighted sum of v) stay fp32."""
+    onnx = pytest.importorskip("onnx")
+    ckpt = _tiny(tmp_path, "sr_x2", False)
+    model = load_model(ckpt)
+    attentions = sum(isinstance(m, Attention) for m in model.modules())  # in_proj_weight: [W_q; W_k; W_v]
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())  # out_proj and the MLPs'
+    assert attentions > 0
+    int8, fp32 = tmp_path / "m.int8.onnx", tmp_path / "m.onnx"
+    assert main(["export", "--format", "onnx", str(ckpt), str(int8), "--quantize", "int8"]) == 0
+    assert main(["export", "--format", "onnx", str(ckpt), str(fp32)]) == 0
+    quantize_onnx(fp32, tmp_path / "unfolded.onnx", fold=False, **QUANTIZE["int8"])
+
+    def ops(path: Path) -> tuple[int, int]:
+        nodes = onnx.load(str(path), load_external_data=False).graph.node
+        return sum(n.op_type == "MatMulInteger" for n in nodes), sum(n.op_type == "MatMul" for n in nodes)
+
+    assert ops(int8) == (linears + 3 * attentions, 2 * attentions)
+    assert ops(tmp_path / "unfolded.onnx") == (linears, 5 * attentions)  # q, k, v left in fp32
+    assert _ort_vs_torch(int8, ckpt, 3) <= 12  # quantized, not broken: a few grey levels on random weights
 
 
 def test_onnx_of_a_fine_tuned_model_restores_images_as_ipt_restore_does(tmp_path: Path) -> None:
