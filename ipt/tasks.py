@@ -191,6 +191,21 @@ def resolve(task: str, entry: Any = None, params_file: str | None = None) -> Tas
     return paper_task(task)
 
 
+def inputs_corruption(task: str, tasks: Mapping[str, Any], where: str = "the params file") -> Mapping[str, Any] | None:
+    """The corruption that makes ``task``'s test inputs from clean images: None for a paper task (its name says how
+    its inputs are made), else its ``corrupt.tasks`` entry; :class:`TaskError` naming ``where`` and the tasks known
+    there when it has none. The one answer to "which corruption goes with this task" for the benchmark and the
+    experiment files."""
+    if paper_kind(task) is not None:
+        return None
+    if task not in tasks:
+        raise TaskError(
+            f"task {task!r} is not a paper task (sr_xN, denoise_sNN, derain) and has no corruption entry in "
+            f"{where}; known there: {sorted(map(str, tasks))}"
+        )
+    return tasks[task]
+
+
 def task_scale(task: str) -> int:
     """The scale of a paper task from its name (``sr_x3`` -> 3, ``denoise_s30`` / ``derain`` -> 1). Other tasks
     have no scale without their corruption: :class:`TaskError` (use :func:`from_entry`)."""

@@ -15,7 +15,7 @@ from PIL import Image
 from helpers_images import PHOTOS, photo_folder
 from ipt.checkpoint import load_model
 from ipt.cli import main
-from ipt.tasks import TaskError, from_entry
+from ipt.tasks import TaskError, from_entry, inputs_corruption
 
 BD_X3 = {"name": "blur_down", "scale": 3, "sigma": 1.6, "size": 7}
 
@@ -28,6 +28,19 @@ def test_the_scale_of_a_task_comes_from_its_corruption() -> None:
         from_entry("sr_x2", BD_X3, "p.yaml")
     with pytest.raises(TaskError, match="denoise_s30 is scored with Gaussian noise of sigma 30"):
         from_entry("denoise_s30", {"name": "gaussian_noise", "sigma": 50})
+
+
+def test_a_paper_task_makes_its_inputs_by_its_name_and_any_other_by_its_entry() -> None:
+    tasks = {"bd_x3": BD_X3, "sr_x2": {"name": "bicubic_down", "scale": 2}}
+    assert inputs_corruption("sr_x2", tasks) is None  # the name rules, the entry is only checked against it
+    assert inputs_corruption("derain", {}) is None
+    assert inputs_corruption("bd_x3", tasks) == BD_X3
+    with pytest.raises(
+        TaskError,
+        match=r"task 'my_x1' is not a paper task .* in p.yaml corrupt.tasks; known there: "
+        r"\['bd_x3', 'sr_x2'\]",
+    ):
+        inputs_corruption("my_x1", tasks, "p.yaml corrupt.tasks")
 
 
 @pytest.fixture

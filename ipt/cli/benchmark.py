@@ -50,19 +50,15 @@ def _benchmark_corruption(source: str, tasks: dict, task: str) -> dict | None:
     ``corrupt.tasks`` entry in the params file ``source`` (an error naming the file and the task when there is
     none), which the benchmark applies to clean images. Both go through :mod:`ipt.tasks` (the scale from the
     corruption itself)."""
-    from ipt.tasks import from_entry, paper_kind
+    from ipt.tasks import TaskError, from_entry, inputs_corruption, paper_kind
 
-    if paper_kind(task) is not None:
-        if task in tasks:  # its entry must make what the name says (the benchmark follows the name)
-            from_entry(task, tasks[task], source, trial=False)
-        return None
-    if task not in tasks:
-        where = f"{source} corrupt.tasks" if source != "none" else "params file (ignored: --params none)"
-        raise UserError(
-            f"task {task!r} is not a paper task (sr_xN, denoise_sNN, derain) and has no corruption entry in "
-            f"{where}; known there: {sorted(tasks)}"
-        )
-    return tasks[task]
+    if paper_kind(task) is not None and task in tasks:  # its entry must make what the name says (the name rules)
+        from_entry(task, tasks[task], source, trial=False)
+    where = f"{source} corrupt.tasks" if source != "none" else "params file (ignored: --params none)"
+    try:
+        return inputs_corruption(task, tasks, where)
+    except TaskError as e:
+        raise UserError(str(e)) from None
 
 
 def _inputs(

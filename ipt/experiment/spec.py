@@ -476,7 +476,7 @@ def _score_inputs(file: Path, inputs: Any, task: str, tasks: dict[str, Any], roo
     """``score.inputs``: a task whose test inputs the model is scored on instead of its own (a paper task name such
     as denoise_s10, or a corrupt.tasks entry), at the scale of ``task``; None when left out or the task itself."""
     from ipt.data.testsets import BenchmarkDataError, input_scale, resolve_datasets
-    from ipt.tasks import TaskError, paper_kind
+    from ipt.tasks import TaskError, inputs_corruption, paper_kind
 
     if inputs is None or inputs == task:
         return None
@@ -484,18 +484,15 @@ def _score_inputs(file: Path, inputs: Any, task: str, tasks: dict[str, Any], roo
         raise _fail(
             file, "score.inputs", f"{inputs!r} is neither a paper task (denoise_s10, sr_x3, ...) nor in corrupt.tasks"
         )
-
-    def scale(t: str) -> int:
-        return input_scale(t, None if paper_kind(t) is not None else tasks.get(t))
-
     try:
-        if scale(inputs) != scale(task):
+        theirs, ours = (input_scale(t, inputs_corruption(t, tasks, "corrupt.tasks")) for t in (inputs, task))
+        if theirs != ours:
             raise _fail(
                 file,
                 "score.inputs",
-                f"'{inputs}' inputs are at x{scale(inputs)}, the {task} model restores x{scale(task)}",
+                f"'{inputs}' inputs are at x{theirs}, the {task} model restores x{ours}",
             )
-        resolve_datasets(root, inputs, [dataset], None if paper_kind(inputs) is not None else tasks[inputs])
+        resolve_datasets(root, inputs, [dataset], inputs_corruption(inputs, tasks, "corrupt.tasks"))
     except (BenchmarkDataError, TaskError) as e:
         raise _fail(file, "score.inputs", str(e)) from None
     return inputs

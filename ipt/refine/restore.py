@@ -72,16 +72,14 @@ class RefinedRestorer:
         pooled prior only: a spatial prior's maps have the size of their own image."""
         if self.prior_probe != "next":
             return
-        if self.model.prior.spatial:
-            from ipt.refine.config import RefineError
+        from ipt.refine.config import RefineError
 
+        if self.model.prior.spatial:
             raise RefineError(
                 f"prior probe 'next': prior {self.model.prior.name!r} gives spatial maps, which fit only their own "
                 "image; the next image's g is for a pooled prior"
             )
         if len(images) < 2:
-            from ipt.refine.config import RefineError
-
             raise RefineError(f"prior probe 'next': the set has {len(images)} image(s); the next image's g needs two")
         lqs = [x.float().to(self._device) for x in images]
         self._set = [(lq, self.model.prior(lq / self.rgb_range)) for lq in lqs]
