@@ -217,8 +217,9 @@ def _source_images(source: str, default: float) -> float:
 
 def stage_estimate(node: Any) -> dict[str, float]:
     """Core-hours at the measured rates (docs/bench_train.json's training rates times the cores they were measured
-    on; docs/bench_data.json's data rates as they are), GPU hours where a GPU rate for the model size was measured,
-    and bytes written; whether the node is done is the caller's to ask. An estimate, stated as one."""
+    on; docs/bench_data.json's data rates as they are), GPU hours where a GPU rate for the model size was measured
+    (a stage whose section sets ``device: cuda`` costs GPU hours only), and bytes written; whether the node is done
+    is the caller's to ask. An estimate, stated as one."""
     rates, p = _rates(), node.params
     data = rates["bench_data"]
     crops_per_image = float((p.get("shard") or {}).get("crops", 1))
@@ -244,8 +245,9 @@ def stage_estimate(node: Any) -> dict[str, float]:
         cores = float((table.get("hardware") or {}).get("threads", 1))  # the rate used that many cores at once
         scale = REFINE_SCALE if node.stage == "refine" else 1.0
         n = _samples(node.stage, p)
+        on_gpu = str(sec.get("device", "auto")).startswith("cuda")  # asked for a GPU: its hours are GPU hours only
         return {
-            "cpu_h": n / cpu * cores / 3600 * scale if cpu else float("nan"),
+            "cpu_h": 0.0 if on_gpu else n / cpu * cores / 3600 * scale if cpu else float("nan"),
             "gpu_h": n / gpu / 3600 * scale if gpu else float("nan"),
             "bytes": 0.0,
         }

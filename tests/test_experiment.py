@@ -627,6 +627,22 @@ def test_the_dry_run_prices_a_stage_by_the_finished_stages_of_its_kind(tmp_path)
     assert price_key(bench.label, bench.params, other) != price_key(bench.label, bench.params, bench.argv)
 
 
+def test_a_training_stage_asked_onto_a_gpu_is_priced_in_gpu_hours_only(tmp_path) -> None:
+    import copy
+
+    from flows.cost import stage_estimate
+
+    exp = load(write_exp(tmp_path), params_file=tiny_params(tmp_path))
+    pre = next(n for n in P.build(exp, tmp_path / "work").nodes.values() if n.stage == "pretrain")
+    on_cpu = stage_estimate(pre)
+    gpu = copy.copy(pre)
+    gpu.params = copy.deepcopy(pre.params)
+    gpu.params["pretrain"]["device"] = "cuda:1"
+    on_gpu = stage_estimate(gpu)
+    assert on_cpu["cpu_h"] > 0 and on_gpu["cpu_h"] == 0.0
+    assert on_gpu["gpu_h"] == on_cpu["gpu_h"]  # the GPU estimate itself does not depend on where it was asked
+
+
 def test_the_wall_estimate_runs_each_stage_after_the_ones_it_reads() -> None:
     from types import SimpleNamespace as NS
 
