@@ -215,6 +215,12 @@ def _source_images(source: str, default: float) -> float:
     return default
 
 
+def on_gpu(node: Any) -> bool:
+    """A training stage whose section asks for a GPU (``device: cuda`` or ``cuda:N``): its hours are GPU hours, neither
+    core-hours nor part of the CPU schedule. ``auto`` counts as the CPU (where it runs on this machine)."""
+    return node.stage in TRAINING and str((node.params.get(node.stage) or {}).get("device", "auto")).startswith("cuda")
+
+
 def stage_estimate(node: Any) -> dict[str, float]:
     """Core-hours at the measured rates (docs/bench_train.json's training rates times the cores they were measured
     on; docs/bench_data.json's data rates as they are), GPU hours where a GPU rate for the model size was measured
@@ -245,9 +251,8 @@ def stage_estimate(node: Any) -> dict[str, float]:
         cores = float((table.get("hardware") or {}).get("threads", 1))  # the rate used that many cores at once
         scale = REFINE_SCALE if node.stage == "refine" else 1.0
         n = _samples(node.stage, p)
-        on_gpu = str(sec.get("device", "auto")).startswith("cuda")  # asked for a GPU: its hours are GPU hours only
         return {
-            "cpu_h": 0.0 if on_gpu else n / cpu * cores / 3600 * scale if cpu else float("nan"),
+            "cpu_h": 0.0 if on_gpu(node) else n / cpu * cores / 3600 * scale if cpu else float("nan"),
             "gpu_h": n / gpu / 3600 * scale if gpu else float("nan"),
             "bytes": 0.0,
         }
@@ -392,12 +397,14 @@ def experiment_report(plan: Any) -> str:
     costs, basis = {}, {}
     for n in plan.nodes.values():
         costs[n.key] = stage_estimate(n)
-        got = None if finished[n.key] else measured_estimate(n, records, threads)
+        got = None if finished[n.key] or on_gpu(n) else measured_estimate(n, records, threads)  # records are CPU's
         if got is not None:
             costs[n.key]["cpu_h"] = got[0]
             basis[n.key] = f"measured ({got[1]} finished {n.label})"
+        elif finished[n.key]:
+            basis[n.key] = "-"
         else:
-            basis[n.key] = "-" if finished[n.key] else ("rate" if n.stage != "benchmark" else "not priced")
+            basis[n.key] = "GPU rate (cuda)" if on_gpu(n) else "rate" if n.stage != "benchmark" else "not priced"
     users: dict[str, int] = {}
     for labels in plan.cell_nodes:
         for k in labels.values():
@@ -419,12 +426,14 @@ def experiment_report(plan: Any) -> str:
     cores = min(os.cpu_count() or 1, workers * threads)
     wall = schedule_hours(plan, costs, workers, stage_cores(workers, threads, cores))
     unpriced = sum(basis[k] == "not priced" for k in basis)
+    gpu_stages = sum(basis[k] == "GPU rate (cuda)" for k in basis)
     lines += [
         "",
         f"left to run: {total['cpu_h']:.2f} core-hours (about {wall * 60:.0f} min with {workers} worker(s) of"
         f" {threads} thread(s) on {cores} of this machine's {os.cpu_count() or 1} core(s), each stage after the ones"
         " it reads)"
         + (f", plus {unpriced} benchmark stage(s) not priced" if unpriced else "")
+        + (f", plus {gpu_stages} stage(s) on cuda, in GPU-hours only and not in the wall time" if gpu_stages else "")
         + f"; {total['gpu_h']:.3f} GPU-hours where a GPU rate was measured; {total['bytes'] / 1e6:.0f} MB written",
         "priced by: the stages of the same kind already finished in this work folder where there are any (label,"
         " model size, precision, prior; a benchmark's command; their measured seconds x threads, per training"

@@ -642,6 +642,21 @@ def test_a_training_stage_asked_onto_a_gpu_is_priced_in_gpu_hours_only(tmp_path)
     assert on_cpu["cpu_h"] > 0 and on_gpu["cpu_h"] == 0.0
     assert on_gpu["gpu_h"] == on_cpu["gpu_h"]  # the GPU estimate itself does not depend on where it was asked
 
+    # in the dry run: a finished CPU pretraining of the same kind prices the CPU stage, never the one on cuda
+    from flows.cost import experiment_report
+
+    plan = P.build(exp, tmp_path / "work")
+    pre = next(n for n in plan.nodes.values() if n.stage == "pretrain")
+    folder = tmp_path / "work" / "nodes" / "pretrain-0123456789ab"
+    folder.mkdir(parents=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(pre.params))
+    (folder / "done.json").write_text(json.dumps({"key": "0123", "stage": "pretrain", "seconds": 50.0, "threads": 1}))
+    assert re.search(r"pretrain-\w{8} .* to run, measured \(1 finished pretrain\)", experiment_report(plan))
+    pre.params["pretrain"]["device"] = "cuda"
+    text = experiment_report(plan)
+    assert re.search(r"pretrain-\w{8} +\d+ +0\.000 .* to run, GPU rate \(cuda\)", text)
+    assert "plus 1 stage(s) on cuda, in GPU-hours only and not in the wall time" in text
+
 
 def test_the_wall_estimate_runs_each_stage_after_the_ones_it_reads() -> None:
     from types import SimpleNamespace as NS
