@@ -49,9 +49,10 @@ from ipt.model import IPT, build_ipt  # noqa: E402
 SECTION = "bench_onnx"
 TORCH_OF_PRECISION = {"fp32": "fp32", "bf16": "bf16_autocast", "int8": "int8_token"}  # what `ipt restore` runs
 ORT_FORMS = ("onnx_fp32", "onnx_int8", "onnx_int8_unfolded", "onnx_int8_conv")
-# quantize_dynamic's options per form: the linear maps only, weights per output channel (as `--precision int8`; what
-# `ipt export --quantize int8` writes); and onnxruntime's defaults, which quantize the convolutions too (ConvInteger),
-# weights per tensor; each after ipt.export.fold_constants, which the unfolded form leaves out
+# ipt.export.quantize_onnx's options per form (quantize_dynamic's, and its own `fold`): the linear maps only,
+# weights per output channel (as `--precision int8`; what `ipt export --quantize int8` writes); and onnxruntime's
+# defaults, which quantize the convolutions too (ConvInteger), weights per tensor; each after
+# ipt.export.fold_constants, which the unfolded form leaves out
 ORT_QUANTIZE = {
     "onnx_int8": QUANTIZE["int8"],
     "onnx_int8_unfolded": {**QUANTIZE["int8"], "fold": False},  # the graph as torch wrote it: q, k, v stay fp32

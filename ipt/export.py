@@ -109,7 +109,9 @@ def _quantize_words(quantize: str) -> str:
     q = QUANTIZE[quantize]
     weights = "per output channel" if q.get("per_channel") else "per tensor"
     ops = ", ".join(q.get("op_types_to_quantize") or ["onnxruntime's default operators"])
-    return f"{ops} in int8, weights {weights}, activations per call (onnxruntime quantize_dynamic)"
+    return (
+        f"{ops} in int8, weights {weights}, activations per call (onnxruntime quantize_dynamic, constants folded first)"
+    )
 
 
 def _onnx_modules(need: str = "--format onnx", exporter: bool = True):
@@ -206,7 +208,10 @@ def fold_constants(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     output holds only standard operators and runs anywhere), written to ``dst``. torch's export computes each
     attention's query, key and value weights at run time (a Split of ``in_proj_weight``, then a Transpose), and
     ``quantize_dynamic`` quantizes a MatMul only when its weight is a constant: unfolded, 108 of the paper model's
-    195 linear maps stayed fp32 (44 % of an int8 window's time, by onnxruntime's profiler; docs/export.md)."""
+    195 linear maps stayed fp32 (44 % of an int8 window's time, by onnxruntime's profiler; docs/export.md).
+    The basic level also fuses a MatMul and its bias Add into a Gemm, which ``op_types_to_quantize=["MatMul"]`` would
+    leave in fp32; it does so only for static input shapes, and the export's batch axis is dynamic
+    (tests/test_export.py counts the quantized MatMuls, so a graph that fused would fail it)."""
     _, ort = _onnx_modules("quantizing an ONNX file", exporter=False)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
@@ -228,12 +233,16 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, fold: bool 
     # "Incomplete symbolic shape inference"); the fold is the part of it that matters here
     root.setLevel(logging.ERROR)
     try:
-        with tempfile.TemporaryDirectory(prefix=".fold.", dir=Path(dst).parent) as tmp:
-            if fold:
-                folded = Path(tmp) / "folded.onnx"
-                fold_constants(src, folded)
-                src = folded
+        if not fold:
             quantize_dynamic(src, dst, weight_type=QuantType.QInt8, **options)
+            return
+        # beside dst, named as export_onnx's own temporary folders (".<name>.*.tmp"), so a killed run's is found
+        with tempfile.TemporaryDirectory(
+            prefix=f".{Path(dst).name[:100]}.", suffix=".tmp", dir=Path(dst).parent
+        ) as tmp:
+            folded = Path(tmp) / "folded.onnx"
+            fold_constants(src, folded)
+            quantize_dynamic(folded, dst, weight_type=QuantType.QInt8, **options)
     finally:
         root.setLevel(level)
 

@@ -32,7 +32,7 @@ def test_the_scale_of_a_task_comes_from_its_corruption() -> None:
 
 def test_a_paper_task_makes_its_inputs_by_its_name_and_any_other_by_its_entry() -> None:
     tasks = {"bd_x3": BD_X3, "sr_x2": {"name": "bicubic_down", "scale": 2}}
-    assert inputs_corruption("sr_x2", tasks) is None  # the name rules, the entry is only checked against it
+    assert inputs_corruption("sr_x2", tasks) is None  # the name says how its inputs are made
     assert inputs_corruption("derain", {}) is None
     assert inputs_corruption("bd_x3", tasks) == BD_X3
     with pytest.raises(

@@ -154,7 +154,9 @@ def test_int8_export_is_a_smaller_file_of_int8_matmuls_that_runs(files, tmp_path
     assert "MatMul in int8, weights per output channel" in said and "for the int8 one (not exact)" in said
     assert not list(tmp_path.glob(".*.tmp"))  # the fp32 graph it was made from is not left behind
     fp32_bytes = files["denoise_s30"]["onnx"].stat().st_size
-    assert out.stat().st_size < 0.75 * fp32_bytes  # measured 0.58x on this tiny model (0.49x at paper size)
+    # measured 0.28x on this tiny model (paper size 0.26x, 119 against 463 MB); 0.58x before the fold, whose q, k, v
+    # weights stayed fp32: the bound fails a file that lost the fold
+    assert out.stat().st_size < 0.4 * fp32_bytes
     proto = onnx.load(str(out))
     ops = {n.op_type for n in proto.graph.node}
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "ConvInteger" not in ops  # MatMuls only

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ipt.inference import quantize
 from ipt.refine.checkpoint import load_refined
+from ipt.refine.config import RefineError
 from ipt.refine.model import RefinedIPT
 from ipt.restore import Restorer
 
@@ -72,8 +73,6 @@ class RefinedRestorer:
         pooled prior only: a spatial prior's maps have the size of their own image."""
         if self.prior_probe != "next":
             return
-        from ipt.refine.config import RefineError
-
         if self.model.prior.spatial:
             raise RefineError(
                 f"prior probe 'next': prior {self.model.prior.name!r} gives spatial maps, which fit only their own "
@@ -118,7 +117,6 @@ def open_restorer(
 ) -> RefinedRestorer:
     """A :class:`RefinedRestorer` for a refiner checkpoint (:data:`ipt.restore.OPENERS`); ``task``, if given, must
     be the one it was trained for."""
-    from ipt.refine.config import RefineError
 
     model = load_refined(path, tracking_uri=tracking_uri, num_heads=num_heads)
     if task is not None and task != model.task:
