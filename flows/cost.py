@@ -397,14 +397,15 @@ def experiment_report(plan: Any) -> str:
     costs, basis = {}, {}
     for n in plan.nodes.values():
         costs[n.key] = stage_estimate(n)
-        got = None if finished[n.key] or on_gpu(n) else measured_estimate(n, records, threads)  # records are CPU's
+        cuda = on_gpu(n)
+        got = None if finished[n.key] or cuda else measured_estimate(n, records, threads)  # records are CPU's
         if got is not None:
             costs[n.key]["cpu_h"] = got[0]
             basis[n.key] = f"measured ({got[1]} finished {n.label})"
         elif finished[n.key]:
             basis[n.key] = "-"
         else:
-            basis[n.key] = "GPU rate (cuda)" if on_gpu(n) else "rate" if n.stage != "benchmark" else "not priced"
+            basis[n.key] = "GPU rate (cuda)" if cuda else "rate" if n.stage != "benchmark" else "not priced"
     users: dict[str, int] = {}
     for labels in plan.cell_nodes:
         for k in labels.values():
